@@ -1,0 +1,75 @@
+# lua-digime: build, test, demo, bench.
+# `make` builds the C core for Lua 5.4 and LuaJIT from one set of sources.
+
+CC      ?= cc
+OPT     ?= -O2 -g
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+CFLAGS_COMMON := $(OPT) $(WARN) -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC -fvisibility=hidden
+DEP_CFLAGS := $(shell pkg-config --cflags libcrypto libcurl zlib libbrotlidec 2>/dev/null)
+DEP_LIBS   := $(shell pkg-config --libs libcrypto libcurl zlib libbrotlidec 2>/dev/null || echo -lcrypto -lcurl -lz -lbrotlidec)
+
+LUA54_INC  := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+LUAJIT_INC := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
+
+SOURCES := $(sort $(wildcard csrc/*.c))
+HEADERS := $(wildcard csrc/*.h)
+
+# Lua paths that load this checkout (lua-http's pure-Lua parts live in the 5.1 tree on Debian).
+ROOT      := $(CURDIR)
+LPATH     := $(ROOT)/lua/?.lua;$(ROOT)/lua/?/init.lua
+LPATH_54  := $(LPATH);/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;/usr/share/lua/5.1/?.lua;/usr/share/lua/5.1/?/init.lua;;
+LPATH_JIT := $(LPATH);;
+
+.PHONY: all deps env test test-lua54 test-luajit test-asan test-valgrind demo bench lint clean docs
+
+all: build/lua5.4/digime/core.so build/luajit/digime/core.so
+
+build/lua5.4/digime/core.so: $(SOURCES) $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) $(LUA54_INC) $(DEP_CFLAGS) -shared -o $@ $(SOURCES) $(DEP_LIBS)
+
+build/luajit/digime/core.so: $(SOURCES) $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) $(LUAJIT_INC) $(DEP_CFLAGS) -shared -o $@ $(SOURCES) $(DEP_LIBS)
+
+# Sanitizer build of the core (Lua 5.4 only: the interpreter itself is not instrumented).
+build/asan/digime/core.so: $(SOURCES) $(HEADERS)
+	@mkdir -p $(@D)
+	gcc -O1 -g $(WARN) -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC -fsanitize=address,undefined \
+	  -fno-sanitize-recover=undefined -fno-omit-frame-pointer $(LUA54_INC) $(DEP_CFLAGS) \
+	  -shared -o $@ $(SOURCES) $(DEP_LIBS)
+
+deps:
+	@sh scripts/deps.sh
+
+# Shell lines that make a Lua program in this shell load the checkout's SDK.
+env:
+	@echo 'export LUA_PATH_5_4="$(LPATH_54)"'
+	@echo 'export LUA_CPATH_5_4="$(ROOT)/build/lua5.4/?.so;;"'
+	@echo 'export LUA_PATH="$(LPATH_JIT)"'
+	@echo 'export LUA_CPATH="$(ROOT)/build/luajit/?.so;;"'
+	@echo 'export PATH="$(ROOT)/bin:$$PATH"'
+
+test: deps all
+	@sh scripts/run-specs.sh all
+
+test-asan: deps build/asan/digime/core.so build/lua5.4/digime/core.so
+	@sh scripts/run-specs.sh asan
+
+test-valgrind: deps all
+	@sh scripts/run-specs.sh valgrind
+
+demo: deps all
+	@sh scripts/demo.sh
+
+bench: deps all
+	@sh bench/run.sh
+
+lint:
+	luacheck lua spec bin examples bench
+
+docs:
+	ldoc -d build/docs lua/digime
+
+clean:
+	rm -rf build

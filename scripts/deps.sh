@@ -1,0 +1,20 @@
+#!/bin/sh
+# Installs the Debian packages the project needs, only when some are missing.
+set -e
+PKGS="build-essential pkg-config ca-certificates curl openssl
+  lua5.4 liblua5.4-dev luarocks lua-busted lua-cjson lua-check lua-ldoc
+  luajit2 libluajit2-5.1-dev
+  nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache
+  libcurl4-openssl-dev libssl-dev zlib1g-dev libbrotli-dev
+  lua-http lua-cqueues lua-luaossl lua-socket lua-sec
+  valgrind clang libclang-rt-14-dev"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "installing:$missing"
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
