@@ -1,0 +1,292 @@
+--- Authorization: the authorize and reauthorize URLs (PKCE), the code exchange, and refresh
+-- (api doc §7.1, §7.2, §8.1, §8.2).
+local core = require "digime.core"
+local json = require "digime.json"
+local errors = require "digime.errors"
+local request = require "digime.request"
+local jwt = require "digime.jwt"
+local tokens = require "digime.tokens"
+local validate = require "digime.validate"
+local urls = require "digime.urls"
+
+local type = type
+
+local _M = {}
+
+--- A PKCE pair (api doc §3.4): verifier = base64url of 32 random alphanumerics (43 chars).
+local function pkce()
+  local verifier = core.b64url_encode(core.random_alnum(32))
+  return verifier, core.b64url_encode(core.sha256(verifier))
+end
+
+local function client_id(sdk, contract)
+  return sdk.config.application_id .. "_" .. contract.id
+end
+
+local function check_all(checks)
+  for i = 1, #checks do
+    local ok, err = checks[i][1](checks[i][2], checks[i][3], checks[i][4])
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+local function invalid_response(what, message)
+  return errors.sdk("InvalidResponse", what .. ": " .. message)
+end
+
+-- A session as the server sends it: { expiry = number, key = string }.
+local function check_session(session, what)
+  if type(session) ~= "table" or type(session.key) ~= "string" or session.key == ""
+     or type(session.expiry) ~= "number" then
+    return nil, invalid_response(what, "no valid session { expiry, key } in the answer")
+  end
+  session.expiry = json.integer(session.expiry) or session.expiry
+  return session
+end
+
+-- POSTs a JSON body signed per attempt by claims(); verifies the answer's token; returns the
+-- token payload and the body.
+local function signed_post(sdk, key, path, body, claims, what)
+  local text, jerr = json.encode(body)
+  if not text then return nil, errors.validation(what, "cannot be encoded as JSON: " .. jerr) end
+  local res, err = request.send(sdk, {
+    method = "POST", url = sdk.config.base_url .. path,
+    headers = { ["content-type"] = "application/json", accept = "application/json" },
+    body = text, json = true, what = path,
+    sign = function() return jwt.sign(key, nil, claims()) end,
+  })
+  if not res then return nil, err end
+  if type(res.json) ~= "table" then
+    return nil, invalid_response(path, "the answer is not a JSON object")
+  end
+  local payload, perr = jwt.verify_server_token(sdk, res.json.token)
+  if not payload then return nil, perr end
+  return payload, res.json
+end
+
+local function actions_body(sdk, session_options)
+  return json.object_of("agent", sdk.config.agent, "actions", session_options)
+end
+
+-- POST reference { type, value } -> id (used for storage and account references).
+local function reference(sdk, key, contract, ref_type, value)
+  local res, err = request.send(sdk, {
+    method = "POST", url = sdk.config.base_url .. "reference",
+    headers = { ["content-type"] = "application/json", accept = "application/json" },
+    body = json.encode(json.object_of("type", ref_type, "value", value)),
+    json = true, what = "reference",
+    sign = function()
+      return jwt.sign(key, nil, json.object_of("client_id", client_id(sdk, contract),
+        "nonce", jwt.nonce(), "timestamp", jwt.now_ms()))
+    end,
+  })
+  if not res then return nil, err end
+  local id = type(res.json) == "table" and res.json.id
+  if type(id) ~= "string" or id == "" then
+    return nil, invalid_response("reference", "the answer has no id")
+  end
+  return id
+end
+_M.reference = reference
+
+local AUTHORIZE_OPTS = validate.set{
+  "contract", "callback", "state", "service_id", "user_access_token", "session_options",
+  "source_type", "sample_data", "locale", "include_sample_data_only_sources", "storage_id",
+  "trigger_query", "sources_scope",
+}
+
+local function check_sample_data(v)
+  if v == nil then return true end
+  local ok, err = validate.options(v, validate.set{ "data_set", "auto_onboard" }, "sample_data")
+  if not ok then return nil, err end
+  ok, err = validate.string(v.data_set, "sample_data.data_set")
+  if not ok then return nil, err end
+  return validate.boolean(v.auto_onboard, "sample_data.auto_onboard", true)
+end
+
+local function check_source_type(v)
+  if v == nil or v == "pull" or v == "push" then return true end
+  return nil, errors.validation("source_type", 'must be "pull" or "push"')
+end
+
+local function check_service_id(v)
+  if v == nil then return true end
+  if not validate.is_integer(v) or v < 0 then
+    return nil, errors.validation("service_id", "must be a non-negative integer")
+  end
+  return true
+end
+
+--- sdk:get_authorize_url{ contract, callback, state, ... } -> { url, code_verifier, session }
+function _M.get_authorize_url(sdk, opts)
+  local ok, err = validate.options(opts, AUTHORIZE_OPTS, "get_authorize_url")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.string, opts.callback, "callback" },
+    { validate.any_string, opts.state, "state" },
+    { check_service_id, opts.service_id },
+    { validate.user_access_token, opts.user_access_token, "user_access_token", true },
+    { validate.session_options, opts.session_options, "session_options", true },
+    { check_source_type, opts.source_type },
+    { check_sample_data, opts.sample_data },
+    { validate.string, opts.locale, "locale", true },
+    { validate.boolean, opts.include_sample_data_only_sources, "include_sample_data_only_sources", true },
+    { validate.string, opts.storage_id, "storage_id", true },
+    { validate.boolean, opts.trigger_query, "trigger_query", true },
+    { validate.sources_scope, opts.sources_scope, "sources_scope", true },
+  }
+  if not ok then return nil, err end
+  local contract = opts.contract
+  local key, kerr = jwt.contract_key(contract)
+  if not key then return nil, kerr end
+
+  local verifier
+  local payload, body = signed_post(sdk, key, "oauth/authorize",
+    actions_body(sdk, opts.session_options),
+    function()
+      -- A new verifier per attempt: the one returned belongs to the attempt that got through.
+      local challenge
+      verifier, challenge = pkce()
+      local token = opts.user_access_token
+      return json.object_of(
+        "access_token", token and token.access_token.value,
+        "client_id", client_id(sdk, contract),
+        "code_challenge", challenge,
+        "code_challenge_method", "S256",
+        "nonce", jwt.nonce(),
+        "redirect_uri", opts.callback,
+        "response_mode", "query",
+        "response_type", "code",
+        "state", opts.state,
+        "timestamp", jwt.now_ms())
+    end, "get_authorize_url")
+  if not payload then return nil, body end
+  local code = payload.preauthorization_code
+  if type(code) ~= "string" or code == "" then
+    return nil, invalid_response("oauth/authorize", "the token carries no preauthorization_code")
+  end
+  local session, serr = check_session(body.session, "oauth/authorize")
+  if not session then return nil, serr end
+
+  local storage_ref
+  if opts.storage_id then
+    local rerr
+    storage_ref, rerr = reference(sdk, key, contract, "cloudId", opts.storage_id)
+    if not storage_ref then return nil, rerr end
+  end
+
+  local sample = opts.sample_data
+  local url = urls.build(sdk.config.onboard_url .. "authorize",
+    "code", code,
+    "sourceType", opts.source_type or "pull",
+    "service", opts.service_id and opts.service_id ~= 0 and urls.number(opts.service_id) or nil,
+    "sampleDataSet", sample and sample.data_set or nil,
+    "sampleDataAutoOnboard", sample and sample.auto_onboard == true and "true" or nil,
+    "lng", opts.locale,
+    "includeSampleDataOnlySources", urls.flag(opts.include_sample_data_only_sources),
+    "storageRef", storage_ref,
+    "triggerQuery", urls.flag(opts.trigger_query),
+    "sourcesScope", opts.sources_scope and urls.sources_scope(opts.sources_scope) or nil)
+  return { url = url, code_verifier = verifier, session = session }
+end
+
+local REAUTHORIZE_OPTS = validate.set{
+  "contract", "callback", "user_access_token", "state", "locale", "session_options",
+  "trigger_query",
+}
+
+--- sdk:get_reauthorize_url{ contract, callback, user_access_token, state?, locale?,
+--   session_options?, trigger_query? } -> { url, code_verifier, session, user_access_token }
+function _M.get_reauthorize_url(sdk, opts)
+  local ok, err = validate.options(opts, REAUTHORIZE_OPTS, "get_reauthorize_url")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.string, opts.callback, "callback" },
+    { validate.user_access_token, opts.user_access_token, "user_access_token" },
+    { validate.any_string, opts.state, "state", true },
+    { validate.string, opts.locale, "locale", true },
+    { validate.session_options, opts.session_options, "session_options", true },
+    { validate.boolean, opts.trigger_query, "trigger_query", true },
+  }
+  if not ok then return nil, err end
+  local contract = opts.contract
+  local key, kerr = jwt.contract_key(contract)
+  if not key then return nil, kerr end
+
+  local verifier
+  local payload, body = signed_post(sdk, key, "oauth/token/reference",
+    actions_body(sdk, opts.session_options),
+    function()
+      local challenge
+      verifier, challenge = pkce()
+      return json.object_of(
+        "access_token", opts.user_access_token.access_token.value,
+        "client_id", client_id(sdk, contract),
+        "code_challenge", challenge,
+        "code_challenge_method", "S256",
+        "nonce", jwt.nonce(),
+        "redirect_uri", opts.callback,
+        "state", opts.state,
+        "timestamp", jwt.now_ms())
+    end, "get_reauthorize_url")
+  if not payload then return nil, body end
+  local code = payload.reference_code
+  if type(code) ~= "string" or code == "" then
+    return nil, invalid_response("oauth/token/reference", "the token carries no reference_code")
+  end
+  local session, serr = check_session(body.session, "oauth/token/reference")
+  if not session then return nil, serr end
+  local url = urls.build(sdk.config.onboard_url .. "user-reauth",
+    "code", code,
+    "lng", opts.locale,
+    "triggerQuery", urls.flag(opts.trigger_query))
+  return { url = url, code_verifier = verifier, session = session,
+           user_access_token = opts.user_access_token }
+end
+
+local EXCHANGE_OPTS = validate.set{ "contract", "authorization_code", "code_verifier" }
+
+--- sdk:exchange_code_for_token{ contract, authorization_code, code_verifier } -> token
+function _M.exchange_code_for_token(sdk, opts)
+  local ok, err = validate.options(opts, EXCHANGE_OPTS, "exchange_code_for_token")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.string, opts.authorization_code, "authorization_code" },
+    { validate.string, opts.code_verifier, "code_verifier" },
+  }
+  if not ok then return nil, err end
+  local contract = opts.contract
+  local key, kerr = jwt.contract_key(contract)
+  if not key then return nil, kerr end
+  return tokens.token_call(sdk, key, {
+    claims = function()
+      return json.object_of(
+        "client_id", client_id(sdk, contract),
+        "code", opts.authorization_code,
+        "code_verifier", opts.code_verifier,
+        "grant_type", "authorization_code",
+        "nonce", jwt.nonce(),
+        "timestamp", jwt.now_ms())
+    end,
+  })
+end
+
+local REFRESH_OPTS = validate.set{ "contract", "user_access_token" }
+
+--- sdk:refresh_token{ contract, user_access_token } -> the new token
+function _M.refresh_token(sdk, opts)
+  local ok, err = validate.options(opts, REFRESH_OPTS, "refresh_token")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.user_access_token, opts.user_access_token, "user_access_token" },
+  }
+  if not ok then return nil, err end
+  return tokens.refresh(sdk, opts.contract, opts.user_access_token)
+end
+
+return _M

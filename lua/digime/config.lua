@@ -1,0 +1,217 @@
+--- `digime.init` options: checked, defaulted, normalised (design.md §4).
+local errors = require "digime.errors"
+local validate = require "digime.validate"
+
+local type, pairs, ipairs = type, pairs, ipairs
+local sub, match = string.sub, string.match
+
+local _M = {}
+
+_M.SDK_NAME = "lua-digime"
+_M.SDK_VERSION = "0.1.0"
+
+local DEFAULTS = {
+  base_url = "https://api.digi.me/v1.7/",
+  onboard_url = "https://api.digi.me/apps/saas/",
+  cloud_base_url = "https://cloud.digi.me/v1/",
+}
+
+local TOP = validate.set{
+  "application_id", "base_url", "onboard_url", "cloud_base_url", "retry_options", "timeout",
+  "connect_timeout", "tls", "proxy", "transport", "jwks", "clock_leeway", "on_token_refresh",
+  "logger", "agent", "limits",
+}
+
+local invalid = errors.validation
+
+local function lua_version()
+  local jit = rawget(_G, "jit")
+  if type(jit) == "table" and jit.version then return jit.version end
+  return _VERSION
+end
+
+--- The agent object sent in the bodies of the authorize, reference and trigger calls.
+function _M.default_agent()
+  return { sdk = { name = _M.SDK_NAME, version = _M.SDK_VERSION, meta = { lua = lua_version() } } }
+end
+
+local function url(v, field)
+  if v == nil then return true end
+  if type(v) ~= "string" or not match(v, "^https?://[^/%s]+[^%s]*$") then
+    return nil, invalid(field, "must be an http:// or https:// URL")
+  end
+  return true
+end
+
+local function with_slash(u)
+  if sub(u, -1) ~= "/" then return u .. "/" end
+  return u
+end
+
+local function check_table(v, field, allowed)
+  if v == nil then return true end
+  return validate.options(v, validate.set(allowed), field)
+end
+
+local function check(opts)
+  local ok, err = validate.options(opts, TOP, "options")
+  if not ok then return nil, err end
+  ok, err = validate.string(opts.application_id, "application_id")
+  if not ok then return nil, err end
+  for _, name in ipairs{ "base_url", "onboard_url", "cloud_base_url" } do
+    ok, err = url(opts[name], name)
+    if not ok then return nil, err end
+  end
+
+  local r = opts.retry_options
+  ok, err = check_table(r, "retry_options", { "limit", "max_time", "backoff", "max_backoff" })
+  if not ok then return nil, err end
+  if r then
+    if r.limit ~= nil and not (validate.is_integer(r.limit) and r.limit >= 0 and r.limit <= 20) then
+      return nil, invalid("retry_options.limit", "must be an integer within 0..20")
+    end
+    for _, k in ipairs{ "max_time", "backoff", "max_backoff" } do
+      ok, err = validate.number(r[k], "retry_options." .. k, true, 0, 86400)
+      if not ok then return nil, err end
+    end
+  end
+
+  ok, err = validate.number(opts.timeout, "timeout", true, 0.001, 86400)
+  if not ok then return nil, err end
+  ok, err = validate.number(opts.connect_timeout, "connect_timeout", true, 0.001, 86400)
+  if not ok then return nil, err end
+
+  ok, err = check_table(opts.tls, "tls", { "verify", "cafile", "capath" })
+  if not ok then return nil, err end
+  if opts.tls then
+    ok, err = validate.boolean(opts.tls.verify, "tls.verify", true)
+    if not ok then return nil, err end
+    ok, err = validate.string(opts.tls.cafile, "tls.cafile", true)
+    if not ok then return nil, err end
+    ok, err = validate.string(opts.tls.capath, "tls.capath", true)
+    if not ok then return nil, err end
+  end
+
+  ok, err = check_table(opts.proxy, "proxy", { "http", "https", "no_proxy" })
+  if not ok then return nil, err end
+  if opts.proxy then
+    for _, k in ipairs{ "http", "https", "no_proxy" } do
+      ok, err = validate.string(opts.proxy[k], "proxy." .. k, true)
+      if not ok then return nil, err end
+    end
+  end
+
+  local t = opts.transport
+  if t ~= nil and t ~= "curl" and t ~= "ngx"
+     and not (type(t) == "table" and type(t.request) == "function") then
+    return nil, invalid("transport", 'must be "curl", "ngx" or an object with a request method')
+  end
+
+  local j = opts.jwks
+  ok, err = check_table(j, "jwks", { "allowed", "ttl", "cooldown", "shared_dict", "max_size" })
+  if not ok then return nil, err end
+  if j then
+    if j.allowed ~= nil then
+      if not validate.is_array(j.allowed) or #j.allowed == 0 then
+        return nil, invalid("jwks.allowed", "must be a non-empty array of URLs")
+      end
+      for i, u in ipairs(j.allowed) do
+        ok, err = url(u, "jwks.allowed[" .. i .. "]")
+        if not ok then return nil, err end
+      end
+    end
+    for _, k in ipairs{ "ttl", "cooldown" } do
+      ok, err = validate.number(j[k], "jwks." .. k, true, 0, 86400 * 30)
+      if not ok then return nil, err end
+    end
+    ok, err = validate.number(j.max_size, "jwks.max_size", true, 1024, 64 * 1024 * 1024)
+    if not ok then return nil, err end
+    ok, err = validate.string(j.shared_dict, "jwks.shared_dict", true)
+    if not ok then return nil, err end
+  end
+
+  ok, err = check_table(opts.limits, "limits", { "json", "headers", "body" })
+  if not ok then return nil, err end
+  if opts.limits then
+    for _, k in ipairs{ "json", "headers", "body" } do
+      ok, err = validate.number(opts.limits[k], "limits." .. k, true, 1024, 2^50)
+      if not ok then return nil, err end
+    end
+  end
+
+  ok, err = validate.number(opts.clock_leeway, "clock_leeway", true, 0, 86400)
+  if not ok then return nil, err end
+  ok, err = validate.func(opts.on_token_refresh, "on_token_refresh", true)
+  if not ok then return nil, err end
+  ok, err = validate.func(opts.logger, "logger", true)
+  if not ok then return nil, err end
+
+  local a = opts.agent
+  if a ~= nil then
+    if type(a) ~= "table" or type(a.sdk) ~= "table" then
+      return nil, invalid("agent", "must be a table { sdk = { name, version, meta? } }")
+    end
+    ok, err = validate.string(a.sdk.name, "agent.sdk.name")
+    if not ok then return nil, err end
+    ok, err = validate.string(a.sdk.version, "agent.sdk.version")
+    if not ok then return nil, err end
+    if a.sdk.meta ~= nil and not validate.is_record(a.sdk.meta) then
+      return nil, invalid("agent.sdk.meta", "must be a table")
+    end
+  end
+  return true
+end
+
+local function copy(t)
+  if type(t) ~= "table" then return t end
+  local c = {}
+  for k, v in pairs(t) do c[k] = copy(v) end
+  return c
+end
+
+--- Returns the effective configuration, or nil, err.
+function _M.new(opts)
+  local ok, err = check(opts)
+  if not ok then return nil, err end
+  opts = copy(opts)
+  local c = {
+    application_id = opts.application_id,
+    base_url = with_slash(opts.base_url or DEFAULTS.base_url),
+    onboard_url = with_slash(opts.onboard_url or DEFAULTS.onboard_url),
+    cloud_base_url = with_slash(opts.cloud_base_url or DEFAULTS.cloud_base_url),
+    timeout = opts.timeout or 30,
+    connect_timeout = opts.connect_timeout or 10,
+    tls = opts.tls or {},
+    proxy = opts.proxy,
+    transport = opts.transport,
+    clock_leeway = opts.clock_leeway or 60,
+    on_token_refresh = opts.on_token_refresh,
+    logger = opts.logger,
+    agent = opts.agent or _M.default_agent(),
+  }
+  if c.tls.verify == nil then c.tls.verify = true end
+  local r = opts.retry_options or {}
+  c.retry_options = {
+    limit = r.limit or 2,
+    max_time = r.max_time or 30,
+    backoff = r.backoff or 1,
+    max_backoff = r.max_backoff or 10,
+  }
+  local j = opts.jwks or {}
+  c.jwks = {
+    allowed = j.allowed or { c.base_url .. "jwks/oauth" },
+    ttl = j.ttl or 300,
+    cooldown = j.cooldown or 30,
+    shared_dict = j.shared_dict,
+    max_size = j.max_size or 1024 * 1024,
+  }
+  local l = opts.limits or {}
+  c.limits = {
+    json = l.json or 16 * 1024 * 1024,
+    headers = l.headers or 256 * 1024,
+    body = l.body or 1024 * 1024 * 1024,
+  }
+  return c
+end
+
+return _M

@@ -1,0 +1,83 @@
+--- lua-digime: the Lua SDK for the digi.me personal-data API.
+-- @module digime
+-- @usage
+-- local digime = require "digime"
+-- local sdk = assert(digime.init{ application_id = "my-app" })
+-- local res, err = sdk:get_authorize_url{ contract = { id = "...", private_key = pem },
+--                                         callback = "https://example.org/return", state = "s1" }
+local config = require "digime.config"
+local errors = require "digime.errors"
+local scheduler = require "digime.scheduler"
+local auth = require "digime.auth"
+
+local type, pcall, setmetatable, getmetatable = type, pcall, setmetatable, getmetatable
+local rawget, ipairs, tostring = rawget, ipairs, tostring
+
+local _M = {
+  _VERSION = config.SDK_VERSION,
+  errors = errors,
+  --- Runs fn(...) as the first task of a scheduler; see design.md §4.
+  run = scheduler.run,
+  --- Starts a task inside `digime.run`; `task:wait()` returns its results.
+  spawn = scheduler.spawn,
+  --- Sleeps without blocking other tasks inside `digime.run`.
+  sleep = scheduler.sleep,
+}
+
+local sdk_mt = {}
+sdk_mt.__index = sdk_mt
+
+--- Passes a line to the configured logger (never with secrets in it).
+function sdk_mt:log(level, message, fields)
+  local logger = self.config.logger
+  if logger then pcall(logger, level, message, fields) end
+end
+
+-- Every public call: a method that validates its own options and returns result | nil, err.
+local function method(fn, name)
+  return function(self, opts)
+    if type(self) ~= "table" or getmetatable(self) ~= sdk_mt then
+      return nil, errors.validation(name, "must be called as sdk:" .. name .. "{...}")
+    end
+    return fn(self, opts)
+  end
+end
+
+for _, name in ipairs{ "get_authorize_url", "get_reauthorize_url", "exchange_code_for_token",
+                       "refresh_token" } do
+  sdk_mt[name] = method(auth[name], name)
+end
+
+local function pick_transport(cfg)
+  local t = cfg.transport
+  if type(t) == "table" then return t end
+  local ngx = rawget(_G, "ngx")
+  if t == "ngx" or (t == nil and type(ngx) == "table" and ngx.get_phase) then
+    return nil, errors.sdk("TransportUnavailable",
+      "the ngx (cosocket) transport is not available in this version; pass transport = \"curl\"" ..
+      " to use the blocking libcurl transport")
+  end
+  local ok, curl = pcall(require, "digime.transport.curl")
+  if not ok then
+    return nil, errors.sdk("TransportUnavailable", "cannot load the curl transport: " .. tostring(curl))
+  end
+  return curl.new(cfg)
+end
+
+--- Creates an SDK object. Every option is in design.md §4; unknown keys are refused.
+-- @tparam table opts `{ application_id = ..., base_url = ..., ... }`
+-- @return sdk, or nil and a TypeValidationError
+function _M.init(opts)
+  local cfg, err = config.new(opts)
+  if not cfg then return nil, err end
+  local transport, terr = pick_transport(cfg)
+  if not transport then return nil, terr end
+  return setmetatable({
+    config = cfg,
+    transport = transport,
+    jwks_cache = {},
+    stats = { jwks_fetches = 0 },
+  }, sdk_mt)
+end
+
+return _M

@@ -1,0 +1,206 @@
+--- JWTs: the client's request JWTs (PS512, claims in the Node SDK's order) and verification of
+-- the tokens digi.me signs (PS512 only, jku pinned to an allow-list, JWKS cached).
+local core = require "digime.core"
+local json = require "digime.json"
+local errors = require "digime.errors"
+local request = require "digime.request"
+local scheduler = require "digime.scheduler"
+
+local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable
+local match, format = string.match, string.format
+
+local _M = {}
+
+_M.MAX_TOKEN = 64 * 1024
+
+local API_HEADER = core.b64url_encode('{"alg":"PS512","typ":"JWT"}')
+
+-- Parsed contract keys, by PEM text; weak so unused keys go away.
+local key_cache = setmetatable({}, { __mode = "v" })
+
+--- The contract's private key object, or nil, TypeValidationError.
+function _M.contract_key(contract)
+  local pem = contract.private_key
+  local key = key_cache[pem]
+  if key then return key end
+  local k, err = core.private_key(pem)
+  if not k then
+    return nil, errors.validation("contract.private_key", "is not a usable RSA private key: " .. err)
+  end
+  if k:bits() < 2048 then
+    return nil, errors.validation("contract.private_key", "must be an RSA key of at least 2048 bits")
+  end
+  key_cache[pem] = k
+  return k
+end
+
+--- Signs a compact JWS with the given header text (already JSON) and an ordered claims object.
+function _M.sign(key, header_json, claims)
+  local payload, err = json.encode(claims)
+  if not payload then
+    return nil, errors.sdk("JWTError", "cannot encode the JWT claims: " .. err)
+  end
+  local h64 = header_json and core.b64url_encode(header_json) or API_HEADER
+  local input = h64 .. "." .. core.b64url_encode(payload)
+  local sig, serr = key:sign_ps512(input)
+  if not sig then
+    return nil, errors.sdk("JWTError", "signing failed: " .. serr)
+  end
+  return input .. "." .. core.b64url_encode(sig)
+end
+
+--- A fresh nonce and millisecond timestamp, for every attempt.
+function _M.nonce()
+  return core.random_alnum(32)
+end
+
+function _M.now_ms()
+  local t = core.time()
+  return t * 1000 - (t * 1000) % 1
+end
+
+local function token_error(message)
+  return errors.sdk("InvalidServerToken", message)
+end
+
+local function jwks_error(message, cause)
+  return errors.sdk("JWKSError", message, { cause = cause })
+end
+
+local function is_allowed(sdk, jku)
+  for _, u in ipairs(sdk.config.jwks.allowed) do
+    if u == jku then return true end
+  end
+  return false
+end
+
+local function key_from_jwk(jwk)
+  if type(jwk.pem) == "string" then
+    return core.public_key(jwk.pem)
+  end
+  if jwk.kty == "RSA" and type(jwk.n) == "string" and type(jwk.e) == "string" then
+    return core.public_key_jwk(jwk.n, jwk.e)
+  end
+  return nil, "no usable key material"
+end
+
+-- Fetches and parses a JWKS: { kid -> key object }.
+local function fetch_jwks(sdk, jku)
+  local res, err = request.send(sdk, {
+    method = "GET", url = jku, headers = { accept = "application/json" },
+    json = true, max_json = sdk.config.jwks.max_size, what = "JWKS",
+  })
+  if not res then
+    return nil, jwks_error("could not fetch the JWKS: " .. err.message, err)
+  end
+  local doc = res.json
+  if type(doc) ~= "table" or type(doc.keys) ~= "table" then
+    return nil, jwks_error("the server returned a non-JWKS answer")
+  end
+  local keys = {}
+  for _, jwk in ipairs(doc.keys) do
+    if type(jwk) == "table" and type(jwk.kid) == "string" and keys[jwk.kid] == nil
+       and (jwk.alg == nil or jwk.alg == "PS512") and (jwk.use == nil or jwk.use == "sig") then
+      local key = key_from_jwk(jwk)
+      if key then keys[jwk.kid] = key end
+    end
+  end
+  sdk.stats.jwks_fetches = sdk.stats.jwks_fetches + 1
+  return keys
+end
+
+-- The key for (jku, kid): from the cache while fresh; re-fetched when stale, or on an unknown
+-- kid at most once per cooldown. One fetch at a time per address.
+local function jwks_key(sdk, jku, kid)
+  local cfg = sdk.config.jwks
+  local cache = sdk.jwks_cache
+  local entry = cache[jku]
+  local now = core.monotonic()
+  if entry and now - entry.fetched < cfg.ttl then
+    local key = entry.keys[kid]
+    if key then return key end
+    if now - entry.fetched < cfg.cooldown then
+      return nil, token_error(format("no key %q in the JWKS (re-fetch on cooldown)", kid))
+    end
+  end
+  local keys, err = scheduler.single_flight("jwks:" .. jku, function()
+    return fetch_jwks(sdk, jku)
+  end)
+  if not keys then return nil, err end
+  cache[jku] = { keys = keys, fetched = core.monotonic() }
+  local key = keys[kid]
+  if not key then
+    return nil, token_error(format("no key %q in the JWKS", kid))
+  end
+  return key
+end
+
+local function decode_segment(seg, what)
+  local raw, err = core.b64url_decode(seg)
+  if not raw then return nil, token_error(what .. " is not base64url: " .. err) end
+  local v, jerr = json.decode(raw)
+  if type(v) ~= "table" then
+    return nil, token_error(what .. " is not a JSON object" .. (jerr and (": " .. jerr) or ""))
+  end
+  return v
+end
+
+local function check_times(sdk, payload)
+  local now = core.time()
+  local leeway = sdk.config.clock_leeway
+  local exp, nbf, iat = payload.exp, payload.nbf, payload.iat
+  for name, v in pairs{ exp = exp, nbf = nbf, iat = iat } do
+    if v ~= nil and type(v) ~= "number" then
+      return nil, token_error("claim " .. name .. " is not a number")
+    end
+  end
+  if exp and now >= exp + leeway then
+    return nil, token_error("the token has expired")
+  end
+  if nbf and nbf > now + leeway then
+    return nil, token_error("the token is not valid yet")
+  end
+  if iat and iat > now + leeway then
+    return nil, token_error("the token was issued in the future")
+  end
+  return true
+end
+
+--- Verifies a token digi.me signed; returns its payload table, or nil, err.
+function _M.verify_server_token(sdk, token)
+  if type(token) ~= "string" or token == "" then
+    return nil, token_error("the answer carries no token")
+  end
+  if #token > _M.MAX_TOKEN then
+    return nil, token_error("the token is larger than 64 KiB")
+  end
+  local h64, p64, s64 = match(token, "^([%w_%-]+)%.([%w_%-]+)%.([%w_%-]+)$")
+  if not h64 then
+    return nil, token_error("the token is not a three-part compact JWS")
+  end
+  local header, err = decode_segment(h64, "the token header")
+  if not header then return nil, err end
+  if header.alg ~= "PS512" then
+    return nil, token_error(format("algorithm %q is not accepted (PS512 only)", tostring(header.alg)))
+  end
+  if type(header.kid) ~= "string" or type(header.jku) ~= "string" then
+    return nil, token_error("the token header has no kid or jku")
+  end
+  -- Never fetch a URL on the token's own say: the jku must be one we trust already.
+  if not is_allowed(sdk, header.jku) then
+    return nil, token_error("the token's jku is not on the allow-list")
+  end
+  local key, kerr = jwks_key(sdk, header.jku, header.kid)
+  if not key then return nil, kerr end
+  local sig = core.b64url_decode(s64)
+  if not sig or not key:verify_ps512(h64 .. "." .. p64, sig) then
+    return nil, token_error("the token's signature does not verify")
+  end
+  local payload, perr = decode_segment(p64, "the token payload")
+  if not payload then return nil, perr end
+  local ok, terr = check_times(sdk, payload)
+  if not ok then return nil, terr end
+  return payload
+end
+
+return _M

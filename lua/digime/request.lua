@@ -1,0 +1,147 @@
+--- One API call: sign (afresh on every attempt), send through the transport, retry what may be
+-- retried, and turn the answer into a result or an error object (design.md §4 "Retries").
+local core = require "digime.core"
+local json = require "digime.json"
+local errors = require "digime.errors"
+local scheduler = require "digime.scheduler"
+
+local type, pairs, tonumber, tostring = type, pairs, tonumber, tostring
+local match, format = string.match, string.format
+local min, random = math.min, math.random
+local os_time = os.time
+
+local _M = {}
+
+local IDEMPOTENT = { GET = true, HEAD = true, DELETE = true, PUT = true, OPTIONS = true }
+local RETRY_STATUS = { [429] = true, [502] = true, [503] = true, [504] = true }
+-- Network failures that may happen again differently; a TLS or size failure will not.
+local RETRY_NET = { connect = true, resolve = true, timeout = true, reset = true, other = true }
+local NEVER_SENT = { connect = true, resolve = true }
+
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8,
+                 Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
+
+--- Seconds to wait from a Retry-After value (delta seconds or an HTTP date), or nil.
+function _M.retry_after(value, now)
+  if type(value) ~= "string" then return nil end
+  local secs = match(value, "^%s*(%d+)%s*$")
+  if secs then return tonumber(secs) end
+  local d, mon, y, h, mi, s = match(value, "^%a+, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+  if not d or not MONTHS[mon] then return nil end
+  -- os.time reads a table as local time; correct by the local offset of the same instant.
+  local t = { year = tonumber(y), month = MONTHS[mon], day = tonumber(d),
+              hour = tonumber(h), min = tonumber(mi), sec = tonumber(s), isdst = false }
+  local as_local = os_time(t)
+  local utc = os_time(os.date("!*t", as_local))
+  local epoch = as_local + (as_local - utc)
+  local delta = epoch - (now or core.time())
+  return delta > 0 and delta or 0
+end
+
+local function log(sdk, level, message, fields)
+  local logger = sdk.config.logger
+  if logger then
+    pcall(logger, level, message, fields)
+  end
+end
+
+local function backoff(ro, attempt)
+  local d = ro.backoff * 2 ^ (attempt - 1)
+  return min(d, ro.max_backoff) + random() * 0.1
+end
+
+local function path_of(url)
+  return match(url, "^https?://[^/]+(/[^?#]*)") or url
+end
+
+--- spec = { method, url, headers, body, sign = function() -> jwt | nil, err,
+--           idempotent = bool (POSTs that are safe to repeat), json = bool, max_json,
+--           timeout, what = "name for messages" }
+-- Returns the response (plus `json` when asked and the body is JSON) for a 2xx answer,
+-- otherwise nil and an error object.
+function _M.send(sdk, spec)
+  local cfg = sdk.config
+  local ro = cfg.retry_options
+  local method = spec.method
+  local idempotent = IDEMPOTENT[method] or spec.idempotent == true
+  local started = core.monotonic()
+  local attempt = 0
+  local last_err
+
+  while true do
+    attempt = attempt + 1
+    local headers = {}
+    for k, v in pairs(spec.headers or {}) do headers[k] = v end
+    if spec.sign then
+      local token, serr = spec.sign()
+      if not token then return nil, serr end
+      headers.authorization = "Bearer " .. token
+    end
+
+    local t0 = core.monotonic()
+    local res, msg, kind = sdk.transport:request{
+      method = method, url = spec.url, headers = headers, body = spec.body,
+      timeout = spec.timeout, max_body = spec.max_body,
+    }
+    local elapsed = core.monotonic() - t0
+    local retry, wait
+
+    if not res then
+      last_err = errors.network(format("%s %s failed: %s", method, path_of(spec.url), tostring(msg)), kind)
+      log(sdk, "warn", "request failed", { method = method, path = path_of(spec.url),
+                                            attempt = attempt, error = kind, ms = elapsed * 1000 })
+      retry = RETRY_NET[kind] and (idempotent or NEVER_SENT[kind])
+    else
+      log(sdk, "debug", "request done", { method = method, path = path_of(spec.url),
+                                           attempt = attempt, status = res.status, ms = elapsed * 1000 })
+      local status = res.status
+      if status >= 200 and status < 300 then
+        if spec.json then
+          local body = res.body
+          if method == "HEAD" or body == nil or body == "" then
+            res.json = nil
+          else
+            local doc, jerr = json.decode(body, spec.max_json or cfg.limits.json)
+            if doc == nil then
+              return nil, errors.sdk("InvalidResponse", format("%s: the server's answer is not valid JSON (%s)",
+                spec.what or path_of(spec.url), jerr), { status = status })
+            end
+            res.json = doc
+          end
+        end
+        res.attempts = attempt
+        return res
+      end
+      last_err = errors.from_response(res)
+      if RETRY_STATUS[status] then
+        retry = idempotent
+      elseif status >= 500 and status ~= 501 then
+        retry = idempotent
+      end
+      if retry then
+        wait = _M.retry_after(res.headers and res.headers["retry-after"])
+        last_err.retry_after = wait
+      end
+    end
+
+    if not retry or attempt > ro.limit then
+      last_err.attempts = attempt
+      return nil, last_err
+    end
+    wait = wait or backoff(ro, attempt)
+    if core.monotonic() - started + wait > ro.max_time then
+      last_err.attempts = attempt
+      return nil, last_err
+    end
+    log(sdk, "info", "retrying", { method = method, path = path_of(spec.url), attempt = attempt,
+                                   wait = wait })
+    scheduler.sleep(wait)
+  end
+end
+
+--- Percent-encodes one path segment (RFC 3986 unreserved characters kept).
+function _M.encode_segment(s)
+  return (tostring(s):gsub("[^%w%-%._~]", function(c) return format("%%%02X", c:byte()) end))
+end
+
+return _M

@@ -1,0 +1,271 @@
+--- Argument checks shared by every call. Each returns true, or nil and a TypeValidationError
+-- naming the field. Unknown option keys are refused: a typo must not pass silently.
+local errors = require "digime.errors"
+
+local type, pairs, ipairs, tostring, next = type, pairs, ipairs, tostring, next
+local sort, concat = table.sort, table.concat
+local floor = math.floor
+
+local _M = {}
+
+local invalid = errors.validation
+
+function _M.is_non_empty_string(v)
+  return type(v) == "string" and v ~= ""
+end
+
+function _M.is_number(v)
+  return type(v) == "number" and v == v
+end
+
+function _M.is_integer(v)
+  return type(v) == "number" and v == v and floor(v) == v and v > -2^53 and v < 2^53
+end
+
+--- A table is a sequence (array) when its keys are exactly 1..n.
+function _M.is_array(v)
+  if type(v) ~= "table" then return false end
+  local n = #v
+  local count = 0
+  for k in pairs(v) do
+    if type(k) ~= "number" or k < 1 or k > n or floor(k) ~= k then return false end
+    count = count + 1
+  end
+  return count == n
+end
+
+--- A record: a table that is not a non-empty array (an empty table is both).
+function _M.is_record(v)
+  if type(v) ~= "table" then return false end
+  if next(v) == nil then return true end
+  return not _M.is_array(v)
+end
+
+--- Checks that opts is a table whose keys are all in `allowed` (a set); `what` names it.
+function _M.options(opts, allowed, what)
+  if type(opts) ~= "table" then
+    return nil, invalid(what, "must be a table of options")
+  end
+  for k in pairs(opts) do
+    if type(k) ~= "string" or not allowed[k] then
+      local names = {}
+      for name in pairs(allowed) do names[#names + 1] = name end
+      sort(names)
+      return nil, invalid(what .. "." .. tostring(k),
+        "is not a known option (known: " .. concat(names, ", ") .. ")")
+    end
+  end
+  return true
+end
+
+function _M.set(list)
+  local s = {}
+  for _, v in pairs(list) do s[v] = true end
+  return s
+end
+
+function _M.string(v, field, optional)
+  if v == nil and optional then return true end
+  if not _M.is_non_empty_string(v) then
+    return nil, invalid(field, "must be a non-empty string")
+  end
+  return true
+end
+
+--- A string that may be empty (the authorize `state`, for example).
+function _M.any_string(v, field, optional)
+  if v == nil and optional then return true end
+  if type(v) ~= "string" then
+    return nil, invalid(field, "must be a string")
+  end
+  return true
+end
+
+function _M.boolean(v, field, optional)
+  if v == nil and optional then return true end
+  if type(v) ~= "boolean" then
+    return nil, invalid(field, "must be a boolean")
+  end
+  return true
+end
+
+function _M.number(v, field, optional, min, max)
+  if v == nil and optional then return true end
+  if not _M.is_number(v) or (min and v < min) or (max and v > max) then
+    return nil, invalid(field, "must be a number" ..
+      (min and (" >= " .. tostring(min)) or "") .. (max and (" <= " .. tostring(max)) or ""))
+  end
+  return true
+end
+
+function _M.func(v, field, optional)
+  if v == nil and optional then return true end
+  if type(v) ~= "function" then
+    return nil, invalid(field, "must be a function")
+  end
+  return true
+end
+
+--- `contract = { id, private_key }`.
+function _M.contract(c, field)
+  field = field or "contract"
+  if type(c) ~= "table" then
+    return nil, invalid(field, "must be a table { id = ..., private_key = ... }")
+  end
+  local ok, err = _M.options(c, { id = true, private_key = true }, field)
+  if not ok then return nil, err end
+  ok, err = _M.string(c.id, field .. ".id")
+  if not ok then return nil, err end
+  return _M.string(c.private_key, field .. ".private_key")
+end
+
+local function token_part(t, field)
+  if type(t) ~= "table" then
+    return nil, invalid(field, "must be a table { value = ..., expiry = ... }")
+  end
+  local ok, err = _M.string(t.value, field .. ".value")
+  if not ok then return nil, err end
+  return _M.number(t.expiry, field .. ".expiry")
+end
+
+--- A user access token as the SDK returns it.
+function _M.user_access_token(t, field, optional)
+  field = field or "user_access_token"
+  if t == nil and optional then return true end
+  if type(t) ~= "table" then
+    return nil, invalid(field, "must be a user access token table")
+  end
+  local ok, err = token_part(t.access_token, field .. ".access_token")
+  if not ok then return nil, err end
+  ok, err = token_part(t.refresh_token, field .. ".refresh_token")
+  if not ok then return nil, err end
+  if t.user ~= nil and (type(t.user) ~= "table" or (t.user.id ~= nil and type(t.user.id) ~= "string")) then
+    return nil, invalid(field .. ".user", "must be a table { id = string }")
+  end
+  return _M.any_string(t.consent_id, field .. ".consent_id", true)
+end
+
+local function array_of_records(v, field, each)
+  if not _M.is_array(v) then
+    return nil, invalid(field, "must be an array")
+  end
+  for i = 1, #v do
+    local item_field = field .. "[" .. i .. "]"
+    if not _M.is_record(v[i]) then
+      return nil, invalid(item_field, "must be a table")
+    end
+    if each then
+      local ok, err = each(v[i], item_field)
+      if not ok then return nil, err end
+    end
+  end
+  return true
+end
+
+local function has_id(v, field)
+  return _M.number(v.id, field .. ".id")
+end
+
+local function service_type(v, field)
+  local ok, err = has_id(v, field)
+  if not ok then return nil, err end
+  if v.serviceObjectTypes ~= nil then
+    return array_of_records(v.serviceObjectTypes, field .. ".serviceObjectTypes", has_id)
+  end
+  return true
+end
+
+local function service_group(v, field)
+  local ok, err = has_id(v, field)
+  if not ok then return nil, err end
+  if v.serviceTypes ~= nil then
+    return array_of_records(v.serviceTypes, field .. ".serviceTypes", service_type)
+  end
+  return true
+end
+
+local function time_range(v, field)
+  local ok, err = _M.number(v.from, field .. ".from", true)
+  if not ok then return nil, err end
+  ok, err = _M.number(v.to, field .. ".to", true)
+  if not ok then return nil, err end
+  return _M.any_string(v.last, field .. ".last", true)
+end
+
+--- A CA scope (api doc §4.4): timeRanges, serviceGroups, criteria (criteria pass unchecked).
+function _M.scope(s, field)
+  if not _M.is_record(s) then
+    return nil, invalid(field, "must be a table")
+  end
+  if s.timeRanges ~= nil then
+    local ok, err = array_of_records(s.timeRanges, field .. ".timeRanges", time_range)
+    if not ok then return nil, err end
+  end
+  if s.serviceGroups ~= nil then
+    local ok, err = array_of_records(s.serviceGroups, field .. ".serviceGroups", service_group)
+    if not ok then return nil, err end
+  end
+  if s.criteria ~= nil and not _M.is_array(s.criteria) then
+    return nil, invalid(field .. ".criteria", "must be an array")
+  end
+  return true
+end
+
+--- Pull session options (api doc §4.4), sent to the server as given.
+function _M.pull_options(p, field)
+  if not _M.is_record(p) then
+    return nil, invalid(field, "must be a table")
+  end
+  if p.scope ~= nil then
+    local ok, err = _M.scope(p.scope, field .. ".scope")
+    if not ok then return nil, err end
+  end
+  if p.limits ~= nil and not _M.is_record(p.limits) then
+    return nil, invalid(field .. ".limits", "must be a table")
+  end
+  if p.sourceFetch ~= nil and type(p.sourceFetch) ~= "boolean" then
+    return nil, invalid(field .. ".sourceFetch", "must be a boolean")
+  end
+  if p.sourceFetchFilter ~= nil then
+    local f = p.sourceFetchFilter
+    if not _M.is_record(f) or not _M.is_record(f.account) then
+      return nil, invalid(field .. ".sourceFetchFilter", "must be a table { account = { id = {...} } }")
+    end
+  end
+  return true
+end
+
+--- `session_options = { pull = ... }` as the URL calls take it (sent as `actions`).
+function _M.session_options(s, field, optional)
+  field = field or "session_options"
+  if s == nil and optional then return true end
+  if not _M.is_record(s) then
+    return nil, invalid(field, "must be a table")
+  end
+  if s.pull ~= nil then
+    return _M.pull_options(s.pull, field .. ".pull")
+  end
+  return true
+end
+
+--- sourcesScope (api doc §4.5): { dataType = { ... }, organizationType = "..." }.
+function _M.sources_scope(s, field, optional)
+  if s == nil and optional then return true end
+  if not _M.is_record(s) then
+    return nil, invalid(field, "must be a table")
+  end
+  local ok, err = _M.options(s, { dataType = true, organizationType = true }, field)
+  if not ok then return nil, err end
+  if s.dataType ~= nil then
+    if not _M.is_array(s.dataType) then
+      return nil, invalid(field .. ".dataType", "must be an array of strings")
+    end
+    for i, v in ipairs(s.dataType) do
+      ok, err = _M.string(v, field .. ".dataType[" .. i .. "]")
+      if not ok then return nil, err end
+    end
+  end
+  return _M.string(s.organizationType, field .. ".organizationType", true)
+end
+
+return _M
