@@ -1,8 +1,11 @@
 /* core.c: the Lua binding of the C core (module `digime.core`). Each part lives in its own
  * Lua-free file; this file only moves values between Lua and C. Misuse raises; expected
  * failures return nil, message. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/opensslv.h>
@@ -19,7 +22,7 @@
 #define KEY_MT "digime.key"
 #define VERSION "0.1.0"
 
-int digime_open_http(lua_State *L) __attribute__((weak)); /* TEMP until core_http.c lands */
+int digime_open_http(lua_State *L);  /* core_http.c */
 
 typedef struct {
     EVP_PKEY *pkey;
@@ -390,6 +393,45 @@ static int key_tostring(lua_State *L)
     return 1;
 }
 
+/* ---- clocks ---- */
+
+static double clock_seconds(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Wall-clock seconds with sub-millisecond precision (JWT timestamps are in milliseconds). */
+static int l_time(lua_State *L)
+{
+    lua_pushnumber(L, clock_seconds(CLOCK_REALTIME));
+    return 1;
+}
+
+/* Seconds on a clock that never jumps: for deadlines and backoff. */
+static int l_monotonic(lua_State *L)
+{
+    lua_pushnumber(L, clock_seconds(CLOCK_MONOTONIC));
+    return 1;
+}
+
+static int l_sleep(lua_State *L)
+{
+    lua_Number s = luaL_checknumber(L, 1);
+    luaL_argcheck(L, s >= 0 && s <= 86400, 1, "seconds out of range");
+    struct timespec ts = { (time_t)s, (long)((s - (lua_Number)(time_t)s) * 1e9) };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    return 0;
+}
+
+static int l_pid(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)getpid());
+    return 1;
+}
+
 static int l_versions(lua_State *L)
 {
     curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
@@ -434,6 +476,10 @@ static const luaL_Reg module_functions[] = {
     {"public_key", l_public_key},
     {"public_key_jwk", l_public_key_jwk},
     {"generate_key", l_generate_key},
+    {"time", l_time},
+    {"monotonic", l_monotonic},
+    {"sleep", l_sleep},
+    {"pid", l_pid},
     {"versions", l_versions},
     {NULL, NULL}
 };
@@ -455,6 +501,6 @@ DIGIME_EXPORT int luaopen_digime_core(lua_State *L)
     luaL_newlib(L, module_functions);
     lua_pushliteral(L, VERSION);
     lua_setfield(L, -2, "_VERSION");
-    if (digime_open_http) digime_open_http(L);
+    digime_open_http(L);
     return 1;
 }

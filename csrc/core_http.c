@@ -1,0 +1,517 @@
+/* core_http.c: the Lua face of the HTTP engine (http.h).
+ *
+ * Reference graph: an engine's uservalue maps each request it still holds (running, or
+ * finished and not yet reported) from a light userdata of the C request to the request's
+ * userdata, so a request in flight stays alive; a request's uservalue holds its engine
+ * until it is reported or cancelled, and then its cached result table. The C objects
+ * detach from each other on free, so the collector may finalise them in any order. */
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "compat.h"
+#include "http.h"
+
+#define ENGINE_MT  "digime.http_engine"
+#define REQUEST_MT "digime.http_request"
+
+struct engine_ud {
+    http_engine *e;
+};
+
+struct request_ud {
+    http_request *r;
+};
+
+enum {
+    O_METHOD, O_URL, O_HEADERS, O_BODY, O_TIMEOUT, O_CONNECT_TIMEOUT, O_VERIFY, O_CAFILE,
+    O_CAPATH, O_PROXY, O_NO_PROXY, O_HTTP2, O_MAX_BODY, O_MAX_HEADERS, O_FOLLOW, O_COUNT
+};
+
+static const char *const option_names[O_COUNT] = {
+    "method", "url", "headers", "body", "timeout", "connect_timeout", "verify", "cafile",
+    "capath", "proxy", "no_proxy", "http2", "max_body", "max_headers", "follow"
+};
+
+static int option_error(lua_State *L, int opt, const char *what)
+{
+    return luaL_argerror(L, 2, lua_pushfstring(L, "option '%s' %s", option_names[opt], what));
+}
+
+static struct engine_ud *check_engine(lua_State *L)
+{
+    struct engine_ud *u = luaL_checkudata(L, 1, ENGINE_MT);
+
+    if (u->e == NULL)
+        luaL_error(L, "http engine is closed");
+    return u;
+}
+
+static http_request *check_request(lua_State *L)
+{
+    struct request_ud *u = luaL_checkudata(L, 1, REQUEST_MT);
+
+    if (u->r == NULL)
+        luaL_error(L, "http request is freed");
+    return u->r;
+}
+
+/* ---- option parsing: values sit on the stack at base + O_xxx ---- */
+
+static const char *opt_string(lua_State *L, int base, int opt, size_t *len, int binary)
+{
+    size_t n;
+    const char *s;
+
+    if (lua_isnil(L, base + opt))
+        return NULL;
+    if (lua_type(L, base + opt) != LUA_TSTRING)
+        option_error(L, opt, "must be a string");
+    s = lua_tolstring(L, base + opt, &n);
+    if (!binary && strlen(s) != n)
+        option_error(L, opt, "must not contain NUL");
+    if (len != NULL)
+        *len = n;
+    return s;
+}
+
+static int opt_bool(lua_State *L, int base, int opt, int def)
+{
+    if (lua_isnil(L, base + opt))
+        return def;
+    if (lua_type(L, base + opt) != LUA_TBOOLEAN)
+        option_error(L, opt, "must be a boolean");
+    return lua_toboolean(L, base + opt);
+}
+
+static lua_Number opt_number(lua_State *L, int base, int opt)
+{
+    lua_Number x;
+
+    if (lua_type(L, base + opt) != LUA_TNUMBER)
+        option_error(L, opt, "must be a number");
+    x = lua_tonumber(L, base + opt);
+    if (!(x >= 0) || isinf(x))  /* NaN fails x >= 0 */
+        option_error(L, opt, "must be a non-negative finite number");
+    return x;
+}
+
+/* Seconds as a float to whole milliseconds; a positive value never rounds to 0 (= none). */
+static long opt_ms(lua_State *L, int base, int opt, long def)
+{
+    lua_Number ms;
+
+    if (lua_isnil(L, base + opt))
+        return def;
+    ms = ceil(opt_number(L, base, opt) * 1000);
+    return ms > INT_MAX ? INT_MAX : (long)ms;
+}
+
+static size_t opt_size(lua_State *L, int base, int opt, size_t def)
+{
+    lua_Number x;
+
+    if (lua_isnil(L, base + opt))
+        return def;
+    x = opt_number(L, base, opt);
+    if (x != floor(x))
+        option_error(L, opt, "must be an integer");
+    return x >= (lua_Number)SIZE_MAX ? SIZE_MAX : (size_t)x;
+}
+
+/* Rejects unknown keys, then pushes every option's value (nil if absent), raw. */
+static int push_options(lua_State *L)
+{
+    int i, base;
+
+    lua_pushnil(L);
+    while (lua_next(L, 2) != 0) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_argerror(L, 2, "option names must be strings");
+        for (i = 0; i < O_COUNT; i++)
+            if (strcmp(lua_tostring(L, -1), option_names[i]) == 0)
+                break;
+        if (i == O_COUNT)
+            luaL_argerror(L, 2, lua_pushfstring(L, "unknown option '%s'", lua_tostring(L, -1)));
+    }
+    luaL_checkstack(L, O_COUNT + 8, "http options");
+    base = lua_gettop(L) + 1;
+    for (i = 0; i < O_COUNT; i++) {
+        lua_pushstring(L, option_names[i]);
+        lua_rawget(L, 2);
+    }
+    return base;
+}
+
+static void read_options(lua_State *L, int base, struct http_options *o)
+{
+    http_options_init(o);
+    if (!lua_isnil(L, base + O_METHOD))
+        o->method = opt_string(L, base, O_METHOD, NULL, 0);
+    o->url = opt_string(L, base, O_URL, NULL, 0);
+    if (o->url == NULL)
+        option_error(L, O_URL, "is required");
+    o->body = opt_string(L, base, O_BODY, &o->body_len, 1);
+    o->timeout_ms = opt_ms(L, base, O_TIMEOUT, o->timeout_ms);
+    o->connect_timeout_ms = opt_ms(L, base, O_CONNECT_TIMEOUT, o->connect_timeout_ms);
+    o->verify = opt_bool(L, base, O_VERIFY, o->verify);
+    o->cafile = opt_string(L, base, O_CAFILE, NULL, 0);
+    o->capath = opt_string(L, base, O_CAPATH, NULL, 0);
+    /* proxy = false turns proxying off, environment variables included */
+    if (lua_type(L, base + O_PROXY) == LUA_TBOOLEAN && !lua_toboolean(L, base + O_PROXY))
+        o->proxy = "";
+    else
+        o->proxy = opt_string(L, base, O_PROXY, NULL, 0);
+    o->no_proxy = opt_string(L, base, O_NO_PROXY, NULL, 0);
+    o->http2 = opt_bool(L, base, O_HTTP2, o->http2);
+    o->max_body = opt_size(L, base, O_MAX_BODY, o->max_body);
+    o->max_headers = opt_size(L, base, O_MAX_HEADERS, o->max_headers);
+    o->follow = opt_bool(L, base, O_FOLLOW, o->follow);
+    if (!lua_isnil(L, base + O_HEADERS) && !lua_istable(L, base + O_HEADERS))
+        option_error(L, O_HEADERS, "must be a table");
+}
+
+/* ---- headers: a map {name = value} or an array of "Name: value" ---- */
+
+static const char *header_string(lua_State *L, int idx, const char *what)
+{
+    size_t n;
+    const char *s;
+
+    if (lua_type(L, idx) != LUA_TSTRING)
+        luaL_argerror(L, 2, lua_pushfstring(L, "header %s must be a string", what));
+    s = lua_tolstring(L, idx, &n);
+    if (strlen(s) != n || strpbrk(s, "\r\n") != NULL)
+        luaL_argerror(L, 2, lua_pushfstring(L, "header %s contains CR, LF or NUL", what));
+    return s;
+}
+
+static void add_header(lua_State *L, http_request *r, const char *line)
+{
+    char err[HTTP_ERRLEN];
+
+    /* the line is not quoted back: it may carry a token */
+    if (http_request_add_header(r, line, err) != 0)
+        luaL_argerror(L, 2, err);
+}
+
+static void add_headers(lua_State *L, http_request *r, int t)
+{
+    size_t i, n = lua_rawlen(L, t);
+
+    for (i = 1; i <= n; i++) {
+        lua_rawgeti(L, t, (int)i);
+        add_header(L, r, header_string(L, -1, "line"));
+        lua_pop(L, 1);
+    }
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) {
+        const char *name, *value;
+        if (lua_type(L, -2) == LUA_TNUMBER) {
+            lua_Number k = lua_tonumber(L, -2);
+            if (k >= 1 && k <= (lua_Number)n && k == floor(k)) {
+                lua_pop(L, 1);
+                continue;  /* an array line, added above */
+            }
+        }
+        if (lua_type(L, -2) != LUA_TSTRING)
+            luaL_argerror(L, 2, "headers must be a map of names or an array of lines");
+        name = header_string(L, -2, "name");
+        value = header_string(L, -1, "value");
+        if (name[0] == '\0' || strpbrk(name, ":; \t") != NULL)
+            luaL_argerror(L, 2, lua_pushfstring(L, "invalid header name '%s'", name));
+        /* libcurl sends "Name;" as an empty header ("Name:" would remove it) */
+        add_header(L, r, value[0] ? lua_pushfstring(L, "%s: %s", name, value)
+                                  : lua_pushfstring(L, "%s;", name));
+        lua_pop(L, 2);
+    }
+}
+
+/* ---- engine ---- */
+
+static int l_http_engine(lua_State *L)
+{
+    char err[HTTP_ERRLEN];
+    struct engine_ud *u = compat_newuserdata(L, sizeof *u);
+
+    u->e = NULL;
+    luaL_setmetatable(L, ENGINE_MT);
+    lua_newtable(L);
+    compat_setuservalue(L, -2);
+    u->e = http_engine_new(err);
+    if (u->e == NULL)
+        return luaL_error(L, "%s", err);
+    return 1;
+}
+
+static int l_engine_add(lua_State *L)
+{
+    struct engine_ud *eu = check_engine(L);
+    struct request_ud *ru;
+    struct http_options o;
+    char err[HTTP_ERRLEN];
+    int base, req;
+
+    luaL_checktype(L, 2, LUA_TTABLE);
+    base = push_options(L);
+    read_options(L, base, &o);
+
+    ru = compat_newuserdata(L, sizeof *ru);
+    ru->r = NULL;
+    luaL_setmetatable(L, REQUEST_MT);
+    req = lua_gettop(L);
+    lua_newtable(L);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "engine");
+    compat_setuservalue(L, req);
+    ru->r = http_request_new(&o, err);
+    if (ru->r == NULL)
+        return luaL_error(L, "http request: %s", err);
+    if (!lua_isnil(L, base + O_HEADERS))
+        add_headers(L, ru->r, base + O_HEADERS);
+
+    compat_getuservalue(L, 1);
+    lua_pushlightuserdata(L, ru->r);
+    lua_pushvalue(L, req);
+    lua_rawset(L, -3);
+    if (http_engine_add(eu->e, ru->r, err) != 0) {
+        lua_pushlightuserdata(L, ru->r);
+        lua_pushnil(L);
+        lua_rawset(L, -3);
+        return luaL_error(L, "http request: %s", err);
+    }
+    lua_pushvalue(L, req);
+    return 1;
+}
+
+static int l_engine_perform(lua_State *L)
+{
+    struct engine_ud *u = check_engine(L);
+    char err[HTTP_ERRLEN];
+    int running;
+
+    if (http_engine_perform(u->e, &running, err) != 0)
+        return luaL_error(L, "http engine: %s", err);
+    lua_pushinteger(L, running);
+    return 1;
+}
+
+static int l_engine_poll(lua_State *L)
+{
+    struct engine_ud *u = check_engine(L);
+    lua_Number ms = luaL_checknumber(L, 2);
+    char err[HTTP_ERRLEN];
+
+    luaL_argcheck(L, ms >= 0, 2, "timeout must be a non-negative number of milliseconds");
+    if (http_engine_poll(u->e, ms > INT_MAX ? INT_MAX : (int)ms, err) != 0)
+        return luaL_error(L, "http engine: %s", err);
+    return 0;
+}
+
+static int l_engine_finished(lua_State *L)
+{
+    struct engine_ud *u = check_engine(L);
+    http_request *r;
+    int n = 0;
+
+    lua_newtable(L);
+    compat_getuservalue(L, 1);
+    while ((r = http_engine_next_finished(u->e)) != NULL) {
+        lua_pushlightuserdata(L, r);
+        lua_rawget(L, -2);
+        /* reported: the engine lets go of it, and it of the engine */
+        compat_getuservalue(L, -1);
+        lua_pushnil(L);
+        lua_setfield(L, -2, "engine");
+        lua_pop(L, 1);
+        lua_rawseti(L, -3, ++n);
+        lua_pushlightuserdata(L, r);
+        lua_pushnil(L);
+        lua_rawset(L, -3);
+    }
+    lua_pop(L, 1);
+    return 1;
+}
+
+static int l_engine_count(lua_State *L)
+{
+    struct engine_ud *u = luaL_checkudata(L, 1, ENGINE_MT);
+
+    lua_pushinteger(L, u->e ? (lua_Integer)http_engine_count(u->e) : 0);
+    return 1;
+}
+
+static int l_engine_close(lua_State *L)
+{
+    struct engine_ud *u = luaL_checkudata(L, 1, ENGINE_MT);
+
+    if (u->e != NULL) {
+        http_engine_free(u->e);
+        u->e = NULL;
+        lua_newtable(L);  /* the requests no longer need the engine to keep them */
+        compat_setuservalue(L, 1);
+    }
+    return 0;
+}
+
+static int l_engine_gc(lua_State *L)
+{
+    struct engine_ud *u = luaL_checkudata(L, 1, ENGINE_MT);
+
+    if (u->e != NULL) {
+        http_engine_free(u->e);
+        u->e = NULL;
+    }
+    return 0;
+}
+
+/* ---- request ---- */
+
+static int l_request_cancel(lua_State *L)
+{
+    http_request *r = check_request(L);
+
+    if (!http_request_cancel(r)) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    compat_getuservalue(L, 1);
+    lua_getfield(L, -1, "engine");
+    compat_getuservalue(L, -1);
+    lua_pushlightuserdata(L, r);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 2);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "engine");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void push_response(lua_State *L, http_request *r)
+{
+    const struct http_header *h;
+    const char *body;
+    size_t i, n, len;
+
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, (lua_Integer)http_request_status(r));
+    lua_setfield(L, -2, "status");
+    h = http_request_headers(r, &n);
+    lua_createtable(L, 0, (int)(n < INT_MAX ? n : INT_MAX));
+    for (i = 0; i < n; i++) {
+        lua_pushlstring(L, h[i].name, h[i].name_len);
+        lua_pushlstring(L, h[i].value, h[i].value_len);
+        lua_rawset(L, -3);
+    }
+    lua_setfield(L, -2, "headers");
+    body = http_request_body(r, &len);
+    lua_pushlstring(L, body, len);
+    lua_setfield(L, -2, "body");
+    lua_pushstring(L, http_request_http_version(r));
+    lua_setfield(L, -2, "http_version");
+    lua_pushnumber(L, http_request_time(r));
+    lua_setfield(L, -2, "time");
+}
+
+static int l_request_result(lua_State *L)
+{
+    http_request *r = check_request(L);
+
+    if (!http_request_done(r))
+        return luaL_error(L, "http request has not finished");
+    if (http_request_kind(r) != HTTP_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, http_request_error(r));
+        lua_pushstring(L, http_kind_name(http_request_kind(r)));
+        return 3;
+    }
+    /* built once, then the C copy of the response is freed */
+    compat_getuservalue(L, 1);
+    lua_getfield(L, -1, "result");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        push_response(L, r);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -3, "result");
+        http_request_drop_response(r);
+    }
+    return 1;
+}
+
+static int l_request_gc(lua_State *L)
+{
+    struct request_ud *u = luaL_checkudata(L, 1, REQUEST_MT);
+
+    if (u->r != NULL) {
+        http_request_free(u->r);
+        u->r = NULL;
+    }
+    return 0;
+}
+
+static const luaL_Reg engine_methods[] = {
+    { "add", l_engine_add },
+    { "perform", l_engine_perform },
+    { "poll", l_engine_poll },
+    { "finished", l_engine_finished },
+    { "count", l_engine_count },
+    { "close", l_engine_close },
+    { NULL, NULL }
+};
+
+static const luaL_Reg request_methods[] = {
+    { "cancel", l_request_cancel },
+    { "result", l_request_result },
+    { NULL, NULL }
+};
+
+static int l_engine_tostring(lua_State *L)
+{
+    struct engine_ud *u = luaL_checkudata(L, 1, ENGINE_MT);
+
+    if (u->e == NULL)
+        lua_pushliteral(L, ENGINE_MT " (closed)");
+    else
+        lua_pushfstring(L, ENGINE_MT " (%d requests)", (int)http_engine_count(u->e));
+    return 1;
+}
+
+static int l_request_tostring(lua_State *L)
+{
+    struct request_ud *u = luaL_checkudata(L, 1, REQUEST_MT);
+
+    if (u->r == NULL || !http_request_done(u->r))
+        lua_pushliteral(L, REQUEST_MT " (running)");
+    else
+        lua_pushfstring(L, REQUEST_MT " (%s)", http_kind_name(http_request_kind(u->r)));
+    return 1;
+}
+
+static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                      lua_CFunction gc, lua_CFunction tostring)
+{
+    if (luaL_newmetatable(L, name)) {
+        lua_newtable(L);
+        luaL_setfuncs(L, methods, 0);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, tostring);
+        lua_setfield(L, -2, "__tostring");
+        lua_pushstring(L, name);  /* getmetatable() gives the name, not the methods */
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
+}
+
+int digime_open_http(lua_State *L)
+{
+    new_class(L, ENGINE_MT, engine_methods, l_engine_gc, l_engine_tostring);
+    new_class(L, REQUEST_MT, request_methods, l_request_gc, l_request_tostring);
+    lua_pushcfunction(L, l_http_engine);
+    lua_setfield(L, -2, "http_engine");
+    return 0;
+}

@@ -1,0 +1,893 @@
+/* http.c: the libcurl multi engine behind http.h. */
+#include "http.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <openssl/crypto.h>
+
+#define MAX_REDIRECTS 10L
+
+enum req_state {
+    REQ_NEW,       /* created, not added yet */
+    REQ_RUNNING,   /* in the engine's multi handle */
+    REQ_FINISHED,  /* done, queued in the engine until reported */
+    REQ_DONE       /* done and detached from any engine */
+};
+
+/* Why a callback stopped the transfer (libcurl then reports CURLE_WRITE_ERROR). */
+enum abort_reason { ABORT_NONE, ABORT_BODY, ABORT_HEADERS, ABORT_NOMEM };
+
+struct buf {
+    char *data;
+    size_t len, cap;
+};
+
+/* A header line as received: offsets into the request's raw header bytes. */
+struct raw_header {
+    size_t name_off, name_len, value_off, value_len;
+};
+
+struct req_list {
+    http_request *head, *tail;
+    size_t n;
+};
+
+struct http_engine {
+    CURLM *multi;
+    pid_t pid;
+    struct req_list running, finished;
+};
+
+struct http_request {
+    CURL *easy;
+    struct curl_slist *headers;
+    pid_t pid;
+    enum req_state state;
+    http_engine *engine;
+    http_request *prev, *next;  /* in the engine's running or finished list */
+    int has_body, has_content_type;
+    size_t max_body, max_headers, header_bytes;
+    int headers_done;           /* the blank line ending the last response's headers came */
+    enum abort_reason aborted;
+    /* the response */
+    struct buf body;
+    struct buf raw_bytes;
+    struct raw_header *raw;
+    size_t nraw, raw_cap;
+    struct http_header *hdrs;   /* joined view, built when the transfer succeeds */
+    size_t nhdrs;
+    char *hdr_data;
+    enum http_kind kind;
+    long status;
+    const char *version;
+    double time;
+    char errbuf[CURL_ERROR_SIZE];
+    char message[HTTP_ERRLEN];
+};
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_rc;
+
+/* libcurl's global state is made on first use, never at load time: a module preloaded by
+ * a master process that forks has then set up nothing its children would share. */
+static void global_init(void)
+{
+    global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* Objects inherited through fork() are the parent's: the child must not drive or close
+ * their connections (closing a TLS connection would write on the parent's socket). */
+static int owned(pid_t pid)
+{
+    return pid == getpid();
+}
+
+static void set_err(char err[HTTP_ERRLEN], const char *msg)
+{
+    snprintf(err, HTTP_ERRLEN, "%s", msg);
+}
+
+const char *http_kind_name(enum http_kind kind)
+{
+    switch (kind) {
+    case HTTP_OK: return "ok";
+    case HTTP_CONNECT: return "connect";
+    case HTTP_RESOLVE: return "resolve";
+    case HTTP_TIMEOUT: return "timeout";
+    case HTTP_RESET: return "reset";
+    case HTTP_TLS: return "tls";
+    case HTTP_TOO_LARGE: return "too_large";
+    case HTTP_CANCELLED: return "cancelled";
+    case HTTP_OTHER: break;
+    }
+    return "other";
+}
+
+static enum http_kind classify(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_PROXY:  /* proxy handshake failed: the request was not sent either */
+        return HTTP_CONNECT;
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        return HTTP_RESOLVE;
+    case CURLE_OPERATION_TIMEDOUT:
+        return HTTP_TIMEOUT;
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+        return HTTP_RESET;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_USE_SSL_FAILED:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CLIENTCERT:
+        return HTTP_TLS;
+    case CURLE_FILESIZE_EXCEEDED:
+        return HTTP_TOO_LARGE;
+    default:
+        return HTTP_OTHER;
+    }
+}
+
+/* Grows b to hold need more bytes, never beyond limit unless need alone requires it. */
+static int buf_reserve(struct buf *b, size_t need, size_t limit)
+{
+    size_t want, cap;
+    char *p;
+
+    if (need > (size_t)-1 - b->len)
+        return -1;
+    want = b->len + need;
+    if (want <= b->cap)
+        return 0;
+    cap = b->cap ? b->cap : 4096;
+    while (cap < want)
+        cap = cap > (size_t)-1 / 2 ? want : cap * 2;
+    if (cap > limit && want <= limit)
+        cap = limit;
+    p = realloc(b->data, cap);
+    if (p == NULL)
+        return -1;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void buf_free(struct buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+static void list_push(struct req_list *l, http_request *r)
+{
+    r->next = NULL;
+    r->prev = l->tail;
+    if (l->tail)
+        l->tail->next = r;
+    else
+        l->head = r;
+    l->tail = r;
+    l->n++;
+}
+
+static void list_unlink(struct req_list *l, http_request *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        l->head = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    else
+        l->tail = r->prev;
+    r->prev = r->next = NULL;
+    l->n--;
+}
+
+/* Request headers carry bearer tokens: wipe them before they go back to the allocator. */
+static void free_request_headers(http_request *r)
+{
+    struct curl_slist *s;
+
+    for (s = r->headers; s != NULL; s = s->next)
+        OPENSSL_cleanse(s->data, strlen(s->data));
+    curl_slist_free_all(r->headers);
+    r->headers = NULL;
+}
+
+/* Ends the transfer side of a request: the easy handle and its request headers. */
+static void release_transfer(http_request *r)
+{
+    if (r->easy != NULL && owned(r->pid))
+        curl_easy_cleanup(r->easy);
+    r->easy = NULL;
+    free_request_headers(r);
+}
+
+static void free_raw_headers(http_request *r)
+{
+    buf_free(&r->raw_bytes);
+    free(r->raw);
+    r->raw = NULL;
+    r->nraw = r->raw_cap = 0;
+}
+
+void http_request_drop_response(http_request *r)
+{
+    buf_free(&r->body);
+    free_raw_headers(r);
+    free(r->hdrs);
+    free(r->hdr_data);
+    r->hdrs = NULL;
+    r->hdr_data = NULL;
+    r->nhdrs = 0;
+}
+
+static void set_cancelled(http_request *r)
+{
+    r->state = REQ_DONE;
+    r->kind = HTTP_CANCELLED;
+    snprintf(r->message, sizeof r->message, "request cancelled");
+    release_transfer(r);
+    http_request_drop_response(r);
+}
+
+/* ---- libcurl callbacks: they only fill buffers ---- */
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    http_request *r = ud;
+    size_t len = size * n;
+
+    if (len > r->max_body - r->body.len) {
+        r->aborted = ABORT_BODY;
+        return 0;
+    }
+    if (buf_reserve(&r->body, len, r->max_body) != 0) {
+        r->aborted = ABORT_NOMEM;
+        return 0;
+    }
+    memcpy(r->body.data + r->body.len, p, len);
+    r->body.len += len;
+    return len;
+}
+
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+static int raw_append(http_request *r, const char *p, size_t len, int lower)
+{
+    size_t i;
+
+    if (buf_reserve(&r->raw_bytes, len, r->max_headers) != 0)
+        return -1;
+    for (i = 0; i < len; i++) {
+        char c = p[i];
+        r->raw_bytes.data[r->raw_bytes.len++] = lower && c >= 'A' && c <= 'Z' ? c + 32 : c;
+    }
+    return 0;
+}
+
+/* Adds one header line (CRLF stripped). Lines are stored name then value, so a folded
+ * continuation line only has to extend the bytes at the end. */
+static int add_header_line(http_request *r, const char *p, size_t len)
+{
+    const char *colon, *v;
+    size_t vlen;
+    struct raw_header *h;
+
+    if (is_space(p[0])) {  /* obsolete line folding */
+        while (len > 0 && is_space(*p))
+            p++, len--;
+        while (len > 0 && is_space(p[len - 1]))
+            len--;
+        if (r->nraw == 0 || len == 0)
+            return 0;
+        h = &r->raw[r->nraw - 1];
+        if (h->value_len > 0) {
+            if (raw_append(r, " ", 1, 0) != 0)
+                return -1;
+            h->value_len++;
+        }
+        if (raw_append(r, p, len, 0) != 0)
+            return -1;
+        h->value_len += len;
+        return 0;
+    }
+    colon = memchr(p, ':', len);
+    if (colon == NULL)
+        return 0;  /* not a header; libcurl has already judged the response */
+    v = colon + 1;
+    vlen = len - (size_t)(v - p);
+    while (vlen > 0 && is_space(*v))
+        v++, vlen--;
+    while (vlen > 0 && is_space(v[vlen - 1]))
+        vlen--;
+    if (r->nraw == r->raw_cap) {
+        size_t cap = r->raw_cap ? r->raw_cap * 2 : 16;
+        struct raw_header *nr = realloc(r->raw, cap * sizeof *nr);
+        if (nr == NULL)
+            return -1;
+        r->raw = nr;
+        r->raw_cap = cap;
+    }
+    h = &r->raw[r->nraw];
+    h->name_off = r->raw_bytes.len;
+    h->name_len = (size_t)(colon - p);
+    if (raw_append(r, p, h->name_len, 1) != 0)
+        return -1;
+    h->value_off = r->raw_bytes.len;
+    h->value_len = vlen;
+    if (raw_append(r, v, vlen, 0) != 0)
+        return -1;
+    r->nraw++;
+    return 0;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    http_request *r = ud;
+    size_t len = size * n;
+
+    /* Counted over every response of the transfer (1xx, redirects), so none is unbounded. */
+    if (len > r->max_headers - r->header_bytes) {
+        r->aborted = ABORT_HEADERS;
+        return 0;
+    }
+    r->header_bytes += len;
+    if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+        /* a new response (after a 1xx or a followed redirect): only the last one counts */
+        r->nraw = 0;
+        r->raw_bytes.len = 0;
+        r->headers_done = 0;
+        return len;
+    }
+    while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n'))
+        len--;
+    if (len == 0)
+        r->headers_done = 1;
+    else if (add_header_line(r, p, len) != 0) {
+        r->aborted = ABORT_NOMEM;
+        return 0;
+    }
+    return size * n;
+}
+
+/* ---- the joined header view ---- */
+
+struct sort_entry {
+    const char *name;
+    size_t name_len, index;
+};
+
+static int cmp_entry(const void *pa, const void *pb)
+{
+    const struct sort_entry *a = pa, *b = pb;
+    size_t n = a->name_len < b->name_len ? a->name_len : b->name_len;
+    int c = memcmp(a->name, b->name, n);
+
+    if (c != 0)
+        return c;
+    if (a->name_len != b->name_len)
+        return a->name_len < b->name_len ? -1 : 1;
+    return a->index < b->index ? -1 : a->index > b->index;  /* keeps arrival order */
+}
+
+static int same_name(const struct sort_entry *a, const struct sort_entry *b)
+{
+    return a->name_len == b->name_len && memcmp(a->name, b->name, a->name_len) == 0;
+}
+
+/* Sorting by name groups repeated headers in O(n log n): a server sending thousands of
+ * them must not cost quadratic time. */
+static int join_headers(http_request *r)
+{
+    struct sort_entry *ent;
+    size_t i, j, total = 0, n = r->nraw;
+    char *out;
+
+    if (n == 0)
+        return 0;
+    ent = malloc(n * sizeof *ent);
+    r->hdrs = malloc(n * sizeof *r->hdrs);
+    for (i = 0; i < n; i++)
+        total += r->raw[i].name_len + r->raw[i].value_len + 2;
+    r->hdr_data = malloc(total ? total : 1);
+    if (ent == NULL || r->hdrs == NULL || r->hdr_data == NULL) {
+        free(ent);
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        ent[i].name = r->raw_bytes.data + r->raw[i].name_off;
+        ent[i].name_len = r->raw[i].name_len;
+        ent[i].index = i;
+    }
+    qsort(ent, n, sizeof *ent, cmp_entry);
+    out = r->hdr_data;
+    for (i = 0; i < n; i = j) {
+        struct http_header *h = &r->hdrs[r->nhdrs++];
+        memcpy(out, ent[i].name, ent[i].name_len);
+        h->name = out;
+        h->name_len = ent[i].name_len;
+        out += ent[i].name_len;
+        h->value = out;
+        for (j = i; j < n && same_name(&ent[i], &ent[j]); j++) {
+            const struct raw_header *rh = &r->raw[ent[j].index];
+            if (j > i) {
+                memcpy(out, ", ", 2);
+                out += 2;
+            }
+            memcpy(out, r->raw_bytes.data + rh->value_off, rh->value_len);
+            out += rh->value_len;
+        }
+        h->value_len = (size_t)(out - h->value);
+    }
+    free(ent);
+    return 0;
+}
+
+/* Records how the transfer ended; the response is kept only for a complete answer. */
+static void complete(http_request *r, CURLcode rc)
+{
+    long version = 0;
+
+    if (rc == CURLE_OK) {
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
+        /* libcurl 7.88 takes a connection closed in the middle of the headers for a
+         * complete answer without a body; so is a lone 1xx. Neither is the answer. */
+        if (!r->headers_done || r->status < 200) {
+            r->kind = HTTP_RESET;
+            snprintf(r->message, sizeof r->message,
+                     "connection closed before the end of the response headers");
+            http_request_drop_response(r);
+            return;
+        }
+        r->kind = HTTP_OK;
+        r->message[0] = '\0';
+        curl_easy_getinfo(r->easy, CURLINFO_HTTP_VERSION, &version);
+        curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &r->time);
+        r->version = version == CURL_HTTP_VERSION_1_0 ? "1.0"
+                   : version == CURL_HTTP_VERSION_1_1 ? "1.1"
+                   : version == CURL_HTTP_VERSION_2_0 ? "2"
+                   : version == CURL_HTTP_VERSION_3 ? "3" : "";
+        if (join_headers(r) == 0) {
+            free_raw_headers(r);
+            return;
+        }
+        rc = CURLE_OUT_OF_MEMORY;
+    }
+    if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_BODY) {
+        r->kind = HTTP_TOO_LARGE;
+        snprintf(r->message, sizeof r->message, "response body larger than max_body (%zu bytes)",
+                 r->max_body);
+    } else if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_HEADERS) {
+        r->kind = HTTP_TOO_LARGE;
+        snprintf(r->message, sizeof r->message,
+                 "response headers larger than max_headers (%zu bytes)", r->max_headers);
+    } else if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_NOMEM) {
+        r->kind = HTTP_OTHER;
+        snprintf(r->message, sizeof r->message, "out of memory");
+    } else {
+        r->kind = classify(rc);
+        snprintf(r->message, sizeof r->message, "%s",
+                 r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc));
+    }
+    http_request_drop_response(r);
+}
+
+/* ---- engines ---- */
+
+http_engine *http_engine_new(char err[HTTP_ERRLEN])
+{
+    http_engine *e;
+
+    pthread_once(&global_once, global_init);
+    if (global_rc != CURLE_OK) {
+        snprintf(err, HTTP_ERRLEN, "libcurl initialisation failed: %s", curl_easy_strerror(global_rc));
+        return NULL;
+    }
+    e = calloc(1, sizeof *e);
+    if (e == NULL || (e->multi = curl_multi_init()) == NULL) {
+        free(e);
+        set_err(err, "out of memory");
+        return NULL;
+    }
+    e->pid = getpid();
+    return e;
+}
+
+void http_engine_free(http_engine *e)
+{
+    http_request *r;
+
+    while ((r = e->running.head) != NULL) {
+        if (owned(e->pid))
+            curl_multi_remove_handle(e->multi, r->easy);
+        list_unlink(&e->running, r);
+        r->engine = NULL;
+        set_cancelled(r);
+    }
+    while ((r = e->finished.head) != NULL) {
+        list_unlink(&e->finished, r);
+        r->engine = NULL;
+        r->state = REQ_DONE;
+    }
+    if (owned(e->pid))
+        curl_multi_cleanup(e->multi);
+    free(e);
+}
+
+static int check_owned(const http_engine *e, char err[HTTP_ERRLEN])
+{
+    if (owned(e->pid))
+        return 0;
+    set_err(err, "http engine used in a forked process");
+    return -1;
+}
+
+int http_engine_perform(http_engine *e, int *running, char err[HTTP_ERRLEN])
+{
+    CURLMcode mc;
+    CURLMsg *msg;
+    int left;
+
+    if (check_owned(e, err) != 0)
+        return -1;
+    mc = curl_multi_perform(e->multi, running);
+    if (mc != CURLM_OK) {
+        set_err(err, curl_multi_strerror(mc));
+        return -1;
+    }
+    while ((msg = curl_multi_info_read(e->multi, &left)) != NULL) {
+        char *priv = NULL;
+        http_request *r;
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+        r = (http_request *)priv;
+        complete(r, msg->data.result);
+        curl_multi_remove_handle(e->multi, r->easy);
+        release_transfer(r);
+        list_unlink(&e->running, r);
+        r->state = REQ_FINISHED;
+        list_push(&e->finished, r);
+    }
+    return 0;
+}
+
+int http_engine_poll(http_engine *e, int timeout_ms, char err[HTTP_ERRLEN])
+{
+    CURLMcode mc;
+
+    if (check_owned(e, err) != 0)
+        return -1;
+    mc = curl_multi_poll(e->multi, NULL, 0, timeout_ms, NULL);
+    if (mc != CURLM_OK) {
+        set_err(err, curl_multi_strerror(mc));
+        return -1;
+    }
+    return 0;
+}
+
+http_request *http_engine_next_finished(http_engine *e)
+{
+    http_request *r = e->finished.head;
+
+    if (r != NULL) {
+        list_unlink(&e->finished, r);
+        r->engine = NULL;
+        r->state = REQ_DONE;
+    }
+    return r;
+}
+
+size_t http_engine_count(const http_engine *e)
+{
+    return e->running.n + e->finished.n;
+}
+
+/* ---- requests ---- */
+
+void http_options_init(struct http_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->method = "GET";
+    o->timeout_ms = HTTP_DEFAULT_TIMEOUT_MS;
+    o->connect_timeout_ms = HTTP_DEFAULT_CONNECT_TIMEOUT_MS;
+    o->verify = 1;
+    o->http2 = 1;
+    o->max_body = HTTP_DEFAULT_MAX_BODY;
+    o->max_headers = HTTP_DEFAULT_MAX_HEADERS;
+}
+
+/* An HTTP method is a token (RFC 9110 5.6.2). */
+static int is_token(const char *s)
+{
+    if (*s == '\0')
+        return 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= 32 || c >= 127 || strchr("\"(),/:;<=>?@[\\]{}", c) != NULL)
+            return 0;
+    }
+    return 1;
+}
+
+#define SETOPT(opt, val) \
+    do { \
+        if ((rc = curl_easy_setopt(r->easy, opt, val)) != CURLE_OK) \
+            goto fail; \
+    } while (0)
+
+static CURLcode set_method(http_request *r, const struct http_options *o)
+{
+    CURLcode rc = CURLE_OK;
+    const char *m = o->method;
+    int is_post = strcmp(m, "POST") == 0;
+
+    if (strcmp(m, "HEAD") == 0) {
+        SETOPT(CURLOPT_NOBODY, 1L);
+        return CURLE_OK;
+    }
+    /* POST, PUT and PATCH without a body still say "content-length: 0" (servers may
+     * answer 411 otherwise); other methods without a body send none. */
+    if (o->body != NULL || is_post || strcmp(m, "PUT") == 0 || strcmp(m, "PATCH") == 0) {
+        /* the size first: COPYPOSTFIELDS then copies that many bytes, NULs included */
+        SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(o->body ? o->body_len : 0));
+        SETOPT(CURLOPT_COPYPOSTFIELDS, o->body ? o->body : "");
+        r->has_body = 1;
+        if (!is_post)
+            SETOPT(CURLOPT_CUSTOMREQUEST, m);
+    } else if (strcmp(m, "GET") != 0) {
+        SETOPT(CURLOPT_CUSTOMREQUEST, m);
+    }
+fail:
+    return rc;
+}
+
+http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLEN])
+{
+    http_request *r;
+    CURLcode rc;
+
+    if (o->url == NULL) {
+        set_err(err, "no url");
+        return NULL;
+    }
+    if (!is_token(o->method)) {
+        set_err(err, "invalid method");
+        return NULL;
+    }
+    if (o->body != NULL && strcmp(o->method, "HEAD") == 0) {
+        set_err(err, "a HEAD request has no body");
+        return NULL;
+    }
+    r = calloc(1, sizeof *r);
+    if (r == NULL || (r->easy = curl_easy_init()) == NULL
+        || (r->headers = curl_slist_append(NULL, "Expect:")) == NULL) {
+        /* "Expect:" stops libcurl's 100-continue round trip before large bodies */
+        if (r != NULL)
+            curl_easy_cleanup(r->easy);
+        free(r);
+        set_err(err, "out of memory");
+        return NULL;
+    }
+    r->pid = getpid();
+    r->max_body = o->max_body;
+    r->max_headers = o->max_headers;
+
+    SETOPT(CURLOPT_PRIVATE, (char *)r);
+    SETOPT(CURLOPT_ERRORBUFFER, r->errbuf);
+    SETOPT(CURLOPT_NOSIGNAL, 1L);
+    SETOPT(CURLOPT_URL, o->url);
+    SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+    SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    SETOPT(CURLOPT_WRITEFUNCTION, on_body);
+    SETOPT(CURLOPT_WRITEDATA, r);
+    SETOPT(CURLOPT_HEADERFUNCTION, on_header);
+    SETOPT(CURLOPT_HEADERDATA, r);
+    SETOPT(CURLOPT_TIMEOUT_MS, o->timeout_ms);
+    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
+    SETOPT(CURLOPT_SSL_VERIFYPEER, o->verify ? 1L : 0L);
+    SETOPT(CURLOPT_SSL_VERIFYHOST, o->verify ? 2L : 0L);
+    if (o->cafile != NULL)
+        SETOPT(CURLOPT_CAINFO, o->cafile);
+    if (o->capath != NULL)
+        SETOPT(CURLOPT_CAPATH, o->capath);
+    /* No proxy given: libcurl's default, which honours http_proxy, https_proxy and no_proxy
+     * from the environment as every curl-based tool does; "" turns all proxying off. */
+    if (o->proxy != NULL)
+        SETOPT(CURLOPT_PROXY, o->proxy);
+    if (o->no_proxy != NULL)
+        SETOPT(CURLOPT_NOPROXY, o->no_proxy);
+    SETOPT(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+    /* a libcurl built without HTTP/2 refuses 2TLS: HTTP/1.1 is then all it can do anyway */
+    curl_easy_setopt(r->easy, CURLOPT_HTTP_VERSION,
+                     o->http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
+    SETOPT(CURLOPT_FOLLOWLOCATION, o->follow ? 1L : 0L);
+    SETOPT(CURLOPT_MAXREDIRS, MAX_REDIRECTS);
+    /* Fails early on a declared content-length; on_body enforces the limit in any case.
+     * Not for HEAD, whose content-length describes a body that never comes. */
+    if (strcmp(o->method, "HEAD") != 0 && o->max_body > 0 && o->max_body <= (size_t)INT64_MAX)
+        SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body);
+    if ((rc = set_method(r, o)) != CURLE_OK)
+        goto fail;
+    return r;
+fail:
+    set_err(err, curl_easy_strerror(rc));
+    http_request_free(r);
+    return NULL;
+}
+
+static int is_content_type(const char *line)
+{
+    static const char ct[] = "content-type";
+    size_t i;
+
+    for (i = 0; ct[i] != '\0'; i++) {
+        char c = line[i];
+        if ((c >= 'A' && c <= 'Z' ? c + 32 : c) != ct[i])
+            return 0;
+    }
+    return line[i] == ':' || line[i] == ';';
+}
+
+int http_request_add_header(http_request *r, const char *line, char err[HTTP_ERRLEN])
+{
+    struct curl_slist *s;
+
+    if (r->state != REQ_NEW) {
+        set_err(err, "request already added");
+        return -1;
+    }
+    if (strpbrk(line, "\r\n") != NULL) {
+        set_err(err, "header contains CR or LF");
+        return -1;
+    }
+    /* "Name: value"; libcurl also reads "Name:" as "remove" and "Name;" as "send empty" */
+    if (line[strcspn(line, ":;")] == '\0' || strchr(":;", line[0]) != NULL) {
+        set_err(err, "header is not \"Name: value\"");
+        return -1;
+    }
+    s = curl_slist_append(r->headers, line);
+    if (s == NULL) {
+        set_err(err, "out of memory");
+        return -1;
+    }
+    r->headers = s;
+    r->has_content_type |= is_content_type(line);
+    return 0;
+}
+
+int http_engine_add(http_engine *e, http_request *r, char err[HTTP_ERRLEN])
+{
+    CURLMcode mc;
+
+    if (check_owned(e, err) != 0)
+        return -1;
+    if (r->state != REQ_NEW) {
+        set_err(err, "request already added");
+        return -1;
+    }
+    /* libcurl would label a body "application/x-www-form-urlencoded"; bodies go as given */
+    if (r->has_body && !r->has_content_type) {
+        struct curl_slist *s = curl_slist_append(r->headers, "Content-Type:");
+        if (s == NULL) {
+            set_err(err, "out of memory");
+            return -1;
+        }
+        r->headers = s;
+        r->has_content_type = 1;
+    }
+    if (curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK) {
+        set_err(err, "out of memory");
+        return -1;
+    }
+    mc = curl_multi_add_handle(e->multi, r->easy);
+    if (mc != CURLM_OK) {
+        set_err(err, curl_multi_strerror(mc));
+        return -1;
+    }
+    r->state = REQ_RUNNING;
+    r->engine = e;
+    list_push(&e->running, r);
+    return 0;
+}
+
+int http_request_cancel(http_request *r)
+{
+    if (r->state == REQ_RUNNING) {
+        if (owned(r->engine->pid))
+            curl_multi_remove_handle(r->engine->multi, r->easy);
+        list_unlink(&r->engine->running, r);
+        r->engine = NULL;
+    } else if (r->state != REQ_NEW) {
+        return 0;
+    }
+    set_cancelled(r);
+    return 1;
+}
+
+void http_request_free(http_request *r)
+{
+    if (r->state == REQ_RUNNING || r->state == REQ_FINISHED) {
+        if (r->state == REQ_RUNNING) {
+            if (owned(r->engine->pid))
+                curl_multi_remove_handle(r->engine->multi, r->easy);
+            list_unlink(&r->engine->running, r);
+        } else {
+            list_unlink(&r->engine->finished, r);
+        }
+    }
+    release_transfer(r);
+    http_request_drop_response(r);
+    free(r);
+}
+
+int http_request_done(const http_request *r)
+{
+    return r->state == REQ_FINISHED || r->state == REQ_DONE;
+}
+
+enum http_kind http_request_kind(const http_request *r)
+{
+    return r->kind;
+}
+
+const char *http_request_error(const http_request *r)
+{
+    return r->message;
+}
+
+long http_request_status(const http_request *r)
+{
+    return r->status;
+}
+
+const char *http_request_http_version(const http_request *r)
+{
+    return r->version ? r->version : "";
+}
+
+double http_request_time(const http_request *r)
+{
+    return r->time;
+}
+
+const char *http_request_body(const http_request *r, size_t *len)
+{
+    *len = r->body.len;
+    return r->body.data ? r->body.data : "";
+}
+
+const struct http_header *http_request_headers(const http_request *r, size_t *count)
+{
+    *count = r->nhdrs;
+    return r->hdrs;
+}

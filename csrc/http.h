@@ -1,0 +1,94 @@
+/* http.h: a libcurl multi engine with a Lua-free API.
+ *
+ * An engine owns a multi handle (and so its connection cache). A request owns an easy
+ * handle, its settings and the response it collects. Requests are created on their own,
+ * then added to one engine; the engine reports them once finished and forgets them.
+ * Nothing here ever calls out of C while libcurl works: callbacks only fill buffers.
+ *
+ * Lifetimes are independent: freeing a request detaches it from its engine, freeing an
+ * engine cancels the requests still running and detaches every request it holds, so the
+ * two may be freed in either order. */
+#ifndef DIGIME_HTTP_H
+#define DIGIME_HTTP_H
+
+#include <stddef.h>
+
+#define HTTP_DEFAULT_TIMEOUT_MS         30000L
+#define HTTP_DEFAULT_CONNECT_TIMEOUT_MS 10000L
+#define HTTP_DEFAULT_MAX_BODY           ((size_t)64 * 1024 * 1024)
+#define HTTP_DEFAULT_MAX_HEADERS        ((size_t)256 * 1024)
+#define HTTP_ERRLEN                     256
+
+typedef struct http_engine http_engine;
+typedef struct http_request http_request;
+
+/* How a request ended. HTTP_OK is any complete HTTP response, 4xx and 5xx included. */
+enum http_kind {
+    HTTP_OK = 0,
+    HTTP_CONNECT,   /* refused or unreachable: the request never reached the server */
+    HTTP_RESOLVE,   /* name resolution failed: never reached the server either */
+    HTTP_TIMEOUT,
+    HTTP_RESET,     /* connection closed or reset before a full answer */
+    HTTP_TLS,
+    HTTP_TOO_LARGE, /* max_body or max_headers exceeded */
+    HTTP_CANCELLED,
+    HTTP_OTHER
+};
+
+struct http_options {
+    const char *method;        /* "GET", "HEAD", "POST", or any token sent as is */
+    const char *url;
+    const char *body;          /* NULL: no body */
+    size_t body_len;
+    long timeout_ms;           /* whole transfer; 0 = none */
+    long connect_timeout_ms;   /* 0 = libcurl's default */
+    int verify;                /* TLS peer and host name verification */
+    const char *cafile, *capath;
+    const char *proxy;         /* NULL: libcurl's default (proxy environment variables); "": none */
+    const char *no_proxy;
+    int http2;                 /* offer HTTP/2 over TLS through ALPN */
+    int follow;                /* follow redirects (at most 10) */
+    size_t max_body;           /* bytes of response body */
+    size_t max_headers;        /* bytes of response header lines, all responses of the transfer */
+};
+
+/* One response header: the name lower-cased, repeated headers joined with ", ". */
+struct http_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+
+const char *http_kind_name(enum http_kind kind);
+
+/* Engines. The first engine created in a process initialises libcurl. An engine belongs to
+ * the process that created it: in a forked child add, perform and poll fail, and freeing
+ * it there releases memory without touching libcurl (its connections are the parent's). */
+http_engine *http_engine_new(char err[HTTP_ERRLEN]);
+void http_engine_free(http_engine *e);
+int http_engine_perform(http_engine *e, int *running, char err[HTTP_ERRLEN]);
+int http_engine_poll(http_engine *e, int timeout_ms, char err[HTTP_ERRLEN]);
+http_request *http_engine_next_finished(http_engine *e);     /* detaches it; NULL if none */
+size_t http_engine_count(const http_engine *e);               /* running + not yet reported */
+
+/* Requests. Functions returning int give 0 on success, -1 with a message in err. */
+void http_options_init(struct http_options *o);
+http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLEN]);
+int http_request_add_header(http_request *r, const char *line, char err[HTTP_ERRLEN]);
+int http_engine_add(http_engine *e, http_request *r, char err[HTTP_ERRLEN]);
+int http_request_cancel(http_request *r);  /* 1 if it was running and is now cancelled */
+void http_request_free(http_request *r);
+
+/* Results, once http_request_done(). */
+int http_request_done(const http_request *r);
+enum http_kind http_request_kind(const http_request *r);
+const char *http_request_error(const http_request *r);       /* "" on HTTP_OK */
+long http_request_status(const http_request *r);
+const char *http_request_http_version(const http_request *r);
+double http_request_time(const http_request *r);              /* seconds */
+const char *http_request_body(const http_request *r, size_t *len);
+const struct http_header *http_request_headers(const http_request *r, size_t *count);
+void http_request_drop_response(http_request *r);  /* frees body and headers once copied out */
+
+#endif
