@@ -20,7 +20,7 @@ LPATH     := $(ROOT)/lua/?.lua;$(ROOT)/lua/?/init.lua
 LPATH_54  := $(LPATH);/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;/usr/share/lua/5.1/?.lua;/usr/share/lua/5.1/?/init.lua;;
 LPATH_JIT := $(LPATH);;
 
-.PHONY: all deps env test test-lua54 test-luajit test-asan test-valgrind demo bench lint clean docs
+.PHONY: all deps env check-warnings test test-lua54 test-luajit test-asan test-valgrind demo bench lint clean docs
 
 all: build/lua5.4/digime/core.so build/luajit/digime/core.so
 
@@ -67,6 +67,14 @@ bench: deps all
 
 lint:
 	luacheck lua spec bin examples bench
+
+# The core must compile warning-free for both Lua flavours (a spec runs this).
+check-warnings:
+	@for inc in "$(LUA54_INC)" "$(LUAJIT_INC)"; do \
+	  for f in $(SOURCES); do \
+	    $(CC) $(CFLAGS_COMMON) -Werror $$inc $(DEP_CFLAGS) -c $$f -o /dev/null || exit 1; \
+	  done; \
+	done
 
 docs:
 	ldoc -d build/docs lua/digime

@@ -22,7 +22,9 @@ end
 
 local sdk = check(digime.init{
   application_id = demo.application_id, base_url = base_url, onboard_url = onboard_url,
-  on_token_refresh = function(new) print("   (on_token_refresh: store the new pair for user " .. new.user.id .. ")") end,
+  on_token_refresh = function(new)
+    print("   (on_token_refresh: store the new pair for user " .. new.user.id .. ")")
+  end,
 })
 local contract = { id = demo.contract_id, private_key = demo.private_key }
 local callback_url = "https://app.example/digime/callback"

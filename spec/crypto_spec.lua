@@ -94,7 +94,8 @@ describe("core crypto", function()
       local key = assert(core.private_key(sh.read(pkcs1_path)))
       local sig = key:sign_ps512("same key")
       assert(sh.run("openssl rsa -in " .. q(pkcs1_path) .. " -RSAPublicKey_out -out " .. q(dir .. "/rsapub.pem")))
-      assert(sh.run("openssl req -x509 -new -key " .. q(pkcs1_path) .. " -subj /CN=test -days 1 -out " .. q(dir .. "/cert.pem")))
+      assert(sh.run("openssl req -x509 -new -key " .. q(pkcs1_path) .. " -subj /CN=test -days 1 -out "
+        .. q(dir .. "/cert.pem")))
       local rsapub = sh.read(dir .. "/rsapub.pem")
       assert.matches("BEGIN RSA PUBLIC KEY", rsapub)
       local forms = {

@@ -1,0 +1,21 @@
+#!/bin/sh
+# make bench: the figures of bench/RESULTS.md (this machine, now). Not a test.
+set -eu
+cd "$(dirname "$0")/.."
+eval "$(make -s env)"
+echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "== PS512 through the core"
+lua5.4 bench/ps512.lua 3
+luajit bench/ps512.lua 3
+echo "== openssl speed rsa2048 (PKCS#1 v1.5, same RSA private/public operations)"
+openssl speed -seconds 3 rsa2048 2>/dev/null | tail -2
+dir=$(mktemp -d)
+bin/digime-sandbox > "$dir/out" 2> "$dir/err" &
+pid=$!
+trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
+until [ -s "$dir/out" ]; do sleep 0.1; done
+line=$(head -1 "$dir/out")
+url() { printf '%s' "$line" | sed -e "s/.*\"$1\":\"\([^\"]*\)\".*/\1/" -e 's#\\/#/#g'; }
+echo "== authorization round trips against the sandbox (loopback)"
+lua5.4 bench/auth_flow.lua "$(url base_url)" "$(url onboard_url)" "$(url control_url)" 30
+luajit bench/auth_flow.lua "$(url base_url)" "$(url onboard_url)" "$(url control_url)" 30

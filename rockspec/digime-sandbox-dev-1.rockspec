@@ -1,0 +1,40 @@
+rockspec_format = "3.0"
+package = "digime-sandbox"
+version = "dev-1"
+source = {
+   url = "git+https://example.invalid/lua-digime.git",
+}
+description = {
+   summary = "A local digi.me API for offline development and tests of digi.me clients",
+   detailed = [[
+The same paths, JWT checks, token formats, error bodies and consent redirects as the digi.me
+API, on loopback, with fault injection and a control endpoint. Runs on Lua 5.4 with lua-http.
+]],
+   license = "MIT",
+}
+dependencies = {
+   "lua >= 5.4, < 5.5",
+   "lua-digime",          -- the C core (digime.core) and the demo contract's key handling
+   "http >= 0.3",         -- lua-http (Debian: lua-http, which lives in the 5.1 tree)
+   "cqueues",
+   "luaossl",             -- certificates for --tls
+   "lua-cjson >= 2.1",
+}
+build = {
+   type = "builtin",
+   modules = {
+      ["digime.sandbox.api"] = "lua/digime/sandbox/api.lua",
+      ["digime.sandbox.config"] = "lua/digime/sandbox/config.lua",
+      ["digime.sandbox.control"] = "lua/digime/sandbox/control.lua",
+      ["digime.sandbox.demo_contract"] = "lua/digime/sandbox/demo_contract.lua",
+      ["digime.sandbox.onboard"] = "lua/digime/sandbox/onboard.lua",
+      ["digime.sandbox.server"] = "lua/digime/sandbox/server.lua",
+      ["digime.sandbox.state"] = "lua/digime/sandbox/state.lua",
+      ["digime.sandbox.tls"] = "lua/digime/sandbox/tls.lua",
+      ["digime.sandbox.tokens"] = "lua/digime/sandbox/tokens.lua",
+      ["digime.sandbox.wire"] = "lua/digime/sandbox/wire.lua",
+   },
+   install = {
+      bin = { ["digime-sandbox"] = "bin/digime-sandbox" },
+   },
+}
