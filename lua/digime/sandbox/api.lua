@@ -1,0 +1,366 @@
+-- The digi.me API under /v1.7/ (api doc §6, §7, §8, §16): JWKS, oauth/authorize,
+-- oauth/token/reference, oauth/token; the Bearer check every other endpoint shares; the agent
+-- check; and the foreign JWKS used to catch clients that fetch a jku off their allow-list.
+--
+-- Later families of endpoints register themselves with _M.route(...).
+
+local core = require "digime.core"
+local tokens = require "digime.sandbox.tokens"
+local wire = require "digime.sandbox.wire"
+
+local type, tostring, ipairs = type, tostring, ipairs
+local os_time = os.time
+local math_floor, math_abs = math.floor, math.abs
+
+local _M = {}
+
+-- Routes ------------------------------------------------------------------------------------
+
+local routes = {}   -- { method, path (exact) | pattern, handler, auth }
+
+-- Adds an endpoint. `path` is exact unless opts.pattern (a Lua pattern, anchored).
+-- handler(app, req, auth) -> response; auth = { claims, client_id, contract } unless
+-- opts.auth == false.
+function _M.route(method, path, handler, opts)
+  opts = opts or {}
+  routes[#routes + 1] = { method = method, path = path, pattern = opts.pattern,
+                          handler = handler, auth = opts.auth ~= false }
+end
+
+local function path_hit(r, path)
+  if r.pattern then
+    return path:match("^" .. r.pattern .. "$") ~= nil
+  end
+  return path == r.path
+end
+
+-- -> route | nil, path_known. HEAD falls back to the GET route when it has none of its own.
+local function find_route(method, path)
+  local path_known, head_fallback = false, nil
+  for _, r in ipairs(routes) do
+    if path_hit(r, path) then
+      path_known = true
+      if r.method == method then
+        return r
+      end
+      if method == "HEAD" and r.method == "GET" then
+        head_fallback = head_fallback or r
+      end
+    end
+  end
+  return head_fallback, path_known
+end
+
+-- Errors ------------------------------------------------------------------------------------
+
+local function validation(status)
+  return wire.error(status or 400, "ValidationErrors", "Parameter validation errors")
+end
+_M.validation_error = validation
+
+local function invalid_token(kind)
+  return wire.error(401, "InvalidToken", "The token (" .. kind .. ") is invalid")
+end
+_M.invalid_token = invalid_token
+
+-- Bearer check (api doc §16) ----------------------------------------------------------------
+
+local function now_ms()
+  -- Whole seconds are precise enough against a window of minutes, and keep the sandbox free
+  -- of a wall-clock dependency.
+  return os_time() * 1000
+end
+_M.now_ms = now_ms
+
+local function is_integer(v)
+  return type(v) == "number" and v == math_floor(v) and math_abs(v) < 2 ^ 53
+end
+
+-- -> auth | nil, response. auth = { claims, client_id, contract, header }
+function _M.authenticate(app, req)
+  local h = req.headers["authorization"]
+  local jwt = type(h) == "string" and h:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +(%S+)%s*$")
+  if not jwt then
+    return nil, validation(406)
+  end
+  local parsed, _, what = tokens.decode(jwt)
+  if not parsed then
+    return nil, validation(406)
+  end
+  if parsed.header.alg ~= "PS512" then
+    return nil, validation(406)
+  end
+  if what == "payload" then
+    return nil, validation(400)
+  end
+  local claims = parsed.payload
+  req.log.client_id = type(claims.client_id) == "string" and claims.client_id or nil
+  req.log.nonce = type(claims.nonce) == "string" and claims.nonce or nil
+  if type(claims.client_id) ~= "string" then
+    return nil, validation(400)
+  end
+  local contract = app.contracts[claims.client_id]
+  if not contract then
+    return nil, wire.error(401, "InvalidClient",
+                           "The client_id (" .. claims.client_id .. ") is invalid")
+  end
+  if not tokens.verify_ps512(parsed, contract.key) then
+    return nil, validation(406)
+  end
+  local nonce = claims.nonce
+  if type(nonce) ~= "string" or nonce == "" then
+    return nil, validation(400)
+  end
+  local ts = claims.timestamp
+  if not is_integer(ts) then
+    return nil, validation(400)
+  end
+  local now = now_ms()
+  local window = app.cfg.timestamp_window * 1000
+  if math_abs(ts - now) > window then
+    return nil, wire.error(406, "ValidationErrors",
+      "Parameter validation errors: the timestamp provided in JWT payload ("
+      .. string.format("%d", ts) .. ") is outside the accepted window of "
+      .. app.cfg.timestamp_window .. " s around the server time (milliseconds expected)")
+  end
+  if app.state:nonce_used(nonce) then
+    return nil, wire.error(406, "InvalidRequest",
+      "The nonce provided in JWT payload (" .. nonce .. ") has already been used")
+  end
+  app.state:remember_nonce(nonce, ts, now)
+  return { claims = claims, client_id = claims.client_id, contract = contract,
+           header = parsed.header }
+end
+
+-- Agent check (api doc 7.0): only when the config lists the accepted agents.
+function _M.check_agent(app, body)
+  local agents = app.cfg.agents
+  if not agents then
+    return true
+  end
+  local sdk = type(body.agent) == "table" and body.agent.sdk
+  local name = type(sdk) == "table" and sdk.name
+  local version = type(sdk) == "table" and sdk.version
+  for _, a in ipairs(agents) do
+    if a.name == name then
+      if a.versions == nil then
+        return true
+      end
+      for _, v in ipairs(a.versions) do
+        if v == version or v == "*" then
+          return true
+        end
+      end
+      return nil, wire.error(403, "SDKVersionInvalid", "This SDK version is no longer supported.")
+    end
+  end
+  return nil, wire.error(400, "SDKInvalid", "The SDK is invalid: " .. tostring(name or "undefined"))
+end
+
+-- The JSON body of an agent-carrying endpoint, agent checked. -> body | nil, response
+local function agent_body(app, req)
+  local body = wire.decode_object(req:body())
+  if not body then
+    return nil, validation(400)
+  end
+  local ok, res = _M.check_agent(app, body)
+  if not ok then
+    return nil, res
+  end
+  return body
+end
+
+-- Server tokens: genuine, or hostile when a "token" fault matches this request.
+function _M.token_answer(app, req, payload)
+  local f = app.state:take_fault(req.method, req.path, true)
+  if f then
+    req.log.fault = f.id
+    return assert(tokens.hostile(f.token, app.signer, payload, f))
+  end
+  return tokens.server_token(app.signer, payload)
+end
+
+local function str(v)
+  return type(v) == "string" and v ~= "" and v
+end
+
+local function code_challenge_ok(v)
+  -- RFC 7636: 43..128 characters of the unreserved set.
+  return type(v) == "string" and #v >= 43 and #v <= 128 and v:match("^[%w%-%._~]+$") ~= nil
+end
+
+-- Endpoints ---------------------------------------------------------------------------------
+
+local function jwks(app)
+  return wire.json(200, { keys = { app.signer.jwk } })
+end
+
+local function foreign_jwks(app)
+  return wire.json(200, { keys = { app.signer.evil_jwk } })
+end
+
+-- POST oauth/authorize (AUTHZ claims).
+local function authorize(app, req, auth)
+  local c = auth.claims
+  if not code_challenge_ok(c.code_challenge) or c.code_challenge_method ~= "S256"
+     or not str(c.redirect_uri) or c.response_mode ~= "query" or c.response_type ~= "code"
+     or type(c.state) ~= "string"
+     or (c.access_token ~= nil and type(c.access_token) ~= "string") then
+    return validation(400)
+  end
+  local user_id
+  if c.access_token ~= nil then
+    local rec = app.state:access_token(c.access_token)
+    if not rec then
+      return invalid_token("access_token")
+    end
+    user_id = rec.user_id
+  end
+  local body, err = agent_body(app, req)
+  if not body then
+    return err
+  end
+  local st = app.state
+  local session = st:new_session(auth.client_id, user_id, body.actions)
+  local code = st.random(32)
+  st.page_codes[code] = {
+    kind = "authorize", client_id = auth.client_id, code_challenge = c.code_challenge,
+    state = c.state, redirect_uri = c.redirect_uri, user_id = user_id, actions = body.actions,
+    session_key = session.key, expires = os_time() + app.cfg.code_ttl,
+  }
+  return wire.json(201, { token = _M.token_answer(app, req, { preauthorization_code = code }),
+                          session = session })
+end
+
+-- POST oauth/token/reference: REAUTHZ (has code_challenge), ONBOARD or ACCREAUTH.
+local function token_reference(app, req, auth)
+  local c = auth.claims
+  if not str(c.access_token) or not str(c.redirect_uri)
+     or (c.state ~= nil and type(c.state) ~= "string") then
+    return validation(400)
+  end
+  local reauth = c.code_challenge ~= nil or c.code_challenge_method ~= nil
+  if reauth and (not code_challenge_ok(c.code_challenge) or c.code_challenge_method ~= "S256") then
+    return validation(400)
+  end
+  local st = app.state
+  -- Reauthorization exists for users whose refresh token died, so an expired access token
+  -- is fine there, as long as the sandbox issued it to this contract. The other pages need
+  -- a live one (a 401 InvalidToken makes the client refresh).
+  local rec, user = st:access_token(c.access_token, reauth)
+  if not rec or rec.client_id ~= auth.client_id then
+    return invalid_token("access_token")
+  end
+  local body, err = agent_body(app, req)
+  if not body then
+    return err
+  end
+  local session = st:new_session(auth.client_id, user.id, body.actions)
+  local code = st.random(32)
+  st.page_codes[code] = {
+    kind = reauth and "reauth" or "reference", client_id = auth.client_id,
+    code_challenge = c.code_challenge, state = c.state, redirect_uri = c.redirect_uri,
+    user_id = user.id, actions = body.actions, session_key = session.key,
+    expires = os_time() + app.cfg.code_ttl,
+  }
+  return wire.json(201, { token = _M.token_answer(app, req, { reference_code = code }),
+                          session = session })
+end
+
+local function exchange(app, req, auth)
+  local c = auth.claims
+  if not str(c.code) or not str(c.code_verifier) then
+    return validation(400)
+  end
+  local st = app.state
+  local rec = st.auth_codes[c.code]
+  if not rec or rec.used or rec.client_id ~= auth.client_id or rec.expires <= os_time()
+     or core.b64url_encode(core.sha256(c.code_verifier)) ~= rec.code_challenge then
+    return invalid_token("authorization_code")
+  end
+  local user = st.users[rec.user_id]
+  if not user then
+    return invalid_token("authorization_code")
+  end
+  rec.used = true
+  return wire.json(201, { token = _M.token_answer(app, req, st:issue_tokens(user, auth.client_id)) })
+end
+
+local function refresh(app, req, auth)
+  local c = auth.claims
+  if not str(c.refresh_token) then
+    return validation(400)
+  end
+  local st = app.state
+  local rec = st.refresh[c.refresh_token]
+  local user = rec and st.users[rec.user_id]
+  if not user or not rec.current or rec.client_id ~= auth.client_id
+     or rec.expires_on <= os_time() then
+    return invalid_token("refresh_token")
+  end
+  -- Rotation: the presented refresh token is dead from now on.
+  rec.current = false
+  st.stats.refreshes = st.stats.refreshes + 1
+  return wire.json(201, { token = _M.token_answer(app, req, st:issue_tokens(user, auth.client_id)) })
+end
+
+-- POST oauth/token: EXCHANGE or REFRESH claims; the SDK sends no body.
+local function token(app, req, auth)
+  local grant = auth.claims.grant_type
+  if grant == "authorization_code" then
+    return exchange(app, req, auth)
+  elseif grant == "refresh_token" then
+    return refresh(app, req, auth)
+  end
+  return validation(400)
+end
+
+_M.route("GET", "/v1.7/jwks/oauth", jwks, { auth = false })
+_M.route("POST", "/v1.7/oauth/authorize", authorize)
+_M.route("POST", "/v1.7/oauth/token/reference", token_reference)
+_M.route("POST", "/v1.7/oauth/token", token)
+
+-- The foreign key's JWKS, and lookalike addresses of the genuine one that serve it too.
+_M.foreign_paths = { "/evil/jwks", "/v1.7/jwks/oauth.evil.example" }
+
+-- Counts JWKS fetches when a request arrives, before any fault: the point is to see every
+-- attempt (above all, any fetch of the foreign JWKS).
+function _M.count_fetch(app, req)
+  local stats = app.state.stats
+  if req.path == "/v1.7/jwks/oauth" then
+    stats.jwks_fetches = stats.jwks_fetches + 1
+    return
+  end
+  for _, p in ipairs(_M.foreign_paths) do
+    if req.path == p then
+      stats.foreign_jwks_fetches = stats.foreign_jwks_fetches + 1
+    end
+  end
+end
+
+-- Dispatch for /v1.7/ and the foreign JWKS paths.
+function _M.handle(app, req)
+  for _, p in ipairs(_M.foreign_paths) do
+    if req.path == p then
+      return foreign_jwks(app)
+    end
+  end
+  local r, known = find_route(req.method, req.path)
+  if not r then
+    if known then
+      return wire.error(405, "MethodNotAllowed", "Method " .. req.method .. " is not allowed here")
+    end
+    return wire.error(404, "NotFound", "No such endpoint: " .. req.method .. " " .. req.path)
+  end
+  local auth
+  if r.auth then
+    local res
+    auth, res = _M.authenticate(app, req)
+    if not auth then
+      return res
+    end
+  end
+  return r.handler(app, req, auth)
+end
+
+return _M

@@ -1,0 +1,244 @@
+-- Command line and --config JSON of digime-sandbox.
+--
+-- parse(argv) -> cfg | nil, err. err is a usage error (the caller prints it and exits 2).
+-- Settings from --config files are applied first, flags on the command line override them;
+-- contracts from both are added together. Keys are loaded later (server.lua), this file only
+-- reads text.
+
+local cjson = require "cjson.safe"
+
+local type, tonumber, tostring = type, tonumber, tostring
+local math_floor = math.floor
+
+local _M = {}
+
+_M.usage = [[
+usage: digime-sandbox [options]
+  --host ADDR            address to listen on (default 127.0.0.1)
+  --port N               port, 0 = a free port (default 0)
+  --contract APP_ID:CONTRACT_ID:PUBLIC_KEY_PEM_FILE
+                         a contract the sandbox accepts (repeatable; default: the demo contract)
+  --config FILE.json     the same settings as JSON (flags override it)
+  --interactive          onboarding pages show an HTML consent page instead of consenting
+  --tls                  serve HTTPS with a throw-away CA (its file is reported as ca_file)
+  --cert FILE --key FILE with --tls: serve this certificate and key instead
+  --help                 this text
+The first line on stdout is a JSON object with base_url, onboard_url, cloud_base_url,
+control_url (and ca_file with --tls). SIGTERM or SIGINT stops the sandbox.
+]]
+
+local function defaults()
+  return {
+    host = "127.0.0.1",
+    port = 0,
+    contracts = {},          -- { application_id, contract_id, public_key_file | public_key }
+    agents = nil,            -- nil: any agent; else { { name =, versions = { ... } }, ... }
+    interactive = false,
+    tls = false,
+    cert = nil,
+    key = nil,
+    access_ttl = 3600,       -- seconds
+    refresh_ttl = 30 * 24 * 3600,
+    code_ttl = 600,          -- pre-authorization, reference and authorization codes
+    session_ttl = 1800,      -- read sessions handed out with authorize/reference
+    timestamp_window = 300,  -- seconds either side of now for the client JWT timestamp
+    log_size = 500,          -- entries kept for GET /sandbox/log
+  }
+end
+
+local function is_count(v, min)
+  return type(v) == "number" and v == math_floor(v) and v >= (min or 0) and v < 2 ^ 53
+end
+
+local function parse_contract(spec)
+  -- APP_ID:CONTRACT_ID:FILE; the file name may itself contain ':'.
+  local app, contract, file = spec:match("^([^:]+):([^:]+):(.+)$")
+  if not app then
+    return nil, "--contract wants APP_ID:CONTRACT_ID:PUBLIC_KEY_PEM_FILE, got " .. spec
+  end
+  return { application_id = app, contract_id = contract, public_key_file = file }
+end
+
+local known_keys = {
+  host = "string", port = "number", contracts = "table", agents = "table",
+  interactive = "boolean", tls = "boolean", cert = "string", key = "string",
+  access_ttl = "number", refresh_ttl = "number", code_ttl = "number", session_ttl = "number",
+  timestamp_window = "number", log_size = "number",
+}
+
+local function check_contract(c, where)
+  if type(c) ~= "table" or type(c.application_id) ~= "string" or c.application_id == ""
+     or type(c.contract_id) ~= "string" or c.contract_id == ""
+     or (type(c.public_key_file) ~= "string" and type(c.public_key) ~= "string") then
+    return nil, where .. ": a contract needs application_id, contract_id and "
+                .. "public_key_file (or public_key, a PEM string)"
+  end
+  for k in pairs(c) do
+    if k ~= "application_id" and k ~= "contract_id" and k ~= "public_key_file"
+       and k ~= "public_key" then
+      return nil, where .. ": unknown contract key " .. tostring(k)
+    end
+  end
+  return true
+end
+
+local function check_agents(agents, where)
+  if type(agents) ~= "table" then
+    return nil, where .. ": agents must be an array"
+  end
+  for _, a in ipairs(agents) do
+    if type(a) ~= "table" or type(a.name) ~= "string" then
+      return nil, where .. ": each agent needs a name"
+    end
+    if a.versions ~= nil then
+      if type(a.versions) ~= "table" then
+        return nil, where .. ": agent versions must be an array of strings"
+      end
+      for _, v in ipairs(a.versions) do
+        if type(v) ~= "string" then
+          return nil, where .. ": agent versions must be an array of strings"
+        end
+      end
+    end
+  end
+  return true
+end
+
+local function apply_json(cfg, file)
+  local f, ferr = io.open(file, "rb")
+  if not f then
+    return nil, "--config: " .. tostring(ferr)
+  end
+  local text = f:read("*a")
+  f:close()
+  local t, err = cjson.decode(text)
+  if type(t) ~= "table" then
+    return nil, "--config " .. file .. ": " .. tostring(err or "a JSON object expected")
+  end
+  for k, v in pairs(t) do
+    local want = known_keys[k]
+    if not want then
+      return nil, "--config " .. file .. ": unknown setting " .. tostring(k)
+    end
+    if type(v) ~= want then
+      return nil, "--config " .. file .. ": " .. k .. " must be a " .. want
+    end
+  end
+  for k, v in pairs(t) do
+    if k == "contracts" then
+      for _, c in ipairs(v) do
+        local ok, err2 = check_contract(c, "--config " .. file)
+        if not ok then
+          return nil, err2
+        end
+        cfg.contracts[#cfg.contracts + 1] = c
+      end
+    elseif k == "agents" then
+      local ok, err2 = check_agents(v, "--config " .. file)
+      if not ok then
+        return nil, err2
+      end
+      cfg.agents = v
+    else
+      cfg[k] = v
+    end
+  end
+  return true
+end
+
+-- Flags that take a value, and the flags that don't.
+local valued = { host = true, port = true, contract = true, config = true, cert = true, key = true }
+local switches = { interactive = true, tls = true, help = true }
+
+function _M.parse(argv)
+  local cfg = defaults()
+  local flags = {}        -- { {name, value}, ... } in order, applied after the config files
+  local i, n = 1, #argv
+  while i <= n do
+    local a = argv[i]
+    local name, inline = a:match("^%-%-([%w%-]+)=(.*)$")
+    if not name then
+      name = a:match("^%-%-([%w%-]+)$")
+    end
+    if not name then
+      return nil, "unexpected argument: " .. a
+    end
+    if valued[name] then
+      local v = inline
+      if v == nil then
+        i = i + 1
+        v = argv[i]
+        if v == nil then
+          return nil, "--" .. name .. " needs a value"
+        end
+      end
+      flags[#flags + 1] = { name, v }
+    elseif switches[name] then
+      if inline ~= nil then
+        return nil, "--" .. name .. " takes no value"
+      end
+      flags[#flags + 1] = { name, true }
+    else
+      return nil, "unknown option: --" .. name
+    end
+    i = i + 1
+  end
+
+  for _, f in ipairs(flags) do
+    if f[1] == "config" then
+      local ok, err = apply_json(cfg, f[2])
+      if not ok then
+        return nil, err
+      end
+    end
+  end
+
+  for _, f in ipairs(flags) do
+    local name, v = f[1], f[2]
+    if name == "help" then
+      cfg.help = true
+    elseif name == "host" then
+      cfg.host = v
+    elseif name == "port" then
+      cfg.port = tonumber(v)
+      if not is_count(cfg.port) or cfg.port > 65535 then
+        return nil, "--port wants a number 0..65535, got " .. v
+      end
+    elseif name == "contract" then
+      local c, err = parse_contract(v)
+      if not c then
+        return nil, err
+      end
+      cfg.contracts[#cfg.contracts + 1] = c
+    elseif name == "interactive" then
+      cfg.interactive = true
+    elseif name == "tls" then
+      cfg.tls = true
+    elseif name == "cert" then
+      cfg.cert = v
+    elseif name == "key" then
+      cfg.key = v
+    end
+  end
+
+  if not is_count(cfg.port) or cfg.port > 65535 then
+    return nil, "port must be a number 0..65535"
+  end
+  for _, k in ipairs{ "access_ttl", "refresh_ttl", "code_ttl", "session_ttl",
+                      "timestamp_window", "log_size" } do
+    if not is_count(cfg[k], 1) then
+      return nil, k .. " must be a positive integer"
+    end
+    cfg[k] = math_floor(cfg[k])   -- JSON numbers are floats on Lua 5.4
+  end
+  cfg.port = math_floor(cfg.port)
+  if (cfg.cert == nil) ~= (cfg.key == nil) then
+    return nil, "--cert and --key go together"
+  end
+  if cfg.cert and not cfg.tls then
+    return nil, "--cert/--key need --tls"
+  end
+  return cfg
+end
+
+return _M

@@ -1,0 +1,242 @@
+-- The control API under /sandbox/ (design.md §5): loopback only, JSON in and out. It is how
+-- tests steer the sandbox (expire tokens, inject faults, read stats and the log); faults
+-- never apply to it and it is left out of the stats and the log.
+--
+--   POST   /sandbox/expire   {"what": "access"|"refresh"|"both", "user": id?} -> {"expired": n}
+--   POST   /sandbox/fault    {"method"?, "path", "match"?: "prefix"|"exact", "count"?: 1,
+--                             "action": "status"|"reset"|"delay"|"truncate"|"hang"|"token",
+--                             "status"?, "body"?, "headers"?, "ms"?, "token"?, "after"?}
+--                             -> {"id": n}
+--                             The next `count` requests whose method (any when absent) and
+--                             path match fail so:
+--                               status   answer status/body/headers instead (body: a string,
+--                                        or JSON when a table; empty when absent; status 500)
+--                               reset    close the connection without an answer; with
+--                                        "after": true the request is processed first
+--                               delay    wait ms (default 1000), then serve normally
+--                               truncate serve, but send the full content-length, half the
+--                                        body, then close
+--                               hang     never answer until the client closes (or, with ms,
+--                                        close after ms), without blocking other requests
+--                               token    replace the server token of the next matching
+--                                        token-bearing answer by a hostile one of kind "token"
+--                                        (tokens.lua lists them; "jku" overrides the URL of
+--                                        foreign_jku/lookalike_jku); the request itself is
+--                                        processed normally
+--   GET    /sandbox/faults   -> [{"id", "count" (uses left), ...}]
+--   DELETE /sandbox/faults   -> {"cleared": n}
+--   GET    /sandbox/stats    -> {"requests", "jwks_fetches", "foreign_jwks_fetches", "by_path",
+--                               "by_status", "max_inflight", "max_inflight_downloads", ...}
+--   GET    /sandbox/log      -> [{"method", "path", "status", "ms", "client_id", "nonce", ...}]
+--   POST   /sandbox/reset    forget users, tokens, codes, sessions, nonces, faults, stats, log
+--                            and the consent decision -> {"reset": true}
+--   POST   /sandbox/consent  {"decision": "accept"|"decline", "error_code"?: "UserCancelled"}
+--                            the decision of auto mode for the consents that follow
+--   GET    /sandbox/info     urls, contracts, signing kid
+
+local tokens = require "digime.sandbox.tokens"
+local wire = require "digime.sandbox.wire"
+
+local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
+local math_floor = math.floor
+
+local _M = {}
+
+local function bad(message)
+  return wire.error(400, "BadRequest", message)
+end
+
+local function ok(value)
+  return wire.json(200, value)
+end
+
+local function is_count(v, min)
+  return type(v) == "number" and v == math_floor(v) and v >= min and v < 2 ^ 31
+end
+
+local actions = { status = true, reset = true, delay = true, truncate = true, hang = true,
+                  token = true }
+
+local function fault_view(f)
+  local v = {}
+  for k, x in pairs(f) do
+    v[k] = x
+  end
+  return v
+end
+
+local handlers = {}
+
+handlers["POST expire"] = function(app, body)
+  local what = body.what
+  if what ~= "access" and what ~= "refresh" and what ~= "both" then
+    return bad("what must be access, refresh or both")
+  end
+  local user = body.user
+  if user ~= nil then
+    if type(user) ~= "string" then
+      return bad("user must be a user id (the token's sub)")
+    end
+    if not app.state.users[user] then
+      return wire.error(404, "NotFound", "No such user: " .. user)
+    end
+  end
+  return ok{ expired = app.state:expire(what, user) }
+end
+
+handlers["POST fault"] = function(app, body)
+  local f = {}
+  if not actions[body.action] then
+    return bad("action must be one of status, reset, delay, truncate, hang, token")
+  end
+  f.action = body.action
+  if body.method ~= nil then
+    if type(body.method) ~= "string" then
+      return bad("method must be a string")
+    end
+    f.method = body.method:upper()
+  end
+  f.path = body.path or "/"
+  if type(f.path) ~= "string" or f.path:sub(1, 1) ~= "/" then
+    return bad("path must be an absolute path (a prefix of the request path)")
+  end
+  if f.path:sub(1, 9) == "/sandbox/" then
+    return bad("faults never apply to /sandbox/")
+  end
+  f.match = body.match or "prefix"
+  if f.match ~= "prefix" and f.match ~= "exact" then
+    return bad("match must be prefix or exact")
+  end
+  f.count = body.count or 1
+  if not is_count(f.count, 1) then
+    return bad("count must be a positive integer")
+  end
+  f.count = math_floor(f.count)
+  if f.action == "status" then
+    f.status = body.status or 500
+    if not is_count(f.status, 100) or f.status > 599 then
+      return bad("status must be an HTTP status")
+    end
+    f.status = math_floor(f.status)
+    if body.body ~= nil and type(body.body) ~= "string" and type(body.body) ~= "table" then
+      return bad("body must be a string or a JSON value")
+    end
+    f.body = body.body
+    if body.headers ~= nil then
+      if type(body.headers) ~= "table" then
+        return bad("headers must be an object")
+      end
+      for k, v in pairs(body.headers) do
+        if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
+          return bad("headers must map names to strings")
+        end
+      end
+    end
+    f.headers = body.headers
+  elseif f.action == "delay" then
+    f.ms = body.ms or 1000
+    if not is_count(f.ms, 0) then
+      return bad("ms must be a number of milliseconds")
+    end
+  elseif f.action == "hang" then
+    if body.ms ~= nil and not is_count(body.ms, 0) then
+      return bad("ms must be a number of milliseconds")
+    end
+    f.ms = body.ms
+  elseif f.action == "token" then
+    if not tokens.is_hostile_kind(body.token) then
+      return bad("token must be one of " .. table.concat(tokens.hostile_kinds, ", "))
+    end
+    f.token = body.token
+    if body.jku ~= nil and type(body.jku) ~= "string" then
+      return bad("jku must be a string")
+    end
+    f.jku = body.jku
+  end
+  if body.after ~= nil then
+    if f.action ~= "reset" or type(body.after) ~= "boolean" then
+      return bad("after (boolean) goes with action reset only")
+    end
+    f.after = body.after
+  end
+  return ok{ id = app.state:add_fault(f) }
+end
+
+handlers["GET faults"] = function(app)
+  local list = {}
+  for i, f in ipairs(app.state.faults) do
+    list[i] = fault_view(f)
+  end
+  return wire.json(200, list, nil, true)
+end
+
+handlers["DELETE faults"] = function(app)
+  local n = #app.state.faults
+  app.state.faults = {}
+  return ok{ cleared = n }
+end
+
+handlers["GET stats"] = function(app)
+  return ok(app.state.stats)
+end
+
+handlers["GET log"] = function(app)
+  return wire.json(200, app.state.log, nil, true)
+end
+
+handlers["POST reset"] = function(app)
+  app.state:reset()
+  return ok{ reset = true }
+end
+
+handlers["POST consent"] = function(app, body)
+  if body.decision ~= "accept" and body.decision ~= "decline" then
+    return bad("decision must be accept or decline")
+  end
+  if body.error_code ~= nil and (type(body.error_code) ~= "string" or body.error_code == "") then
+    return bad("error_code must be a string")
+  end
+  app.state.consent = { decision = body.decision, error_code = body.error_code or "UserCancelled" }
+  return ok(app.state.consent)
+end
+
+handlers["GET info"] = function(app)
+  local contracts = {}
+  for client_id, c in pairs(app.contracts) do
+    contracts[#contracts + 1] = { client_id = client_id, application_id = c.application_id,
+                                  contract_id = c.contract_id }
+  end
+  table.sort(contracts, function(a, b) return a.client_id < b.client_id end)
+  local info = {}
+  for k, v in pairs(app.urls) do
+    info[k] = v
+  end
+  info.contracts = contracts
+  info.kid = app.signer.kid
+  info.jwks_url = app.signer.jku
+  info.interactive = app.cfg.interactive
+  info.token_faults = tokens.hostile_kinds
+  return ok(info)
+end
+
+local function loopback(ip)
+  return type(ip) == "string" and (ip:match("^127%.") or ip == "::1" or ip:match("^::ffff:127%."))
+end
+
+function _M.handle(app, req)
+  if not loopback(req.peer_ip) then
+    return wire.error(403, "Forbidden", "The control API answers loopback clients only")
+  end
+  local name = req.path:match("^/sandbox/([%w_%-]+)/?$")
+  local h = name and handlers[req.method .. " " .. name]
+  if not h then
+    return wire.error(404, "NotFound", "No such control entry: " .. req.method .. " " .. req.path)
+  end
+  local body, err = wire.decode_object(req:body())
+  if not body then
+    return bad("body: " .. tostring(err))
+  end
+  return h(app, body)
+end
+
+return _M

@@ -1,0 +1,164 @@
+-- The SaaS onboarding pages under /apps/saas/ (api doc §14.7): the user "consents" and is
+-- sent back to the application's redirect_uri.
+--
+-- Auto mode (default): consent is given or refused at once, as POST /sandbox/consent last
+-- said (accept unless told otherwise). --interactive: an HTML page with Accept and Decline
+-- buttons, a plain GET form to /apps/saas/consent.
+
+local wire = require "digime.sandbox.wire"
+
+local os_time = os.time
+local esc = wire.escape_html
+
+local _M = {}
+
+local PREFIX = "/apps/saas/"
+
+local function page(status, title, text)
+  return wire.html(status, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>"
+    .. esc(title) .. "</title></head><body><h1>" .. esc(title) .. "</h1>\n" .. text
+    .. "\n</body></html>\n")
+end
+
+local function bad_code(why)
+  return page(400, "digi.me sandbox: this link does not work",
+    "<p>" .. esc(why) .. "</p><p>An onboarding link works once, for a limited time. Ask the "
+    .. "application for a new one.</p>")
+end
+
+-- The pending page of a code, if it is usable: -> rec | nil, response
+local function pending(app, code, kinds)
+  local rec = type(code) == "string" and app.state.page_codes[code]
+  if not rec then
+    return nil, bad_code("The code is unknown.")
+  end
+  if rec.used then
+    return nil, bad_code("The code has already been used.")
+  end
+  if rec.expires <= os_time() then
+    return nil, bad_code("The code has expired.")
+  end
+  if kinds and not kinds[rec.kind] then
+    return nil, bad_code("The code does not belong to this page.")
+  end
+  return rec
+end
+
+local function callback(rec, params)
+  return wire.redirect(wire.add_query(rec.redirect_uri, params))
+end
+
+-- Carries out the user's decision on a pending page.
+local function decide(app, rec, decision, error_code)
+  local st = app.state
+  rec.used = true
+  if decision ~= "accept" then
+    local params = { { "success", "false" }, { "errorCode", error_code or "UserCancelled" } }
+    if rec.state ~= nil then
+      params[#params + 1] = { "state", rec.state }
+    end
+    return callback(rec, params)
+  end
+
+  if rec.kind == "reference" then
+    -- Onboard another service / reauthorize an account: nothing to exchange.
+    local params = { { "success", "true" } }
+    if rec.state ~= nil then
+      params[#params + 1] = { "state", rec.state }
+    end
+    return callback(rec, params)
+  end
+
+  local user = rec.user_id and st.users[rec.user_id]
+  if not user then
+    if rec.kind ~= "authorize" then
+      return bad_code("The user of this link no longer exists.")
+    end
+    user = st:new_user()
+  end
+  st:consent_id(user, rec.client_id)
+  local session = st.sessions[rec.session_key]
+  if session then
+    session.user_id = user.id
+  end
+  local code = st.random(32)
+  st.auth_codes[code] = { client_id = rec.client_id, code_challenge = rec.code_challenge,
+                          user_id = user.id, expires = os_time() + app.cfg.code_ttl }
+  local params = { { "success", "true" } }
+  if rec.state ~= nil then
+    params[#params + 1] = { "state", rec.state }
+  end
+  params[#params + 1] = { "code", code }
+  if rec.kind == "authorize" then
+    params[#params + 1] = { "accountReference", st.random(32) }
+  end
+  return callback(rec, params)
+end
+
+local titles = {
+  authorize = "Share your data",
+  reauth = "Authorize again",
+  reference = "Continue with digi.me",
+}
+
+local function consent_page(app, rec, code)
+  local c = app.contracts[rec.client_id]
+  local who = c and (c.application_id .. " (contract " .. c.contract_id .. ")") or rec.client_id
+  return page(200, "digi.me sandbox: " .. titles[rec.kind],
+    "<p>The application <strong>" .. esc(who) .. "</strong> asks for access to your data.</p>\n"
+    .. "<form method=\"get\" action=\"" .. PREFIX .. "consent\">\n"
+    .. "<input type=\"hidden\" name=\"code\" value=\"" .. esc(code) .. "\">\n"
+    .. "<button type=\"submit\" name=\"decision\" value=\"accept\" id=\"accept\">Accept</button>\n"
+    .. "<button type=\"submit\" name=\"decision\" value=\"decline\" id=\"decline\">Decline</button>\n"
+    .. "</form>")
+end
+
+-- A page that starts from a code: consent page or auto decision.
+local function entry(kinds)
+  return function(app, req)
+    local code = req.query.code
+    local rec, res = pending(app, code, kinds)
+    if not rec then
+      return res
+    end
+    if app.cfg.interactive then
+      return consent_page(app, rec, code)
+    end
+    local c = app.state.consent
+    return decide(app, rec, c.decision, c.error_code)
+  end
+end
+
+local function consent(app, req)
+  local rec, res = pending(app, req.query.code)
+  if not rec then
+    return res
+  end
+  local d = req.query.decision
+  if d ~= "accept" and d ~= "decline" then
+    return page(400, "digi.me sandbox: no decision", "<p>Choose Accept or Decline.</p>")
+  end
+  return decide(app, rec, d, "UserCancelled")
+end
+
+local pages = {
+  authorize = entry{ authorize = true },
+  ["user-reauth"] = entry{ reauth = true },
+  onboard = entry{ reference = true },
+  reauthorize = entry{ reference = true },
+  consent = consent,
+}
+
+function _M.handle(app, req)
+  local name = req.path:sub(#PREFIX + 1)
+  local h = pages[name]
+  if not h then
+    return page(404, "digi.me sandbox: no such page", "<p>" .. esc(req.path) .. "</p>")
+  end
+  if req.method ~= "GET" and req.method ~= "HEAD" then
+    return page(405, "digi.me sandbox: method not allowed", "<p>Use GET.</p>")
+  end
+  return h(app, req)
+end
+
+return _M

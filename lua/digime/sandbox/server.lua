@@ -1,0 +1,474 @@
+-- digime-sandbox: a local digi.me API served with lua-http on cqueues (design.md §5).
+--
+-- This file owns the process: flags, keys, the listening socket, the first line on stdout,
+-- signals, and the life of one request (faults, dispatch, writing the answer, stats, log).
+-- The endpoints live in api.lua (/v1.7/), onboard.lua (/apps/saas/) and control.lua
+-- (/sandbox/).
+
+local cqueues = require "cqueues"
+local signal = require "cqueues.signal"
+local http_server = require "http.server"
+local http_headers = require "http.headers"
+local cjson = require "cjson.safe"
+local core = require "digime.core"
+
+local config = require "digime.sandbox.config"
+local state_mod = require "digime.sandbox.state"
+local wire = require "digime.sandbox.wire"
+local api = require "digime.sandbox.api"
+local onboard = require "digime.sandbox.onboard"
+local control = require "digime.sandbox.control"
+local demo_contract = require "digime.sandbox.demo_contract"
+
+local monotime = cqueues.monotime
+local pairs, ipairs, type, tostring = pairs, ipairs, type, tostring
+local math_floor = math.floor
+local stderr = io.stderr
+
+local _M = {}
+
+local BODY_TIMEOUT = 60        -- seconds to receive a request body
+local WRITE_TIMEOUT = 60       -- seconds to write an answer
+
+-- Where each part of the URL space is handled; later families (cloud storage, ...) add
+-- their own entries.
+_M.mounts = {
+  { "/sandbox/", control },
+  { "/v1.7/", api },
+  { "/evil/", api },
+  { "/apps/saas/", onboard },
+}
+
+local function log_err(...)
+  stderr:write("digime-sandbox: ", ...)
+  stderr:write("\n")
+end
+
+-- Setup --------------------------------------------------------------------------------------
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then
+    return nil, err
+  end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function load_contracts(cfg)
+  local list = cfg.contracts
+  if #list == 0 then
+    list = { { application_id = demo_contract.application_id,
+               contract_id = demo_contract.contract_id,
+               public_key = demo_contract.public_key } }
+  end
+  local contracts = {}
+  for _, c in ipairs(list) do
+    local pem = c.public_key
+    if not pem then
+      local err
+      pem, err = read_file(c.public_key_file)
+      if not pem then
+        return nil, "contract " .. c.application_id .. "_" .. c.contract_id .. ": "
+                    .. tostring(err)
+      end
+    end
+    -- A private key file works too: verification only needs its public half.
+    local key = core.public_key(pem) or core.private_key(pem)
+    if not key then
+      return nil, "contract " .. c.application_id .. "_" .. c.contract_id
+                  .. ": not an RSA public key PEM"
+    end
+    contracts[c.application_id .. "_" .. c.contract_id] = {
+      application_id = c.application_id, contract_id = c.contract_id, key = key,
+    }
+  end
+  return contracts
+end
+
+local function jwk_of(key, kid)
+  local n, e = key:jwk()
+  return { kid = kid, kty = "RSA", alg = "PS512", use = "sig", n = n, e = e,
+           pem = key:public_pem("spki") }
+end
+
+-- The JWKS signing key, and the foreign one whose JWKS a well-behaved client never fetches.
+local function make_signer()
+  local key = core.generate_key(2048)
+  local pem = key:public_pem("spki")
+  local kid = "sandbox-" .. core.b64url_encode(core.sha256(pem)):sub(1, 16)
+  local evil_key = core.generate_key(2048)
+  return {
+    key = key, pem = pem, kid = kid, jwk = jwk_of(key, kid),
+    -- Same kid as the genuine key: a client that fetched the foreign JWKS would find a match.
+    evil_key = evil_key, evil_jwk = jwk_of(evil_key, kid),
+  }
+end
+
+local function url_host(host)
+  if host == "0.0.0.0" then
+    return "127.0.0.1"
+  elseif host == "::" then
+    return "[::1]"
+  elseif host:find(":", 1, true) then
+    return "[" .. host .. "]"
+  end
+  return host
+end
+
+-- Builds the sandbox (no socket yet): -> app | nil, err
+function _M.new(cfg)
+  local contracts, err = load_contracts(cfg)
+  if not contracts then
+    return nil, err
+  end
+  return {
+    cfg = cfg,
+    contracts = contracts,
+    signer = make_signer(),
+    state = state_mod.new(cfg),
+    urls = {},
+  }
+end
+
+local function set_urls(app, scheme, host, port)
+  local origin = scheme .. "://" .. url_host(host) .. ":" .. port
+  app.urls = {
+    origin = origin,
+    base_url = origin .. "/v1.7/",
+    onboard_url = origin .. "/apps/saas/",
+    cloud_base_url = origin .. "/cloud/v1/",
+    control_url = origin .. "/sandbox/",
+  }
+  local s = app.signer
+  s.origin = origin
+  s.jku = app.urls.base_url .. "jwks/oauth"
+  s.evil_jku = origin .. "/evil/jwks"
+  s.lookalike_jku = origin .. "/v1.7/jwks/oauth.evil.example"
+end
+
+-- One request ------------------------------------------------------------------------------
+
+local function header_table(h)
+  local t = {}
+  for name, value in h:each() do
+    if name:sub(1, 1) ~= ":" then
+      local old = t[name]
+      t[name] = old and (old .. ", " .. value) or value
+    end
+  end
+  return t
+end
+
+local function read_body(self)
+  if self._body == nil then
+    self._body = self.stream:get_body_as_string(BODY_TIMEOUT) or ""
+  end
+  return self._body
+end
+
+-- Closes the connection without (the rest of) an answer.
+local function drop(stream)
+  local conn = stream.connection
+  local sock = conn and conn.take_socket and conn:take_socket()
+  if sock then
+    sock:flush("n", 1)
+    sock:close()
+  else
+    stream:shutdown()
+  end
+end
+
+-- Waits until the client gives up (closes its end), or ms when given, answering nothing.
+local function hang(stream, ms)
+  local deadline = ms and monotime() + ms / 1000
+  local conn = stream.connection
+  while conn and conn.socket do
+    if deadline and monotime() >= deadline then
+      break
+    end
+    local sock = conn.socket
+    local ok, _, errno = sock:fill(1, 0.25)
+    if not ok and errno ~= 110 --[[ETIMEDOUT]] then
+      break   -- EOF or error: the client is gone
+    end
+    if ok then
+      -- Bytes (a pipelined request) are waiting; they stay buffered. Just wait.
+      cqueues.sleep(0.25)
+    end
+  end
+  drop(stream)
+end
+
+local function write_answer(stream, req, res, truncate)
+  local h = http_headers.new()
+  h:append(":status", tostring(math_floor(res.status)))
+  for k, v in pairs(res.headers or {}) do
+    h:append(k:lower(), tostring(v))
+  end
+  local body = res.body or ""
+  if type(body) == "table" then
+    body = wire.encode(body)
+  end
+  h:upsert("content-length", tostring(#body))
+  if req.method == "HEAD" then
+    return stream:write_headers(h, true, WRITE_TIMEOUT)
+  end
+  if truncate then
+    -- Full content-length, half the body, then the connection closes.
+    local ok = stream:write_headers(h, false, WRITE_TIMEOUT)
+    if ok and #body > 1 then
+      stream:write_chunk(body:sub(1, math_floor(#body / 2)), false, WRITE_TIMEOUT)
+    end
+    drop(stream)
+    return true
+  end
+  local ok, err = stream:write_headers(h, body == "", WRITE_TIMEOUT)
+  if ok and body ~= "" then
+    ok, err = stream:write_chunk(body, true, WRITE_TIMEOUT)
+  end
+  return ok, err
+end
+
+local function dispatch(app, req)
+  for _, m in ipairs(_M.mounts) do
+    local prefix = m[1]
+    if req.path:sub(1, #prefix) == prefix then
+      return m[2].handle(app, req)
+    end
+  end
+  return wire.error(404, "NotFound", "No such endpoint: " .. req.method .. " " .. req.path)
+end
+
+local function fault_answer(f)
+  local body = f.body
+  local headers = {}
+  for k, v in pairs(f.headers or {}) do
+    headers[k:lower()] = v
+  end
+  if type(body) == "table" then
+    body = wire.encode(body)
+    headers["content-type"] = headers["content-type"] or "application/json"
+  end
+  return { status = f.status, headers = headers, body = body or "" }
+end
+
+local function handle(app, stream)
+  local t0 = monotime()
+  local rh = stream:get_headers(BODY_TIMEOUT)
+  if not rh then
+    return
+  end
+  local method = rh:get(":method")
+  local target = rh:get(":path") or "/"
+  local path, query = target:match("^([^?]*)%??(.*)$")
+  local _, peer_ip = stream:peername()
+  local req = {
+    stream = stream, method = method, path = path, raw_query = query,
+    query = wire.parse_query(query), headers = header_table(rh), peer_ip = peer_ip,
+    body = read_body,
+    -- Never put token values or the Authorization header here.
+    log = { method = method, path = path },
+  }
+
+  local st = app.state
+  local control_req = path:sub(1, 9) == "/sandbox/"
+  if not control_req then
+    local stats = st.stats
+    stats.inflight = stats.inflight + 1
+    if stats.inflight > stats.max_inflight then
+      stats.max_inflight = stats.inflight
+    end
+    api.count_fetch(app, req)
+  end
+
+  local res, outcome, truncate, reset_after
+  local f = not control_req and st:take_fault(method, path, false)
+  if f then
+    req.log.fault = f.id
+    if f.action == "delay" then
+      cqueues.sleep(f.ms / 1000)
+    elseif f.action == "status" then
+      res = fault_answer(f)
+    elseif f.action == "reset" and not f.after then
+      outcome = "reset"
+    elseif f.action == "reset" then
+      reset_after = true
+    elseif f.action == "hang" then
+      outcome = "hang"
+    elseif f.action == "truncate" then
+      truncate = true
+    end
+  end
+
+  if outcome == nil and res == nil then
+    local ok, r = xpcall(dispatch, debug.traceback, app, req)
+    if ok and type(r) == "table" and r.status then
+      res = r
+    else
+      log_err("handler error: ", tostring(r))
+      res = wire.error(500, "InternalError", "The sandbox failed on this request (see its stderr)")
+    end
+  end
+
+  if outcome == "reset" or reset_after then
+    outcome = "reset"
+    drop(stream)
+  elseif outcome == "hang" then
+    hang(stream, f.ms)
+  else
+    if truncate then
+      outcome = "truncated"
+    end
+    local ok, err = write_answer(stream, req, res, truncate)
+    if not ok and err then
+      outcome = "write failed: " .. tostring(err)
+    end
+  end
+
+  if not control_req then
+    -- st.stats afresh: a reset may have replaced it meanwhile.
+    st.stats.inflight = st.stats.inflight - 1
+    local e = req.log
+    e.status = res and res.status or nil
+    e.outcome = outcome
+    e.ms = math_floor((monotime() - t0) * 1000 + 0.5)
+    e.time = os.time()
+    st:record(e)
+  end
+end
+
+-- The process ------------------------------------------------------------------------------
+
+-- Listens and returns the running server: -> srv, info | nil, err
+function _M.listen(app)
+  local cfg = app.cfg
+  local tls_setup
+  if cfg.tls then
+    local tls = require "digime.sandbox.tls"
+    local err
+    tls_setup, err = tls.setup(cfg)
+    if not tls_setup then
+      return nil, err
+    end
+  end
+  local srv, err = http_server.listen{
+    host = cfg.host,
+    port = cfg.port,
+    reuseaddr = true,
+    tls = tls_setup ~= nil,
+    ctx = tls_setup and tls_setup.ctx or nil,
+    version = 1.1,
+    onstream = function(_, stream)
+      handle(app, stream)
+    end,
+    onerror = function(_, context, op, e)
+      -- Client-side trouble (a reset, a bad request) must never stop the sandbox.
+      log_err(tostring(op), ": ", tostring(e), " (", tostring(context), ")")
+    end,
+  }
+  if not srv then
+    return nil, "cannot listen on " .. tostring(cfg.host) .. ":" .. tostring(cfg.port) .. ": "
+                .. tostring(err)
+  end
+  local ok, lerr = srv:listen()
+  if not ok then
+    return nil, "cannot listen on " .. tostring(cfg.host) .. ":" .. tostring(cfg.port) .. ": "
+                .. tostring(lerr)
+  end
+  local _, _, port = srv:localname()
+  set_urls(app, tls_setup and "https" or "http", cfg.host, port)
+  local info = {
+    base_url = app.urls.base_url,
+    onboard_url = app.urls.onboard_url,
+    cloud_base_url = app.urls.cloud_base_url,
+    control_url = app.urls.control_url,
+    ca_file = tls_setup and tls_setup.ca_file or nil,
+  }
+  app.cleanup = tls_setup and tls_setup.cleanup or function() end
+  return srv, info
+end
+
+local function stop(app, code)
+  pcall(app.cleanup)
+  io.stdout:flush()
+  os.exit(code or 0)
+end
+
+-- Exits when the process that started us is gone (DIGIME_SANDBOX_PARENT_PID), so a crashed
+-- test run leaves no sandbox behind.
+local function watch_parent(app, srv, pid)
+  srv.cq:wrap(function()
+    while true do
+      cqueues.sleep(1)
+      local f = io.open("/proc/" .. pid .. "/stat", "r")
+      if not f then
+        stop(app, 0)
+      end
+      local stat = f:read("*l") or ""
+      f:close()
+      if stat:match("^%d+ %b() Z") then   -- a zombie parent is gone too
+        stop(app, 0)
+      end
+    end
+  end)
+end
+
+function _M.main(argv)
+  argv = argv or {}
+  local args = {}
+  for i = 1, #argv do
+    args[i] = argv[i]
+  end
+  local cfg, err = config.parse(args)
+  if not cfg then
+    stderr:write("digime-sandbox: ", err, "\n", config.usage)
+    os.exit(2)
+  end
+  if cfg.help then
+    io.stdout:write(config.usage)
+    os.exit(0)
+  end
+
+  -- Signals go through a signalfd (cqueues.signal): block them before anything else runs.
+  signal.block(signal.SIGTERM, signal.SIGINT)
+
+  local app
+  app, err = _M.new(cfg)
+  if not app then
+    log_err(err)
+    os.exit(1)
+  end
+  local srv, info = _M.listen(app)
+  if not srv then
+    log_err(info)
+    os.exit(1)
+  end
+
+  local listener = signal.listen(signal.SIGTERM, signal.SIGINT)
+  srv.cq:wrap(function()
+    while true do
+      if listener:wait() then
+        stop(app, 0)
+      end
+    end
+  end)
+  local ppid = tonumber(os.getenv("DIGIME_SANDBOX_PARENT_PID") or "")
+  if ppid then
+    watch_parent(app, srv, math_floor(ppid))
+  end
+
+  -- cjson writes "/" as "\/"; the first line is read by people too.
+  io.stdout:write((assert(cjson.encode(info)):gsub("\\/", "/")), "\n")
+  io.stdout:flush()
+
+  while true do
+    local ok, lerr = srv:loop()
+    if not ok then
+      log_err("loop: ", tostring(lerr))
+    end
+  end
+end
+
+return _M

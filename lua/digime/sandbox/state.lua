@@ -1,0 +1,219 @@
+-- Everything the sandbox remembers: users, codes, tokens, sessions, nonces, faults, the
+-- consent decision of auto mode, stats and the request log. All of it is forgotten by
+-- POST /sandbox/reset; keys and contracts (server.lua) are not state.
+--
+-- One process, one cqueues thread: handlers run one at a time between yields, so plain
+-- tables need no locking.
+
+local core = require "digime.core"
+
+local os_time = os.time
+local pairs, type = pairs, type
+local table_remove = table.remove
+
+local _M = {}
+local mt = { __index = _M }
+
+local function random(n)
+  return core.random_alnum(n or 32)
+end
+_M.random = random
+
+function _M.new(cfg)
+  local self = setmetatable({ cfg = cfg }, mt)
+  self:reset()
+  return self
+end
+
+function _M:reset()
+  -- Requests in flight (a hang, a delay) outlive a reset; keep their count right.
+  local inflight = self.stats and self.stats.inflight or 0
+  local downloads = self.stats and self.stats.inflight_downloads or 0
+  self.users = {}        -- id -> { id, identifier, consents = { client_id -> consent_id } }
+  self.page_codes = {}   -- preauthorization / reference code -> pending onboarding page
+  self.auth_codes = {}   -- authorization code -> { client_id, code_challenge, user_id, ... }
+  self.access = {}       -- access token value -> { user_id, client_id, consent_id, expires_on }
+  self.refresh = {}      -- refresh token value -> { user_id, client_id, expires_on, current }
+  self.sessions = {}     -- session key -> { client_id, user_id, actions, expiry (ms) }
+  self.nonces = {}       -- nonce -> timestamp (ms) of the JWT that used it
+  self.nonce_count = 0
+  self.faults = {}       -- in creation order
+  self.fault_seq = 0
+  self.consent = { decision = "accept", error_code = "UserCancelled" }
+  self.log = {}
+  self.stats = {
+    requests = 0, by_path = {}, by_status = {},
+    jwks_fetches = 0, foreign_jwks_fetches = 0,
+    inflight = inflight, max_inflight = 0,
+    inflight_downloads = downloads, max_inflight_downloads = 0,
+    faults_applied = 0, tokens_issued = 0, refreshes = 0,
+  }
+end
+
+-- Nonces ------------------------------------------------------------------------------------
+
+-- A nonce only needs remembering while its JWT's timestamp is inside the window: after that
+-- the timestamp check refuses a replay anyway. Pruned when the table grows.
+function _M:nonce_used(nonce)
+  return self.nonces[nonce] ~= nil
+end
+
+function _M:remember_nonce(nonce, ts_ms, now_ms)
+  self.nonces[nonce] = ts_ms
+  self.nonce_count = self.nonce_count + 1
+  if self.nonce_count > 10000 then
+    local horizon = now_ms - 2 * self.cfg.timestamp_window * 1000
+    local n = 0
+    for k, ts in pairs(self.nonces) do
+      if ts < horizon then
+        self.nonces[k] = nil
+      else
+        n = n + 1
+      end
+    end
+    self.nonce_count = n
+  end
+end
+
+-- Users and tokens --------------------------------------------------------------------------
+
+function _M:new_user()
+  local user = { id = random(24), identifier = random(24), consents = {} }
+  self.users[user.id] = user
+  return user
+end
+
+function _M.consent_id(_, user, client_id)
+  local c = user.consents[client_id]
+  if not c then
+    c = random(24)
+    user.consents[client_id] = c
+  end
+  return c
+end
+
+-- Issues an access/refresh pair for user under client_id; returns the token endpoint payload.
+function _M:issue_tokens(user, client_id)
+  local now = os_time()
+  local consent = self:consent_id(user, client_id)
+  local at, rt = random(48), random(48)
+  local at_exp, rt_exp = now + self.cfg.access_ttl, now + self.cfg.refresh_ttl
+  self.access[at] = { user_id = user.id, client_id = client_id, consent_id = consent,
+                      expires_on = at_exp }
+  self.refresh[rt] = { user_id = user.id, client_id = client_id, consent_id = consent,
+                       expires_on = rt_exp, current = true, access_token = at }
+  self.stats.tokens_issued = self.stats.tokens_issued + 1
+  return {
+    access_token = { expires_on = at_exp, value = at },
+    refresh_token = { expires_on = rt_exp, value = rt },
+    sub = user.id,
+    consentid = consent,
+    identifier = { id = user.identifier },
+    token_type = "Bearer",
+  }
+end
+
+-- The record of an access token, when it is live (or, with allow_expired, when it was ever
+-- issued): -> rec, user | nil
+function _M:access_token(value, allow_expired)
+  if type(value) ~= "string" then
+    return nil
+  end
+  local rec = self.access[value]
+  if not rec then
+    return nil
+  end
+  local user = self.users[rec.user_id]
+  if not user then
+    return nil
+  end
+  if not allow_expired and rec.expires_on <= os_time() then
+    return nil
+  end
+  return rec, user
+end
+
+-- Expires the current tokens of one user (or of all users): what = access|refresh|both.
+function _M:expire(what, user_id)
+  local past = os_time() - 1
+  local n = 0
+  local function sweep(tbl)
+    for _, rec in pairs(tbl) do
+      -- Rotated refresh tokens are dead already; leave them out of the count.
+      if (user_id == nil or rec.user_id == user_id) and rec.expires_on > past
+         and rec.current ~= false then
+        rec.expires_on = past
+        n = n + 1
+      end
+    end
+  end
+  if what == "access" or what == "both" then
+    sweep(self.access)
+  end
+  if what == "refresh" or what == "both" then
+    sweep(self.refresh)
+  end
+  return n
+end
+
+-- Sessions ----------------------------------------------------------------------------------
+
+function _M:new_session(client_id, user_id, actions)
+  local key = random(32)
+  local expiry = (os_time() + self.cfg.session_ttl) * 1000
+  self.sessions[key] = { client_id = client_id, user_id = user_id, actions = actions,
+                         expiry = expiry }
+  return { expiry = expiry, key = key }
+end
+
+-- Faults ------------------------------------------------------------------------------------
+
+function _M:add_fault(f)
+  self.fault_seq = self.fault_seq + 1
+  f.id = self.fault_seq
+  self.faults[#self.faults + 1] = f
+  return f.id
+end
+
+local function fault_matches(f, method, path)
+  if f.method and f.method ~= method then
+    return false
+  end
+  if f.match == "exact" then
+    return path == f.path
+  end
+  return path:sub(1, #f.path) == f.path
+end
+
+-- Takes one use of the first fault that matches: token faults (`token` true) only when a
+-- token is being answered, the others when a request arrives.
+function _M:take_fault(method, path, token)
+  for i, f in ipairs(self.faults) do
+    if (f.action == "token") == (token == true) and fault_matches(f, method, path) then
+      f.count = f.count - 1
+      if f.count <= 0 then
+        table_remove(self.faults, i)
+      end
+      self.stats.faults_applied = self.stats.faults_applied + 1
+      return f
+    end
+  end
+  return nil
+end
+
+-- Stats and log -----------------------------------------------------------------------------
+
+function _M:record(entry)
+  local s = self.stats
+  s.requests = s.requests + 1
+  s.by_path[entry.path] = (s.by_path[entry.path] or 0) + 1
+  local st = tostring(entry.status or "none")
+  s.by_status[st] = (s.by_status[st] or 0) + 1
+  local log = self.log
+  log[#log + 1] = entry
+  if #log > self.cfg.log_size then
+    table_remove(log, 1)
+  end
+end
+
+return _M
