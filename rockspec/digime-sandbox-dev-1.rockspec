@@ -9,6 +9,7 @@ description = {
    detailed = [[
 The same paths, JWT checks, token formats, error bodies and consent redirects as the digi.me
 API, on loopback, with fault injection and a control endpoint. Runs on Lua 5.4 with lua-http.
+Compressed library files are made at startup with the gzip and brotli command-line tools.
 ]],
    license = "MIT",
 }
@@ -17,7 +18,7 @@ dependencies = {
    "lua-digime",          -- the C core (digime.core) and the demo contract's key handling
    "http >= 0.3",         -- lua-http (Debian: lua-http, which lives in the 5.1 tree)
    "cqueues",
-   "luaossl",             -- certificates for --tls
+   "luaossl",             -- certificates for --tls; AES for the library files
    "lua-cjson >= 2.1",
 }
 build = {
@@ -27,6 +28,7 @@ build = {
       ["digime.sandbox.config"] = "lua/digime/sandbox/config.lua",
       ["digime.sandbox.control"] = "lua/digime/sandbox/control.lua",
       ["digime.sandbox.demo_contract"] = "lua/digime/sandbox/demo_contract.lua",
+      ["digime.sandbox.library"] = "lua/digime/sandbox/library.lua",
       ["digime.sandbox.onboard"] = "lua/digime/sandbox/onboard.lua",
       ["digime.sandbox.server"] = "lua/digime/sandbox/server.lua",
       ["digime.sandbox.state"] = "lua/digime/sandbox/state.lua",

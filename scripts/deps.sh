@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages the project needs, only when some are missing.
 set -e
-PKGS="build-essential pkg-config ca-certificates curl openssl
+PKGS="build-essential pkg-config ca-certificates curl openssl gzip brotli
   lua5.4 liblua5.4-dev luarocks lua-busted lua-cjson lua-check lua-ldoc
   luajit2 libluajit2-5.1-dev
   nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache

@@ -7,6 +7,7 @@
 local core = require "digime.core"
 local tokens = require "digime.sandbox.tokens"
 local wire = require "digime.sandbox.wire"
+local library = require "digime.sandbox.library"
 
 local type, tostring, ipairs = type, tostring, ipairs
 local os_time = os.time
@@ -319,6 +320,144 @@ _M.route("GET", "/v1.7/jwks/oauth", jwks, { auth = false })
 _M.route("POST", "/v1.7/oauth/authorize", authorize)
 _M.route("POST", "/v1.7/oauth/token/reference", token_reference)
 _M.route("POST", "/v1.7/oauth/token", token)
+
+-- Reading (api doc §9, rows 10-14 of §6) -----------------------------------------------------
+
+-- The USER claim set: access_token must be a live token this client holds for its user.
+-- -> rec, user | nil, response (401 InvalidToken: the SDK refreshes on exactly that)
+function _M.user(app, auth)
+  local rec, user = app.state:access_token(auth.claims.access_token)
+  if not rec or rec.client_id ~= auth.client_id then
+    return nil, invalid_token("access_token")
+  end
+  return rec, user
+end
+
+-- %XX only: "+" is a plus sign in a path.
+local function path_decode(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+_M.path_decode = path_decode
+
+-- The session of a read call, if it is this user's: -> session | nil, response
+local function user_session(app, key, auth, user)
+  local s = app.state.sessions[key]
+  if not s or s.expiry <= os_time() * 1000 then
+    return nil, wire.error(404, "SessionNotFound",
+                           "The session (" .. key .. ") does not exist or has expired")
+  end
+  if s.client_id ~= auth.client_id or s.user_id ~= user.id then
+    return nil, wire.error(403, "InvalidSession",
+                           "The session (" .. key .. ") does not belong to this user")
+  end
+  return s
+end
+
+local function is_object(v)
+  return type(v) == "table" and (next(v) == nil or v[1] == nil)
+end
+
+-- PullSessionOptions (api doc §4.4), as far as their shape goes.
+local function pull_options_ok(body)
+  if body.scope ~= nil and not is_object(body.scope) then
+    return false
+  end
+  if body.limits ~= nil and not is_object(body.limits) then
+    return false
+  end
+  if body.sourceFetch ~= nil and type(body.sourceFetch) ~= "boolean" then
+    return false
+  end
+  local f = body.sourceFetchFilter
+  if f ~= nil and (not is_object(f) or not is_object(f.account)
+                   or (f.account.id ~= nil and type(f.account.id) ~= "table")) then
+    return false
+  end
+  return true
+end
+
+-- POST permission-access/trigger: a new session; (re)starts the user's sync.
+local function trigger(app, req, auth)
+  local rec, user = _M.user(app, auth)
+  if not rec then
+    return user
+  end
+  local body, err = agent_body(app, req)
+  if not body then
+    return err
+  end
+  if not pull_options_ok(body) then
+    return validation(400)
+  end
+  local options = {}
+  for k, v in pairs(body) do
+    if k ~= "agent" then
+      options[k] = v
+    end
+  end
+  local session = app.state:new_session(auth.client_id, user.id, options)
+  -- sourceFetch false: no refresh from the sources, only what the library has.
+  library.start_sync(app, user.id, body.sourceFetch == false)
+  return wire.json(202, { session = session })
+end
+
+local QUERY = "/v1.7/permission-access/query/"
+
+-- GET permission-access/query/{sessionKey}: the sync status and file list.
+local function file_list(app, req, auth)
+  local rec, user = _M.user(app, auth)
+  if not rec then
+    return user
+  end
+  local key = path_decode(req.path:sub(#QUERY + 1))
+  local s, err = user_session(app, key, auth, user)
+  if not s then
+    return err
+  end
+  return { status = 200, headers = { ["content-type"] = "application/json" },
+           body = library.sync_answer(app, user.id) }
+end
+
+-- GET and HEAD permission-access/query/{sessionKey}/{fileName}: one file, encrypted to the
+-- contract's key for this request.
+local function file_get(app, req, auth)
+  local rec, user = _M.user(app, auth)
+  if not rec then
+    return user
+  end
+  local key, name = req.path:sub(#QUERY + 1):match("^([^/]+)/(.+)$")
+  key, name = path_decode(key), path_decode(name)
+  local s, err = user_session(app, key, auth, user)
+  if not s then
+    return err
+  end
+  local file = app.library.by_name[name]
+  if not file then
+    return wire.error(404, "FileNotFound", "The file (" .. name .. ") does not exist")
+  end
+  return app.library:serve(file, auth.contract.key, req.method == "HEAD")
+end
+
+-- GET permission-access/accounts: the library's accounts, a bare array.
+local function accounts(app, _, auth)
+  local rec, err = _M.user(app, auth)
+  if not rec then
+    return err
+  end
+  return wire.json(200, app.library:account_records(), nil, true)
+end
+
+_M.route("POST", "/v1.7/permission-access/trigger", trigger)
+_M.route("GET", "/v1.7/permission-access/accounts", accounts)
+local QUERY_PATTERN = "/v1%.7/permission%-access/query/"
+_M.route("GET", nil, file_list, { pattern = QUERY_PATTERN .. "[^/]+" })
+_M.route("GET", nil, file_get, { pattern = QUERY_PATTERN .. "[^/]+/.+" })
+
+-- Is this request a file download (for the inflight_downloads stats)?
+function _M.is_download(method, path)
+  return method == "GET" and path:sub(1, #QUERY) == QUERY
+         and path:find("/", #QUERY + 1, true) ~= nil
+end
 
 -- The foreign key's JWKS, and lookalike addresses of the genuine one that serve it too.
 _M.foreign_paths = { "/evil/jwks", "/v1.7/jwks/oauth.evil.example" }

@@ -20,6 +20,17 @@ usage: digime-sandbox [options]
                          a contract the sandbox accepts (repeatable; default: the demo contract)
   --config FILE.json     the same settings as JSON (flags override it)
   --interactive          onboarding pages show an HTML consent page instead of consenting
+  --library DIR          the user library: every regular file in DIR (DIR/metadata.json may map
+                         names to {"metadata", "compression", "account"}); default: built in
+  --generate COUNT:SIZE[:gzip|brotli|none|mixed]
+                         COUNT generated JSON files of SIZE bytes each (k/m/g suffixes), in
+                         place of the built-in library (next to --library's files if given)
+  --big-file SIZE        adds big.bin, SIZE bytes (e.g. 64m, 2g) generated and encrypted as a
+                         stream when served, never held in memory
+  --sync-pace SECONDS    time per sync step: pending -> running (half the files) -> running
+                         (all) -> completed; at most one step per poll (default 0.2; 0 = a sync
+                         is completed at once)
+  --partial              adds an account whose sync ends partial (ServiceAuthorizationError)
   --tls                  serve HTTPS with a throw-away CA (its file is reported as ca_file)
   --cert FILE --key FILE with --tls: serve this certificate and key instead
   --help                 this text
@@ -43,11 +54,67 @@ local function defaults()
     session_ttl = 1800,      -- read sessions handed out with authorize/reference
     timestamp_window = 300,  -- seconds either side of now for the client JWT timestamp
     log_size = 500,          -- entries kept for GET /sandbox/log
+    library = nil,           -- a directory whose files make the user library
+    generate = nil,          -- { count =, size =, compression = "gzip"|"brotli"|"none"|"mixed" }
+    big_file = nil,          -- bytes of big.bin, when wanted
+    sync_pace = 0.2,         -- seconds per sync step
+    partial = false,         -- an account whose sync ends with ServiceAuthorizationError
   }
 end
 
 local function is_count(v, min)
   return type(v) == "number" and v == math_floor(v) and v >= (min or 0) and v < 2 ^ 53
+end
+
+-- "123", "2k", "64m", "2g" (powers of 1024) -> bytes | nil
+local function parse_size(text)
+  if type(text) == "number" then
+    return is_count(text) and math_floor(text) or nil
+  end
+  if type(text) ~= "string" then
+    return nil
+  end
+  local digits, unit = text:lower():match("^(%d+)([kmg]?)b?$")
+  if not digits then
+    return nil
+  end
+  local n = tonumber(digits) * ({ [""] = 1, k = 1024, m = 1024 ^ 2, g = 1024 ^ 3 })[unit]
+  if n >= 2 ^ 53 then
+    return nil
+  end
+  return math_floor(n)
+end
+_M.parse_size = parse_size
+
+local compressions = { gzip = true, brotli = true, none = true, mixed = true }
+
+-- COUNT:SIZE[:gzip|brotli|none|mixed] -> { count, size, compression } | nil, err
+local function parse_generate(text)
+  local err = "--generate wants COUNT:SIZE[:gzip|brotli|none|mixed] (e.g. 50:2k:mixed), got "
+              .. tostring(text)
+  if type(text) ~= "string" then
+    return nil, err
+  end
+  local count, size, comp = text:match("^(%d+):([^:]+):?(.*)$")
+  if not count then
+    return nil, err
+  end
+  size = parse_size(size)
+  count = tonumber(count)
+  if not size or count < 1 or count > 1000000 then
+    return nil, err
+  end
+  if comp == "" then
+    comp = "mixed"
+  end
+  if not compressions[comp] then
+    return nil, err
+  end
+  if count * size > 1024 ^ 3 then
+    return nil, "--generate: " .. text .. " is over 1 GiB in all; the generated files are kept in "
+                .. "memory (use --big-file for a big file)"
+  end
+  return { count = math_floor(count), size = size, compression = comp }
 end
 
 local function parse_contract(spec)
@@ -64,6 +131,8 @@ local known_keys = {
   interactive = "boolean", tls = "boolean", cert = "string", key = "string",
   access_ttl = "number", refresh_ttl = "number", code_ttl = "number", session_ttl = "number",
   timestamp_window = "number", log_size = "number",
+  library = "string", generate = "string", big_file = "size", sync_pace = "number",
+  partial = "boolean",
 }
 
 local function check_contract(c, where)
@@ -120,7 +189,12 @@ local function apply_json(cfg, file)
     if not want then
       return nil, "--config " .. file .. ": unknown setting " .. tostring(k)
     end
-    if type(v) ~= want then
+    if want == "size" then
+      if type(v) ~= "string" and type(v) ~= "number" then
+        return nil, "--config " .. file .. ": " .. k .. " must be a size (bytes, or a string "
+                    .. "such as \"64m\")"
+      end
+    elseif type(v) ~= want then
       return nil, "--config " .. file .. ": " .. k .. " must be a " .. want
     end
   end
@@ -147,8 +221,9 @@ local function apply_json(cfg, file)
 end
 
 -- Flags that take a value, and the flags that don't.
-local valued = { host = true, port = true, contract = true, config = true, cert = true, key = true }
-local switches = { interactive = true, tls = true, help = true }
+local valued = { host = true, port = true, contract = true, config = true, cert = true, key = true,
+                 library = true, generate = true, ["big-file"] = true, ["sync-pace"] = true }
+local switches = { interactive = true, tls = true, help = true, partial = true }
 
 function _M.parse(argv)
   local cfg = defaults()
@@ -218,7 +293,42 @@ function _M.parse(argv)
       cfg.cert = v
     elseif name == "key" then
       cfg.key = v
+    elseif name == "library" then
+      cfg.library = v
+    elseif name == "generate" then
+      cfg.generate = v
+    elseif name == "big-file" then
+      cfg.big_file = v
+    elseif name == "sync-pace" then
+      cfg.sync_pace = tonumber(v)
+      if not cfg.sync_pace then
+        return nil, "--sync-pace wants a number of seconds, got " .. v
+      end
+    elseif name == "partial" then
+      cfg.partial = true
     end
+  end
+
+  if cfg.generate ~= nil and type(cfg.generate) ~= "table" then
+    local g, err = parse_generate(cfg.generate)
+    if not g then
+      return nil, err
+    end
+    cfg.generate = g
+  end
+  if cfg.big_file ~= nil then
+    local size = parse_size(cfg.big_file)
+    if not size or size < 1 then
+      return nil, "--big-file wants a size such as 64m or 2g, got " .. tostring(cfg.big_file)
+    end
+    cfg.big_file = size
+  end
+  if type(cfg.sync_pace) ~= "number" or cfg.sync_pace < 0 or cfg.sync_pace > 3600
+     or cfg.sync_pace ~= cfg.sync_pace then
+    return nil, "sync_pace must be a number of seconds 0..3600"
+  end
+  if cfg.library ~= nil and (type(cfg.library) ~= "string" or cfg.library == "") then
+    return nil, "library must be a directory"
   end
 
   if not is_count(cfg.port) or cfg.port > 65535 then

@@ -26,16 +26,30 @@
 --   GET    /sandbox/faults   -> [{"id", "count" (uses left), ...}]
 --   DELETE /sandbox/faults   -> {"cleared": n}
 --   GET    /sandbox/stats    -> {"requests", "jwks_fetches", "foreign_jwks_fetches", "by_path",
---                               "by_status", "max_inflight", "max_inflight_downloads", ...}
+--                               "by_status", "max_inflight", "downloads" (file GETs answered
+--                               200 in full), "download_bytes", "inflight_downloads" and
+--                               "max_inflight_downloads" (file GETs in flight at once, from
+--                               arrival to last byte, faults included), ...}
 --   GET    /sandbox/log      -> [{"method", "path", "status", "ms", "client_id", "nonce", ...}]
---   POST   /sandbox/reset    forget users, tokens, codes, sessions, nonces, faults, stats, log
---                            and the consent decision -> {"reset": true}
+--   POST   /sandbox/reset    forget users, tokens, codes, sessions, syncs, nonces, faults,
+--                            stats, log and the consent decision, and undo touches
+--                            -> {"reset": true}
 --   POST   /sandbox/consent  {"decision": "accept"|"decline", "error_code"?: "UserCancelled"}
 --                            the decision of auto mode for the consents that follow
---   GET    /sandbox/info     urls, contracts, signing kid
+--   GET    /sandbox/info     urls, contracts, signing kid, the library's settings
+--   GET    /sandbox/manifest     {"count": n, "files": {name: sha256 hex of the plaintext}} of the
+--                                library as it is now (big.bin included, hashed by streaming)
+--   GET    /sandbox/manifest.txt the same as "sha256  name" lines (sha256sum -c reads them)
+--   GET    /sandbox/raw/NAME     the file as a file GET serves it (headers too), without auth,
+--                                encrypted to the first contract's key (?client_id= picks one);
+--                                not counted in the stats (benchmarks)
+--   GET    /sandbox/library      [{"name", "size", "compression", "updatedDate", "account", ...}]
+--   POST   /sandbox/library  {"touch": name, "content"?: text} -> {"touched", "updatedDate",
+--                            "sha256"}: new content (given, or derived) and a later updatedDate
 
 local tokens = require "digime.sandbox.tokens"
 local wire = require "digime.sandbox.wire"
+local api = require "digime.sandbox.api"
 
 local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
 local math_floor = math.floor
@@ -186,7 +200,66 @@ end
 
 handlers["POST reset"] = function(app)
   app.state:reset()
+  app.library:reset()
   return ok{ reset = true }
+end
+
+handlers["GET manifest"] = function(app)
+  return ok(app.library:manifest())
+end
+
+handlers["GET manifest.txt"] = function(app)
+  return { status = 200, headers = { ["content-type"] = "text/plain; charset=utf-8" },
+           body = app.library:manifest_text() }
+end
+
+handlers["GET library"] = function(app)
+  return wire.json(200, app.library:summary(), nil, true)
+end
+
+handlers["POST library"] = function(app, body)
+  if type(body.touch) ~= "string" then
+    return bad("touch must name a file of the library")
+  end
+  if body.content ~= nil and type(body.content) ~= "string" then
+    return bad("content must be a string")
+  end
+  local lib = app.library
+  if not lib.by_name[body.touch] then
+    return wire.error(404, "NotFound", "No such file: " .. body.touch)
+  end
+  local file, err = lib:touch(body.touch, body.content)
+  if not file then
+    return bad(err)
+  end
+  return ok{ touched = file.name, updatedDate = file.updated, sha256 = lib:sha256(file) }
+end
+
+-- GET /sandbox/raw/NAME[?client_id=]
+local function raw(app, req)
+  if req.method ~= "GET" and req.method ~= "HEAD" then
+    return wire.error(405, "MethodNotAllowed", "Use GET")
+  end
+  local name = api.path_decode(req.path:sub(#"/sandbox/raw/" + 1))
+  local file = app.library.by_name[name]
+  if not file then
+    return wire.error(404, "NotFound", "No such file: " .. name)
+  end
+  local contract
+  if req.query.client_id then
+    contract = app.contracts[req.query.client_id]
+    if not contract then
+      return bad("no contract " .. req.query.client_id)
+    end
+  else
+    local ids = {}
+    for id in pairs(app.contracts) do
+      ids[#ids + 1] = id
+    end
+    table.sort(ids)
+    contract = app.contracts[ids[1]]
+  end
+  return app.library:serve(file, contract.key, req.method == "HEAD")
 end
 
 handlers["POST consent"] = function(app, body)
@@ -216,6 +289,10 @@ handlers["GET info"] = function(app)
   info.jwks_url = app.signer.jku
   info.interactive = app.cfg.interactive
   info.token_faults = tokens.hostile_kinds
+  local cfg = app.cfg
+  info.library = { files = #app.library.files, accounts = #app.library.accounts,
+                   sync_pace = cfg.sync_pace, partial = cfg.partial, big_file = cfg.big_file,
+                   directory = cfg.library }
   return ok(info)
 end
 
@@ -227,7 +304,10 @@ function _M.handle(app, req)
   if not loopback(req.peer_ip) then
     return wire.error(403, "Forbidden", "The control API answers loopback clients only")
   end
-  local name = req.path:match("^/sandbox/([%w_%-]+)/?$")
+  if req.path:sub(1, 13) == "/sandbox/raw/" and #req.path > 13 then
+    return raw(app, req)
+  end
+  local name = req.path:match("^/sandbox/([%w_%-%.]+)/?$")
   local h = name and handlers[req.method .. " " .. name]
   if not h then
     return wire.error(404, "NotFound", "No such control entry: " .. req.method .. " " .. req.path)

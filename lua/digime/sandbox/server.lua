@@ -18,6 +18,7 @@ local wire = require "digime.sandbox.wire"
 local api = require "digime.sandbox.api"
 local onboard = require "digime.sandbox.onboard"
 local control = require "digime.sandbox.control"
+local library = require "digime.sandbox.library"
 local demo_contract = require "digime.sandbox.demo_contract"
 
 local monotime = cqueues.monotime
@@ -123,11 +124,17 @@ function _M.new(cfg)
   if not contracts then
     return nil, err
   end
+  local lib
+  lib, err = library.new(cfg)
+  if not lib then
+    return nil, err
+  end
   return {
     cfg = cfg,
     contracts = contracts,
     signer = make_signer(),
     state = state_mod.new(cfg),
+    library = lib,
     urls = {},
   }
 end
@@ -201,6 +208,48 @@ local function hang(stream, ms)
   drop(stream)
 end
 
+-- Writes a streamed body (res.stream() gives chunks, nil at the end; res.content_length
+-- bytes in all). With truncate, half of them, then the connection closes.
+-- -> ok, err, bytes written
+local function write_stream(stream, res, truncate)
+  local limit = truncate and math_floor(res.content_length / 2) or math.huge
+  local sent = 0
+  local since_gc = 0
+  while true do
+    local chunk = res.stream()
+    if chunk == nil then
+      break
+    end
+    if #chunk > 0 then
+      if sent + #chunk > limit then
+        chunk = chunk:sub(1, limit - sent)
+      end
+      local ok, err = stream:write_chunk(chunk, false, WRITE_TIMEOUT)
+      if not ok then
+        return nil, err, sent
+      end
+      sent = sent + #chunk
+      since_gc = since_gc + #chunk
+      if sent >= limit then
+        drop(stream)
+        return true, nil, sent
+      end
+      if since_gc >= 8 * 1024 * 1024 then
+        -- Chunks are garbage at once; keep the heap near its working size.
+        collectgarbage("step", 0)
+        since_gc = 0
+      end
+    end
+  end
+  if truncate then
+    drop(stream)
+    return true, nil, sent
+  end
+  local ok, err = stream:write_chunk("", true, WRITE_TIMEOUT)
+  return ok, err, sent
+end
+
+-- -> ok, err, body bytes written
 local function write_answer(stream, req, res, truncate)
   local h = http_headers.new()
   h:append(":status", tostring(math_floor(res.status)))
@@ -211,24 +260,33 @@ local function write_answer(stream, req, res, truncate)
   if type(body) == "table" then
     body = wire.encode(body)
   end
-  h:upsert("content-length", tostring(#body))
+  -- HEAD answers carry the length the GET would have (content_length); streams always do.
+  h:upsert("content-length", tostring(res.content_length or #body))
   if req.method == "HEAD" then
     return stream:write_headers(h, true, WRITE_TIMEOUT)
+  end
+  if res.stream then
+    local ok, err = stream:write_headers(h, false, WRITE_TIMEOUT)
+    if not ok then
+      return nil, err, 0
+    end
+    return write_stream(stream, res, truncate)
   end
   if truncate then
     -- Full content-length, half the body, then the connection closes.
     local ok = stream:write_headers(h, false, WRITE_TIMEOUT)
+    local half = math_floor(#body / 2)
     if ok and #body > 1 then
-      stream:write_chunk(body:sub(1, math_floor(#body / 2)), false, WRITE_TIMEOUT)
+      stream:write_chunk(body:sub(1, half), false, WRITE_TIMEOUT)
     end
     drop(stream)
-    return true
+    return true, nil, half
   end
   local ok, err = stream:write_headers(h, body == "", WRITE_TIMEOUT)
   if ok and body ~= "" then
     ok, err = stream:write_chunk(body, true, WRITE_TIMEOUT)
   end
-  return ok, err
+  return ok, err, ok and #body or 0
 end
 
 local function dispatch(app, req)
@@ -274,11 +332,19 @@ local function handle(app, stream)
 
   local st = app.state
   local control_req = path:sub(1, 9) == "/sandbox/"
+  local download = not control_req and api.is_download(method, path)
   if not control_req then
     local stats = st.stats
     stats.inflight = stats.inflight + 1
     if stats.inflight > stats.max_inflight then
       stats.max_inflight = stats.inflight
+    end
+    if download then
+      -- From arrival to the last byte, faults (a delay, a hang) included.
+      stats.inflight_downloads = stats.inflight_downloads + 1
+      if stats.inflight_downloads > stats.max_inflight_downloads then
+        stats.max_inflight_downloads = stats.inflight_downloads
+      end
     end
     api.count_fetch(app, req)
   end
@@ -321,15 +387,28 @@ local function handle(app, stream)
     if truncate then
       outcome = "truncated"
     end
-    local ok, err = write_answer(stream, req, res, truncate)
+    local wok, ok, err, sent = pcall(write_answer, stream, req, res, truncate)
+    if not wok then
+      log_err("writing an answer: ", tostring(ok))
+      ok, err = nil, ok
+      pcall(drop, stream)
+    end
     if not ok and err then
       outcome = "write failed: " .. tostring(err)
+    elseif ok and download and not truncate and res.status == 200 then
+      st.stats.downloads = st.stats.downloads + 1
+    end
+    if download and sent then
+      st.stats.download_bytes = st.stats.download_bytes + sent
     end
   end
 
   if not control_req then
     -- st.stats afresh: a reset may have replaced it meanwhile.
     st.stats.inflight = st.stats.inflight - 1
+    if download then
+      st.stats.inflight_downloads = st.stats.inflight_downloads - 1
+    end
     local e = req.log
     e.status = res and res.status or nil
     e.outcome = outcome
@@ -454,6 +533,12 @@ function _M.main(argv)
       end
     end
   end)
+  if app.library.big then
+    -- The manifest's hash of big.bin, ahead of the first GET /sandbox/manifest.
+    srv.cq:wrap(function()
+      app.library:big_sha256(app.library.big)
+    end)
+  end
   local ppid = tonumber(os.getenv("DIGIME_SANDBOX_PARENT_PID") or "")
   if ppid then
     watch_parent(app, srv, math_floor(ppid))

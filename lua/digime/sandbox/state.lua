@@ -1,4 +1,4 @@
--- Everything the sandbox remembers: users, codes, tokens, sessions, nonces, faults, the
+-- Everything the sandbox remembers: users, codes, tokens, sessions, syncs, nonces, faults, the
 -- consent decision of auto mode, stats and the request log. All of it is forgotten by
 -- POST /sandbox/reset; keys and contracts (server.lua) are not state.
 --
@@ -35,6 +35,7 @@ function _M:reset()
   self.access = {}       -- access token value -> { user_id, client_id, consent_id, expires_on }
   self.refresh = {}      -- refresh token value -> { user_id, client_id, expires_on, current }
   self.sessions = {}     -- session key -> { client_id, user_id, actions, expiry (ms) }
+  self.syncs = {}        -- user id -> { step = 0..3, at = monotonic time of the last step }
   self.nonces = {}       -- nonce -> timestamp (ms) of the JWT that used it
   self.nonce_count = 0
   self.faults = {}       -- in creation order
@@ -46,6 +47,7 @@ function _M:reset()
     jwks_fetches = 0, foreign_jwks_fetches = 0,
     inflight = inflight, max_inflight = 0,
     inflight_downloads = downloads, max_inflight_downloads = 0,
+    downloads = 0, download_bytes = 0,
     faults_applied = 0, tokens_issued = 0, refreshes = 0,
   }
 end
