@@ -1,22 +1,25 @@
 --- Coroutine scheduler for plain Lua (the curl transport's world).
 -- Inside `run`, a request yields while the C engine works and other tasks go on; outside it,
 -- the same call drives the engine itself and blocks. Nothing here runs inside a C callback.
+--
+-- Loops are objects so that a loop can also be stepped from outside (the `files` iterator
+-- runs a sync one file at a time); one engine per process serves every loop.
 local core = require "digime.core"
 
 local coroutine, type, select = coroutine, type, select
 local unpack = table.unpack or unpack  -- luacheck: ignore 143 113 (5.1 and 5.4)
-local ipairs = ipairs
-local setmetatable, error, tostring, pcall = setmetatable, error, tostring, pcall
+local ipairs, pairs, setmetatable, error, tostring, pcall = ipairs, pairs, setmetatable, error, tostring, pcall
 local remove, huge, min, max, floor = table.remove, math.huge, math.min, math.max, math.floor
 local traceback = debug.traceback
 
 local _M = {}
 
-local engine, engine_pid          -- one engine per process, made on first use
-local loop                        -- the running loop, or nil
-local current                     -- the task whose coroutine is running, or nil
-local finished = setmetatable({}, { __mode = "k" })  -- request -> true once done
-local WAIT = {}                   -- what tasks yield to the loop
+local engine, engine_pid                                   -- made on first use, per process
+local current                                              -- the task whose coroutine runs now
+local finished = setmetatable({}, { __mode = "k" })        -- request -> true once done
+local waiting = setmetatable({}, { __mode = "k" })         -- request -> task awaiting its end
+local progress = setmetatable({}, { __mode = "k" })        -- request -> task awaiting any step
+local WAIT = {}                                            -- what tasks yield to their loop
 
 --- The process's HTTP engine (re-made after a fork, so parent and child share nothing).
 function _M.engine()
@@ -29,6 +32,8 @@ end
 
 local task_mt = {}
 task_mt.__index = task_mt
+local loop_mt = {}
+loop_mt.__index = loop_mt
 
 local function pack(...)
   return { n = select("#", ...), ... }
@@ -37,7 +42,8 @@ end
 local function make_ready(t)
   if t.state == "waiting" then
     t.state = "ready"
-    loop.ready[#loop.ready + 1] = t
+    local ready = t.loop.ready
+    ready[#ready + 1] = t
   end
 end
 
@@ -48,17 +54,24 @@ local function finish(t, ok, ...)
   else
     t.error = ...
   end
-  loop.live = loop.live - 1
+  t.loop.live = t.loop.live - 1
   for _, w in ipairs(t.waiters) do make_ready(w) end
   t.waiters = {}
 end
 
 local function resume(t)
+  local previous = current
   current = t
   t.state = "running"
-  local res = pack(coroutine.resume(t.co, unpack(t.args or {}, 1, t.args and t.args.n or 0)))
+  local args = t.args
   t.args = nil
-  current = nil
+  local res
+  if args then
+    res = pack(coroutine.resume(t.co, unpack(args, 1, args.n)))
+  else
+    res = pack(coroutine.resume(t.co))
+  end
+  current = previous
   if coroutine.status(t.co) == "dead" then
     if res[1] then
       finish(t, true, unpack(res, 2, res.n))
@@ -72,39 +85,46 @@ local function resume(t)
   end
 end
 
-local function new_task(fn, ...)
-  local t = setmetatable({ waiters = {}, state = "waiting", args = pack(...) }, task_mt)
-  t.co = coroutine.create(fn)
-  loop.live = loop.live + 1
-  make_ready(t)
-  return t
-end
-
--- Dispatches requests the engine reports finished to the tasks waiting on them.
+-- Hands requests the engine reports finished to the tasks waiting on them, and wakes the
+-- tasks that wait for progress (streaming readers). Returns how many tasks it woke.
 local function dispatch()
+  local woke = 0
+  if engine == nil then return 0 end
   local done = engine:finished()
   for i = 1, #done do
     local req = done[i]
     finished[req] = true
-    local t = loop and loop.requests[req]
+    local t = waiting[req]
     if t then
-      loop.requests[req] = nil
+      waiting[req] = nil
       make_ready(t)
+      woke = woke + 1
     end
   end
-  return #done
-end
-
-local function next_timer_delay(now)
-  local best = huge
-  for _, tm in ipairs(loop.timers) do
-    if tm.at < best then best = tm.at end
+  for req, t in pairs(progress) do
+    progress[req] = nil
+    make_ready(t)
+    woke = woke + 1
   end
-  return best - now
+  return woke
 end
 
-local function fire_timers(now)
-  local timers = loop.timers
+--- A new loop (not yet running). `run` is the usual way in.
+function _M.loop()
+  return setmetatable({ ready = {}, timers = {}, live = 0, tasks = {} }, loop_mt)
+end
+
+function loop_mt:spawn(fn, ...)
+  local t = setmetatable({ waiters = {}, state = "waiting", args = pack(...), loop = self }, task_mt)
+  t.co = coroutine.create(fn)
+  self.live = self.live + 1
+  self.tasks[#self.tasks + 1] = t
+  make_ready(t)
+  return t
+end
+
+function loop_mt:fire_timers(now)
+  local timers = self.timers
   local i = 1
   while i <= #timers do
     if timers[i].at <= now then
@@ -115,16 +135,18 @@ local function fire_timers(now)
   end
 end
 
-local function step_io()
+function loop_mt:step_io()
   local now = core.monotonic()
-  fire_timers(now)
-  if #loop.ready > 0 then return end
-  local delay = next_timer_delay(now)
+  self:fire_timers(now)
+  if #self.ready > 0 then return end
+  local delay = huge
+  for _, tm in ipairs(self.timers) do
+    if tm.at - now < delay then delay = tm.at - now end
+  end
   if engine and engine:count() > 0 then
     engine:perform()
     if dispatch() > 0 then return end
-    local ms = max(0, min(floor(delay * 1000 + 1), 1000))
-    engine:poll(ms)
+    engine:poll(max(0, min(floor(delay * 1000 + 1), 1000)))
     engine:perform()
     dispatch()
   elseif delay < huge then
@@ -132,7 +154,26 @@ local function step_io()
   else
     error("digime.run: every task is waiting and nothing can wake them (a wait cycle?)", 0)
   end
-  fire_timers(core.monotonic())
+  self:fire_timers(core.monotonic())
+end
+
+--- Runs ready tasks and waits for I/O and timers until stop() is true or no task is left.
+function loop_mt:step_until(stop)
+  while self.live > 0 do
+    while #self.ready > 0 do
+      resume(remove(self.ready, 1))
+      if stop and stop() then return end
+    end
+    if stop and stop() then return end
+    if self.live > 0 then self:step_io() end
+  end
+end
+
+--- Raises the error of a task that failed and that no one waited for.
+function loop_mt:check_errors()
+  for _, t in ipairs(self.tasks) do
+    if t.error and not t.observed then error(t.error, 0) end
+  end
 end
 
 --- Runs fn(...) as the first task and returns its results once it and every task it spawned
@@ -142,30 +183,22 @@ function _M.run(fn, ...)
   if type(fn) ~= "function" then
     error("digime.run: expected a function", 2)
   end
-  if loop then
-    error("digime.run: already running (use digime.spawn inside it)", 2)
+  if current then
+    error("digime.run: already inside a task (use digime.spawn)", 2)
   end
-  loop = { ready = {}, timers = {}, requests = {}, live = 0, tasks = {} }
-  local ok, err = pcall(function(...)
-    local main = new_task(fn, ...)
-    loop.tasks[#loop.tasks + 1] = main
-    while loop.live > 0 do
-      while #loop.ready > 0 do
-        resume(remove(loop.ready, 1))
-      end
-      if loop.live > 0 then step_io() end
-    end
-    return main
-  end, ...)
-  local tasks = loop.tasks
-  loop = nil
-  if not ok then error(err, 0) end
-  local main = err
+  local l = _M.loop()
+  local main = l:spawn(fn, ...)
+  l:step_until(nil)
   if main.error then error(main.error, 0) end
-  for _, t in ipairs(tasks) do
-    if t.error and not t.observed then error(t.error, 0) end
-  end
+  l:check_errors()
   return unpack(main.results, 1, main.results.n)
+end
+
+-- The task whose coroutine is the one running now (nil in plain code or a user coroutine).
+local function running_task()
+  if not current then return nil end
+  if coroutine.running() == current.co then return current end
+  return nil
 end
 
 --- Starts fn(...) as a new task of the running loop; returns the task.
@@ -173,26 +206,17 @@ function _M.spawn(fn, ...)
   if type(fn) ~= "function" then
     error("digime.spawn: expected a function", 2)
   end
-  if not loop then
-    error("digime.spawn: must be called inside digime.run", 2)
+  local me = running_task()
+  if not me then
+    error("digime.spawn: must be called from a task of digime.run", 2)
   end
-  local t = new_task(fn, ...)
-  loop.tasks[#loop.tasks + 1] = t
-  return t
-end
-
--- The task whose coroutine is the one running now (nil in plain code or a user coroutine).
-local function running_task()
-  if not current then return nil end
-  local co = coroutine.running()
-  if co == current.co then return current end
-  return nil
+  return me.loop:spawn(fn, ...)
 end
 
 --- Waits for the task to end and returns its function's results; nil, err if it raised.
 function task_mt:wait()
-  local me = running_task()
   if self.state ~= "done" then
+    local me = running_task()
     if not me then
       error("task:wait() must be called from a task of digime.run", 2)
     end
@@ -222,27 +246,67 @@ function _M.sleep(seconds)
     return
   end
   me.state = "waiting"
-  loop.timers[#loop.timers + 1] = { at = core.monotonic() + seconds, task = me }
+  local timers = me.loop.timers
+  timers[#timers + 1] = { at = core.monotonic() + seconds, task = me }
   coroutine.yield(WAIT)
 end
 
---- Waits until the engine request is finished: yields inside a task, drives the engine and
--- blocks outside (finishing other tasks' requests on the way, which it hands to the loop).
-function _M.await(req)
-  local me = running_task()
-  if me then
-    me.state = "waiting"
-    loop.requests[req] = me
-    coroutine.yield(WAIT)
-    return
-  end
+-- Outside a task: drive the engine until until() holds.
+local function drive(until_fn)
   local e = _M.engine()
-  while not finished[req] do
+  while not until_fn() do
     e:perform()
-    if dispatch() == 0 and not finished[req] then
+    if dispatch() == 0 and not until_fn() then
       e:poll(100)
     end
   end
+end
+
+--- Waits until the engine request is finished: yields inside a task; outside, drives the
+-- engine and blocks (handing other loops' finished requests to them on the way).
+function _M.await(req)
+  if finished[req] then return end
+  local me = running_task()
+  if me then
+    me.state = "waiting"
+    waiting[req] = me
+    coroutine.yield(WAIT)
+    return
+  end
+  drive(function() return finished[req] end)
+end
+
+--- Waits for the next step of the engine (or the request's end): for readers that drain a
+-- streaming response while it is transferred. Returns true once the request has finished.
+function _M.await_progress(req)
+  if finished[req] then return true end
+  local me = running_task()
+  if me then
+    me.state = "waiting"
+    progress[req] = me
+    waiting[req] = me
+    coroutine.yield(WAIT)
+    progress[req], waiting[req] = nil, nil
+    return finished[req] == true
+  end
+  local e = _M.engine()
+  e:perform()
+  if dispatch() == 0 and not finished[req] then
+    e:poll(100)
+    e:perform()
+    dispatch()
+  end
+  return finished[req] == true
+end
+
+--- Cancels a request in the engine and wakes whoever waits on it (its result is then
+-- "cancelled").
+function _M.cancel(req)
+  req:cancel()
+  finished[req] = true
+  local t = waiting[req]
+  waiting[req], progress[req] = nil, nil
+  if t then make_ready(t) end
 end
 
 local flights = {}
