@@ -15,18 +15,15 @@
 
 #include "compat.h"
 #include "cipher.h"
+#include "core_key.h"
 #include "jws.h"
 #include "keys.h"
 #include "random.h"
 
-#define KEY_MT "digime.key"
 #define VERSION "0.1.0"
 
-int digime_open_http(lua_State *L);  /* core_http.c */
-
-typedef struct {
-    EVP_PKEY *pkey;
-} key_ud;
+int digime_open_http(lua_State *L);    /* core_http.c */
+int digime_open_cipher(lua_State *L);  /* core_cipher.c */
 
 static int push_fail(lua_State *L, const char *err)
 {
@@ -502,5 +499,6 @@ DIGIME_EXPORT int luaopen_digime_core(lua_State *L)
     lua_pushliteral(L, VERSION);
     lua_setfield(L, -2, "_VERSION");
     digime_open_http(L);
+    digime_open_cipher(L);
     return 1;
 }

@@ -11,7 +11,10 @@
 #include <string.h>
 
 #include "compat.h"
+#include "cipher.h"
 #include "http.h"
+
+dm_pipeline *digime_check_file_decryptor(lua_State *L, int idx);  /* core_cipher.c */
 
 #define ENGINE_MT  "digime.http_engine"
 #define REQUEST_MT "digime.http_request"
@@ -22,16 +25,19 @@ struct engine_ud {
 
 struct request_ud {
     http_request *r;
+    dm_pipeline *pipe;  /* a reference, for `pipeline`: the request's sink */
 };
 
 enum {
     O_METHOD, O_URL, O_HEADERS, O_BODY, O_TIMEOUT, O_CONNECT_TIMEOUT, O_VERIFY, O_CAFILE,
-    O_CAPATH, O_PROXY, O_NO_PROXY, O_HTTP2, O_MAX_BODY, O_MAX_HEADERS, O_FOLLOW, O_COUNT
+    O_CAPATH, O_PROXY, O_NO_PROXY, O_HTTP2, O_MAX_BODY, O_MAX_HEADERS, O_FOLLOW, O_PIPELINE,
+    O_MAX_BUFFERED, O_FRESH_CONNECT, O_COUNT
 };
 
 static const char *const option_names[O_COUNT] = {
     "method", "url", "headers", "body", "timeout", "connect_timeout", "verify", "cafile",
-    "capath", "proxy", "no_proxy", "http2", "max_body", "max_headers", "follow"
+    "capath", "proxy", "no_proxy", "http2", "max_body", "max_headers", "follow", "pipeline",
+    "max_buffered", "fresh_connect"
 };
 
 static int option_error(lua_State *L, int opt, const char *what)
@@ -48,13 +54,50 @@ static struct engine_ud *check_engine(lua_State *L)
     return u;
 }
 
-static http_request *check_request(lua_State *L)
+static struct request_ud *check_request_ud(lua_State *L)
 {
     struct request_ud *u = luaL_checkudata(L, 1, REQUEST_MT);
 
     if (u->r == NULL)
         luaL_error(L, "http request is freed");
-    return u->r;
+    return u;
+}
+
+static http_request *check_request(lua_State *L)
+{
+    return check_request_ud(L)->r;
+}
+
+/* ---- the file pipeline as the engine's sink: plain C, called from libcurl callbacks ---- */
+
+static int sink_expect(void *ctx, long long size)
+{
+    return dm_pipeline_expect_size(ctx, (unsigned long long)size);
+}
+
+static int sink_write(void *ctx, const char *p, size_t n, size_t limit)
+{
+    return dm_pipeline_write(ctx, (const unsigned char *)p, n, limit);
+}
+
+static int sink_pump(void *ctx, size_t limit)
+{
+    return dm_pipeline_pump(ctx, limit);
+}
+
+static int sink_finish(void *ctx, size_t limit)
+{
+    return dm_pipeline_finish(ctx, limit);
+}
+
+static size_t sink_buffered(void *ctx)
+{
+    return dm_pipeline_buffered(ctx);
+}
+
+static const char *sink_error(void *ctx)
+{
+    return dm_pipeline_error(ctx);
 }
 
 /* ---- option parsing: values sit on the stack at base + O_xxx ---- */
@@ -169,6 +212,15 @@ static void read_options(lua_State *L, int base, struct http_options *o)
     o->max_body = opt_size(L, base, O_MAX_BODY, o->max_body);
     o->max_headers = opt_size(L, base, O_MAX_HEADERS, o->max_headers);
     o->follow = opt_bool(L, base, O_FOLLOW, o->follow);
+    o->fresh_connect = opt_bool(L, base, O_FRESH_CONNECT, o->fresh_connect);
+    if (!lua_isnil(L, base + O_MAX_BUFFERED)) {
+        o->max_buffered = opt_size(L, base, O_MAX_BUFFERED, o->max_buffered);
+        if (o->max_buffered == 0)
+            option_error(L, O_MAX_BUFFERED, "must be positive");
+        o->stream = 1;  /* asked for: pause from the start */
+    }
+    if (!lua_isnil(L, base + O_MAX_BUFFERED) && lua_isnil(L, base + O_PIPELINE))
+        option_error(L, O_MAX_BUFFERED, "needs a pipeline");
     if (!lua_isnil(L, base + O_HEADERS) && !lua_istable(L, base + O_HEADERS))
         option_error(L, O_HEADERS, "must be a table");
 }
@@ -251,15 +303,29 @@ static int l_engine_add(lua_State *L)
     struct engine_ud *eu = check_engine(L);
     struct request_ud *ru;
     struct http_options o;
+    struct http_sink sink;
+    dm_pipeline *pipe = NULL;
     char err[HTTP_ERRLEN];
     int base, req;
 
     luaL_checktype(L, 2, LUA_TTABLE);
     base = push_options(L);
     read_options(L, base, &o);
+    if (!lua_isnil(L, base + O_PIPELINE)) {
+        pipe = digime_check_file_decryptor(L, base + O_PIPELINE);
+        sink.ctx = pipe;
+        sink.expect = sink_expect;
+        sink.write = sink_write;
+        sink.pump = sink_pump;
+        sink.finish = sink_finish;
+        sink.buffered = sink_buffered;
+        sink.error = sink_error;
+        o.sink = &sink;
+    }
 
     ru = compat_newuserdata(L, sizeof *ru);
     ru->r = NULL;
+    ru->pipe = NULL;
     luaL_setmetatable(L, REQUEST_MT);
     req = lua_gettop(L);
     lua_newtable(L);
@@ -281,6 +347,15 @@ static int l_engine_add(lua_State *L)
         lua_pushnil(L);
         lua_rawset(L, -3);
         return luaL_error(L, "http request: %s", err);
+    }
+    if (pipe != NULL) {
+        /* Only now, when nothing can raise any more (a request that failed to be added
+         * never runs, so never touches its sink). The request holds its own reference:
+         * closing the decryptor cannot pull the pipeline from under a transfer, and the
+         * decryptor can no longer be fed from Lua. */
+        dm_pipeline_retain(pipe);
+        dm_pipeline_claim(pipe);
+        ru->pipe = pipe;
     }
     lua_pushvalue(L, req);
     return 1;
@@ -390,7 +465,7 @@ static int l_request_cancel(lua_State *L)
     return 1;
 }
 
-static void push_response(lua_State *L, http_request *r)
+static void push_response(lua_State *L, http_request *r, dm_pipeline *pipe)
 {
     const struct http_header *h;
     const char *body;
@@ -407,8 +482,15 @@ static void push_response(lua_State *L, http_request *r)
         lua_rawset(L, -3);
     }
     lua_setfield(L, -2, "headers");
-    body = http_request_body(r, &len);
-    lua_pushlstring(L, body, len);
+    if (pipe != NULL && http_request_piped(r)) {
+        /* the plaintext not yet taken by read() */
+        body = (const char *)dm_pipeline_output(pipe, &len);
+        lua_pushlstring(L, body, len);
+        dm_pipeline_drain(pipe);
+    } else {
+        body = http_request_body(r, &len);
+        lua_pushlstring(L, body, len);
+    }
     lua_setfield(L, -2, "body");
     lua_pushstring(L, http_request_http_version(r));
     lua_setfield(L, -2, "http_version");
@@ -416,12 +498,33 @@ static void push_response(lua_State *L, http_request *r)
     lua_setfield(L, -2, "time");
 }
 
+static int push_failure(lua_State *L, http_request *r)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, http_request_error(r));
+    lua_pushstring(L, http_kind_name(http_request_kind(r)));
+    return 3;
+}
+
 static int l_request_result(lua_State *L)
 {
-    http_request *r = check_request(L);
+    struct request_ud *u = check_request_ud(L);
+    http_request *r = u->r;
 
     if (!http_request_done(r))
         return luaL_error(L, "http request has not finished");
+    /* a piped body is finished in full now (a no-op once it is) */
+    if (http_request_kind(r) == HTTP_OK && http_request_pump(r, 1) != 0)
+        return push_failure(L, r);
+    /* a piped body whose pipeline could not end (its compression never chosen) is not an
+     * answer: nothing partial is presented as complete */
+    if (http_request_kind(r) == HTTP_OK && u->pipe != NULL && http_request_piped(r)
+        && dm_pipeline_state(u->pipe) != DM_PIPE_DONE) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the piped body could not be finished (its compression was never set)");
+        lua_pushliteral(L, "decrypt");
+        return 3;
+    }
     if (http_request_kind(r) != HTTP_OK) {
         lua_pushnil(L);
         lua_pushstring(L, http_request_error(r));
@@ -433,12 +536,69 @@ static int l_request_result(lua_State *L)
     lua_getfield(L, -1, "result");
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
-        push_response(L, r);
+        push_response(L, r, u->pipe);
         lua_pushvalue(L, -1);
         lua_setfield(L, -3, "result");
         http_request_drop_response(r);
     }
     return 1;
+}
+
+/* req:headers() -> status, headers once the response's headers are in (during the transfer
+ * too), or nil before that and after a failure. Lets a caller read a header that decides how
+ * to treat the body (a digi.me file's compression) while the body is still coming. */
+static int l_request_headers(lua_State *L)
+{
+    struct request_ud *u = check_request_ud(L);
+    http_request *r = u->r;
+    long status = 0;
+    size_t i, n;
+
+    if (http_request_done(r)) {
+        if (http_request_kind(r) != HTTP_OK)
+            return 0;
+        compat_getuservalue(L, 1);
+        lua_getfield(L, -1, "result");
+        if (!lua_isnil(L, -1)) {
+            lua_getfield(L, -1, "status");
+            lua_getfield(L, -2, "headers");
+            return 2;
+        }
+        lua_pushinteger(L, http_request_status(r));
+        lua_newtable(L);
+        {
+            const struct http_header *h = http_request_headers(r, &n);
+            for (i = 0; i < n; i++) {
+                lua_pushlstring(L, h[i].name, h[i].name_len);
+                lua_pushlstring(L, h[i].value, h[i].value_len);
+                lua_rawset(L, -3);
+            }
+        }
+        return 2;
+    }
+    if (!http_request_peek_headers(r, &status))
+        return 0;
+    lua_pushinteger(L, (lua_Integer)status);
+    lua_newtable(L);
+    n = http_request_raw_count(r);
+    for (i = 0; i < n; i++) {
+        const char *name, *value;
+        size_t nlen, vlen;
+        http_request_raw_header(r, i, &name, &nlen, &value, &vlen);
+        lua_pushlstring(L, name, nlen);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushlstring(L, value, vlen);
+        } else {  /* a repeated header: joined as in the finished view */
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, value, vlen);
+            lua_concat(L, 3);
+        }
+        lua_rawset(L, -3);
+    }
+    return 2;
 }
 
 static int l_request_gc(lua_State *L)
@@ -449,7 +609,37 @@ static int l_request_gc(lua_State *L)
         http_request_free(u->r);
         u->r = NULL;
     }
+    /* after the request: it can no longer call into the pipeline */
+    dm_pipeline_release(u->pipe);
+    u->pipe = NULL;
     return 0;
+}
+
+/* The plaintext a piped body has produced so far ("" when none yet, and for bodies that are
+ * not piped); nil, message, kind once the request has failed. Taking it lets a transfer
+ * paused for output go on. */
+static int l_request_read(lua_State *L)
+{
+    struct request_ud *u = check_request_ud(L);
+    http_request *r = u->r;
+
+    if (u->pipe == NULL)
+        return luaL_error(L, "http request has no pipeline");
+    if (http_request_pump(u->r, 0) != 0)
+        return push_failure(L, r);
+    if (!http_request_piped(r)) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    {
+        size_t len;
+        const char *out = (const char *)dm_pipeline_output(u->pipe, &len);
+        lua_pushlstring(L, out, len);
+        dm_pipeline_drain(u->pipe);
+    }
+    /* refills for the next read and resumes the transfer; a failure shows on that read */
+    http_request_pump(r, 0);
+    return 1;
 }
 
 static const luaL_Reg engine_methods[] = {
@@ -465,6 +655,8 @@ static const luaL_Reg engine_methods[] = {
 static const luaL_Reg request_methods[] = {
     { "cancel", l_request_cancel },
     { "result", l_request_result },
+    { "read", l_request_read },
+    { "headers", l_request_headers },
     { NULL, NULL }
 };
 

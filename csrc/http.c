@@ -22,7 +22,13 @@ enum req_state {
 };
 
 /* Why a callback stopped the transfer (libcurl then reports CURLE_WRITE_ERROR). */
-enum abort_reason { ABORT_NONE, ABORT_BODY, ABORT_HEADERS, ABORT_NOMEM };
+enum abort_reason { ABORT_NONE, ABORT_BODY, ABORT_HEADERS, ABORT_NOMEM, ABORT_SINK };
+
+/* Where the current response's body goes: decided at its first byte (or at the end). */
+enum route { ROUTE_UNDECIDED, ROUTE_BUFFER, ROUTE_SINK };
+
+/* The sink's progress once the transfer has ended. */
+enum sink_state { SINK_OPEN, SINK_FINISHING, SINK_DONE, SINK_FAILED };
 
 struct buf {
     char *data;
@@ -56,6 +62,15 @@ struct http_request {
     size_t max_body, max_headers, header_bytes;
     int headers_done;           /* the blank line ending the last response's headers came */
     enum abort_reason aborted;
+    /* a sink for 2xx bodies */
+    int has_sink;
+    struct http_sink sink;
+    enum route route;
+    enum sink_state sink_state;
+    size_t max_buffered;
+    int streaming;              /* pause while max_buffered bytes of output wait */
+    int paused;                 /* the write callback returned CURL_WRITEFUNC_PAUSE */
+    int backlog;                /* the sink holds work back */
     /* the response */
     struct buf body;
     struct buf raw_bytes;
@@ -105,6 +120,7 @@ const char *http_kind_name(enum http_kind kind)
     case HTTP_TLS: return "tls";
     case HTTP_TOO_LARGE: return "too_large";
     case HTTP_CANCELLED: return "cancelled";
+    case HTTP_DECRYPT: return "decrypt";
     case HTTP_OTHER: break;
     }
     return "other";
@@ -256,13 +272,71 @@ static void set_cancelled(http_request *r)
     http_request_drop_response(r);
 }
 
-/* ---- libcurl callbacks: they only fill buffers ---- */
+/* ---- libcurl callbacks: they only fill buffers (or feed the C sink) ---- */
+
+static size_t sink_limit(const http_request *r)
+{
+    return r->streaming ? r->max_buffered : SIZE_MAX;
+}
+
+static void sink_failed(http_request *r)
+{
+    r->kind = HTTP_DECRYPT;
+    snprintf(r->message, sizeof r->message, "%s", r->sink.error(r->sink.ctx));
+}
+
+/* The first body byte of a response: 2xx bodies go to the sink, others are buffered. */
+static int decide_route(http_request *r)
+{
+    long status = 0;
+    curl_off_t length = -1;
+
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (!r->has_sink || status < 200 || status > 299) {
+        r->route = ROUTE_BUFFER;
+        return 0;
+    }
+    r->route = ROUTE_SINK;
+    /* a declared length lets the sink judge the size before it decrypts anything */
+    if (r->sink.expect != NULL
+        && curl_easy_getinfo(r->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) == CURLE_OK
+        && length >= 0 && r->sink.expect(r->sink.ctx, (long long)length) != 0)
+        return -1;
+    return 0;
+}
+
+static size_t sink_body(http_request *r, const char *p, size_t len)
+{
+    int rc;
+
+    if (r->aborted == ABORT_SINK)
+        return 0;
+    /* Hold the transfer while the consumer has not drained; libcurl keeps this chunk and
+     * hands it over again once curl_easy_pause(CURLPAUSE_CONT) resumes it. */
+    if (r->streaming && (r->backlog || r->sink.buffered(r->sink.ctx) >= r->max_buffered)) {
+        r->paused = 1;
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    rc = r->sink.write(r->sink.ctx, p, len, sink_limit(r));
+    if (rc < 0) {
+        r->aborted = ABORT_SINK;
+        return 0;
+    }
+    r->backlog = rc > 0;
+    return len;
+}
 
 static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
     http_request *r = ud;
     size_t len = size * n;
 
+    if (r->route == ROUTE_UNDECIDED && decide_route(r) != 0) {
+        r->aborted = ABORT_SINK;
+        return 0;
+    }
+    if (r->route == ROUTE_SINK)
+        return sink_body(r, p, len);
     if (len > r->max_body - r->body.len) {
         r->aborted = ABORT_BODY;
         return 0;
@@ -366,6 +440,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
         r->nraw = 0;
         r->raw_bytes.len = 0;
         r->headers_done = 0;
+        r->route = ROUTE_UNDECIDED;
         return len;
     }
     while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n'))
@@ -452,6 +527,25 @@ static int join_headers(http_request *r)
     return 0;
 }
 
+/* A complete answer: a 2xx body (empty ones too) ends in the sink. */
+static void finish_sink(http_request *r)
+{
+    int rc;
+
+    if (!r->has_sink || r->status < 200 || r->status > 299)
+        return;
+    r->route = ROUTE_SINK;
+    buf_free(&r->body);
+    rc = r->sink.finish(r->sink.ctx, sink_limit(r));
+    if (rc < 0) {
+        sink_failed(r);
+        r->sink_state = SINK_FAILED;
+        http_request_drop_response(r);
+    } else {
+        r->sink_state = rc > 0 ? SINK_FINISHING : SINK_DONE;
+    }
+}
+
 /* Records how the transfer ended; the response is kept only for a complete answer. */
 static void complete(http_request *r, CURLcode rc)
 {
@@ -478,6 +572,7 @@ static void complete(http_request *r, CURLcode rc)
                    : version == CURL_HTTP_VERSION_3 ? "3" : "";
         if (join_headers(r) == 0) {
             free_raw_headers(r);
+            finish_sink(r);
             return;
         }
         rc = CURLE_OUT_OF_MEMORY;
@@ -493,6 +588,9 @@ static void complete(http_request *r, CURLcode rc)
     } else if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_NOMEM) {
         r->kind = HTTP_OTHER;
         snprintf(r->message, sizeof r->message, "out of memory");
+    } else if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_SINK) {
+        sink_failed(r);
+        r->sink_state = SINK_FAILED;
     } else {
         r->kind = classify(rc);
         snprintf(r->message, sizeof r->message, "%s",
@@ -624,6 +722,7 @@ void http_options_init(struct http_options *o)
     o->http2 = 1;
     o->max_body = HTTP_DEFAULT_MAX_BODY;
     o->max_headers = HTTP_DEFAULT_MAX_HEADERS;
+    o->max_buffered = HTTP_DEFAULT_MAX_BUFFERED;
 }
 
 /* An HTTP method is a token (RFC 9110 5.6.2). */
@@ -688,6 +787,10 @@ http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLE
         set_err(err, "a HEAD request has no body");
         return NULL;
     }
+    if (o->sink != NULL && strcmp(o->method, "HEAD") == 0) {
+        set_err(err, "a HEAD request has no body to pipe");
+        return NULL;
+    }
     r = calloc(1, sizeof *r);
     if (r == NULL || (r->easy = curl_easy_init()) == NULL
         || (r->headers = curl_slist_append(NULL, "Expect:")) == NULL) {
@@ -701,6 +804,12 @@ http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLE
     r->pid = getpid();
     r->max_body = o->max_body;
     r->max_headers = o->max_headers;
+    if (o->sink != NULL) {
+        r->has_sink = 1;
+        r->sink = *o->sink;
+        r->max_buffered = o->max_buffered > 0 ? o->max_buffered : HTTP_DEFAULT_MAX_BUFFERED;
+        r->streaming = o->stream;
+    }
 
     SETOPT(CURLOPT_PRIVATE, (char *)r);
     SETOPT(CURLOPT_ERRORBUFFER, r->errbuf);
@@ -731,10 +840,13 @@ http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLE
     curl_easy_setopt(r->easy, CURLOPT_HTTP_VERSION,
                      o->http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
     SETOPT(CURLOPT_FOLLOWLOCATION, o->follow ? 1L : 0L);
+    SETOPT(CURLOPT_FRESH_CONNECT, o->fresh_connect ? 1L : 0L);
     SETOPT(CURLOPT_MAXREDIRS, MAX_REDIRECTS);
     /* Fails early on a declared content-length; on_body enforces the limit in any case.
-     * Not for HEAD, whose content-length describes a body that never comes. */
-    if (strcmp(o->method, "HEAD") != 0 && o->max_body > 0 && o->max_body <= (size_t)INT64_MAX)
+     * Not for HEAD, whose content-length describes a body that never comes, nor with a
+     * sink: max_body then bounds only the buffered (non-2xx) bodies. */
+    if (strcmp(o->method, "HEAD") != 0 && o->sink == NULL && o->max_body > 0
+        && o->max_body <= (size_t)INT64_MAX)
         SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body);
     if ((rc = set_method(r, o)) != CURLE_OK)
         goto fail;
@@ -886,8 +998,92 @@ const char *http_request_body(const http_request *r, size_t *len)
     return r->body.data ? r->body.data : "";
 }
 
+int http_request_peek_headers(const http_request *r, long *status)
+{
+    if (r->state != REQ_RUNNING || !r->headers_done || r->easy == NULL || !owned(r->pid))
+        return 0;
+    if (curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, status) != CURLE_OK)
+        return 0;
+    return *status >= 200;
+}
+
+size_t http_request_raw_count(const http_request *r)
+{
+    return r->nraw;
+}
+
+void http_request_raw_header(const http_request *r, size_t i, const char **name, size_t *nlen,
+                             const char **value, size_t *vlen)
+{
+    *name = r->raw_bytes.data + r->raw[i].name_off;
+    *nlen = r->raw[i].name_len;
+    *value = r->raw_bytes.data + r->raw[i].value_off;
+    *vlen = r->raw[i].value_len;
+}
+
 const struct http_header *http_request_headers(const http_request *r, size_t *count)
 {
     *count = r->nhdrs;
     return r->hdrs;
+}
+
+int http_request_has_sink(const http_request *r)
+{
+    return r->has_sink;
+}
+
+int http_request_piped(const http_request *r)
+{
+    return r->has_sink && r->route == ROUTE_SINK;
+}
+
+int http_request_pump(http_request *r, int all)
+{
+    size_t limit;
+    int rc;
+
+    if (!r->has_sink)
+        return 0;
+    if (!all)
+        r->streaming = 1;
+    limit = all ? SIZE_MAX : sink_limit(r);
+    if (http_request_done(r)) {
+        if (r->kind != HTTP_OK)
+            return -1;
+        if (r->sink_state == SINK_FINISHING) {
+            rc = r->sink.finish(r->sink.ctx, limit);
+            if (rc < 0) {
+                sink_failed(r);
+                r->sink_state = SINK_FAILED;
+                http_request_drop_response(r);
+                return -1;
+            }
+            if (rc == 0)
+                r->sink_state = SINK_DONE;
+        }
+        return 0;
+    }
+    if (r->state != REQ_RUNNING || r->route != ROUTE_SINK)
+        return 0;
+    if (r->aborted == ABORT_SINK) {
+        sink_failed(r);
+        return -1;
+    }
+    if (r->backlog) {
+        rc = r->sink.pump(r->sink.ctx, limit);
+        if (rc < 0) {
+            /* resumed, the write callback refuses the held chunk and the transfer ends */
+            r->aborted = ABORT_SINK;
+            sink_failed(r);
+        }
+        r->backlog = rc > 0;
+    }
+    if (r->paused && !r->backlog
+        && (r->aborted == ABORT_SINK || r->sink.buffered(r->sink.ctx) < r->max_buffered)
+        && owned(r->pid)) {
+        r->paused = 0;
+        /* may call on_body at once with the chunk it held; that can pause again */
+        curl_easy_pause(r->easy, CURLPAUSE_CONT);
+    }
+    return r->aborted == ABORT_SINK ? -1 : 0;
 }

@@ -17,6 +17,7 @@
 #define HTTP_DEFAULT_CONNECT_TIMEOUT_MS 10000L
 #define HTTP_DEFAULT_MAX_BODY           ((size_t)64 * 1024 * 1024)
 #define HTTP_DEFAULT_MAX_HEADERS        ((size_t)256 * 1024)
+#define HTTP_DEFAULT_MAX_BUFFERED       ((size_t)1024 * 1024)
 #define HTTP_ERRLEN                     256
 
 typedef struct http_engine http_engine;
@@ -32,7 +33,24 @@ enum http_kind {
     HTTP_TLS,
     HTTP_TOO_LARGE, /* max_body or max_headers exceeded */
     HTTP_CANCELLED,
+    HTTP_DECRYPT,   /* the sink refused the body (a file that does not decrypt or inflate) */
     HTTP_OTHER
+};
+
+/* A C consumer of 2xx response bodies (the file pipeline of cipher.h). The engine feeds it
+ * from its write callback, so its functions must be plain C that never calls out to Lua.
+ * Other statuses are buffered as usual (max_body) and never reach the sink. `limit` is a
+ * soft bound on the sink's undrained output: a sink that reaches it holds the rest of its
+ * work back and says so by returning 1. Return values: 0 done, 1 work held back, -1 failed
+ * (message from error). */
+struct http_sink {
+    void *ctx;
+    int (*expect)(void *ctx, long long size);  /* the declared content-length; may be NULL */
+    int (*write)(void *ctx, const char *p, size_t n, size_t limit);
+    int (*pump)(void *ctx, size_t limit);      /* moves held-back work on */
+    int (*finish)(void *ctx, size_t limit);    /* the body ended */
+    size_t (*buffered)(void *ctx);             /* output not yet taken by the consumer */
+    const char *(*error)(void *ctx);
 };
 
 struct http_options {
@@ -48,8 +66,14 @@ struct http_options {
     const char *no_proxy;
     int http2;                 /* offer HTTP/2 over TLS through ALPN */
     int follow;                /* follow redirects (at most 10) */
+    int fresh_connect;         /* a new connection: libcurl silently resends a request once when
+                                * a reused connection dies before any answer, which a request
+                                * that must never be replayed cannot allow */
     size_t max_body;           /* bytes of response body */
     size_t max_headers;        /* bytes of response header lines, all responses of the transfer */
+    const struct http_sink *sink;  /* NULL: bodies are buffered; else copied into the request */
+    size_t max_buffered;       /* with a sink: pause the transfer while this much output waits */
+    int stream;                /* pause from the start (else from the first http_request_pump) */
 };
 
 /* One response header: the name lower-cased, repeated headers joined with ", ". */
@@ -90,5 +114,24 @@ double http_request_time(const http_request *r);              /* seconds */
 const char *http_request_body(const http_request *r, size_t *len);
 const struct http_header *http_request_headers(const http_request *r, size_t *count);
 void http_request_drop_response(http_request *r);  /* frees body and headers once copied out */
+
+/* While the transfer runs: 1 with *status set once the final response's header block is
+ * complete, so a consumer can act on the headers before the body has arrived (the digi.me
+ * file's compression is named in one). The lines are then read one by one, names lower-cased,
+ * repeats not joined. 0 before that, and once the request is done (use the joined view). */
+int http_request_peek_headers(const http_request *r, long *status);
+size_t http_request_raw_count(const http_request *r);
+void http_request_raw_header(const http_request *r, size_t i, const char **name, size_t *nlen,
+                             const char **value, size_t *vlen);
+
+/* Requests with a sink. piped: the answer is 2xx and its body went to the sink (decided at
+ * its first byte, or at the end for an empty body). */
+int http_request_has_sink(const http_request *r);
+int http_request_piped(const http_request *r);
+/* The consumer took the sink's output (or wants it all, all = 1, once done): moves held-back
+ * work on, finishes the sink after the transfer ended, and resumes a transfer paused for
+ * output. The first call with all = 0 turns pausing on. Returns 0, or -1 when the request
+ * has failed (kind and message then say why, also while it is still running). */
+int http_request_pump(http_request *r, int all);
 
 #endif

@@ -31,7 +31,7 @@ build = {
       ["digime.core"] = {
          sources = {
             "csrc/core.c", "csrc/core_http.c", "csrc/http.c", "csrc/keys.c", "csrc/jws.c",
-            "csrc/random.c", "csrc/cipher.c",
+            "csrc/random.c", "csrc/cipher.c", "csrc/core_cipher.c", "csrc/inflate.c",
          },
          defines = { "_POSIX_C_SOURCE=200809L" },
          libraries = { "crypto", "curl", "z", "brotlidec" },
@@ -45,6 +45,9 @@ build = {
       ["digime.errors"] = "lua/digime/errors.lua",
       ["digime.json"] = "lua/digime/json.lua",
       ["digime.jwt"] = "lua/digime/jwt.lua",
+      ["digime.metadata"] = "lua/digime/metadata.lua",
+      ["digime.read"] = "lua/digime/read.lua",
+      ["digime.user_call"] = "lua/digime/user_call.lua",
       ["digime.request"] = "lua/digime/request.lua",
       ["digime.scheduler"] = "lua/digime/scheduler.lua",
       ["digime.tokens"] = "lua/digime/tokens.lua",

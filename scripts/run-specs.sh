@@ -46,7 +46,8 @@ case "$mode" in
     # Leaks are valgrind's job: LSan would also report on child programs that inherit LD_PRELOAD.
     run asan env LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
       UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 DIGIME_SANITIZED=1 \
-      lua5.4 /usr/bin/busted --cpath='./build/asan/?.so' --exclude-tags=slow
+      lua5.4 /usr/bin/busted --cpath='./build/asan/?.so' --exclude-tags=slow \
+      --helper=spec/support/sanitized_env.lua
     ;;
   valgrind)
     run valgrind env DIGIME_SANITIZED=1 valgrind -q --error-exitcode=9 --leak-check=full \

@@ -57,10 +57,9 @@ local function signed_post(sdk, key, path, body, claims, what)
     sign = function() return jwt.sign(key, nil, claims()) end,
   })
   if not res then return nil, err end
-  if type(res.json) ~= "table" then
-    return nil, invalid_response(path, "the answer is not a JSON object")
-  end
-  local payload, perr = jwt.verify_server_token(sdk, res.json.token)
+  local token, terr = jwt.token_of(res.json, path)
+  if not token then return nil, terr end
+  local payload, perr = jwt.verify_server_token(sdk, token)
   if not payload then return nil, perr end
   return payload, res.json
 end

@@ -9,6 +9,7 @@ local config = require "digime.config"
 local errors = require "digime.errors"
 local scheduler = require "digime.scheduler"
 local auth = require "digime.auth"
+local read = require "digime.read"
 
 local type, pcall, setmetatable, getmetatable = type, pcall, setmetatable, getmetatable
 local rawget, ipairs, tostring = rawget, ipairs, tostring
@@ -46,6 +47,10 @@ end
 for _, name in ipairs{ "get_authorize_url", "get_reauthorize_url", "exchange_code_for_token",
                        "refresh_token" } do
   sdk_mt[name] = method(auth[name], name)
+end
+for _, name in ipairs{ "read_session", "read_file_list", "read_file", "read_file_metadata",
+                       "read_accounts" } do
+  sdk_mt[name] = method(read[name], name)
 end
 
 local function pick_transport(cfg)

@@ -166,6 +166,17 @@ local function check_times(sdk, payload)
   return true
 end
 
+--- The `token` of a JSON answer `{ "token": "..." }`, or nil and an InvalidResponse error.
+function _M.token_of(body, what)
+  if type(body) ~= "table" or body[1] ~= nil then
+    return nil, errors.sdk("InvalidResponse", what .. ": the answer is not a JSON object")
+  end
+  if type(body.token) ~= "string" or body.token == "" then
+    return nil, errors.sdk("InvalidResponse", what .. ": the answer carries no token")
+  end
+  return body.token
+end
+
 --- Verifies a token digi.me signed; returns its payload table, or nil, err.
 function _M.verify_server_token(sdk, token)
   if type(token) ~= "string" or token == "" then

@@ -56,7 +56,10 @@ end
 
 --- spec = { method, url, headers, body, sign = function() -> jwt | nil, err,
 --           idempotent = bool (POSTs that are safe to repeat), json = bool, max_json,
---           timeout, what = "name for messages" }
+--           timeout, what = "name for messages",
+--           decrypt = { key, max_output, choose }, on_data = function(chunk) -> ok, err,
+--           on_attempt = function() (called before each attempt, e.g. to reset a buffer),
+--           sink_once = bool (on_data cannot take the data twice: no retry once it had some) }
 -- Returns the response (plus `json` when asked and the body is JSON) for a 2xx answer,
 -- otherwise nil and an error object.
 function _M.send(sdk, spec)
@@ -67,6 +70,15 @@ function _M.send(sdk, spec)
   local started = core.monotonic()
   local attempt = 0
   local last_err
+  local delivered = 0
+  local on_data = spec.on_data
+  if on_data then
+    local user = on_data
+    on_data = function(chunk)
+      delivered = delivered + #chunk
+      return user(chunk)
+    end
+  end
 
   while true do
     attempt = attempt + 1
@@ -78,19 +90,40 @@ function _M.send(sdk, spec)
       headers.authorization = "Bearer " .. token
     end
 
+    if spec.on_attempt then spec.on_attempt() end
     local t0 = core.monotonic()
     local res, msg, kind = sdk.transport:request{
       method = method, url = spec.url, headers = headers, body = spec.body,
       timeout = spec.timeout, max_body = spec.max_body,
+      -- Every attempt gets a connection of its own: on a reused keep-alive connection that
+      -- dies before answering, libcurl resends the request by itself, unchanged (same JWT,
+      -- same nonce), once per pooled connection it tries. That would replay a token exchange,
+      -- present a nonce twice, and hide attempts from retry_options. One attempt is one
+      -- request on the wire; the price is a new connection per call (measured in bench/).
+      fresh_connect = true,
+      decrypt = spec.decrypt, on_data = on_data,
     }
     local elapsed = core.monotonic() - t0
     local retry, wait
 
-    if not res then
+    if not res and (kind == "decrypt" or kind == "sink") then
+      -- The answer came but its content is bad, or the consumer refused it: not a network
+      -- fault, and not something a second download would change.
+      local e = kind == "decrypt"
+        and errors.new("FileDecryptionError", "FileDecryptionError", tostring(msg))
+        or errors.sdk("SinkError", tostring(msg))
+      e.attempts = attempt
+      return nil, e
+    elseif not res then
       last_err = errors.network(format("%s %s failed: %s", method, path_of(spec.url), tostring(msg)), kind)
       log(sdk, "warn", "request failed", { method = method, path = path_of(spec.url),
                                             attempt = attempt, error = kind, ms = elapsed * 1000 })
       retry = RETRY_NET[kind] and (idempotent or NEVER_SENT[kind])
+      if retry and spec.sink_once and delivered > 0 then
+        -- Part of the file is already in the caller's sink: a new download would repeat it.
+        last_err.message = last_err.message .. " (after " .. delivered .. " bytes went to the sink)"
+        retry = false
+      end
     else
       log(sdk, "debug", "request done", { method = method, path = path_of(spec.url),
                                            attempt = attempt, status = res.status, ms = elapsed * 1000 })
@@ -116,6 +149,11 @@ function _M.send(sdk, spec)
       if RETRY_STATUS[status] then
         retry = idempotent
       elseif status >= 500 and status ~= 501 then
+        retry = idempotent
+      elseif status == 406 and last_err.code == "InvalidRequest" and spec.sign then
+        -- A replayed nonce: libcurl resends an idempotent request once, unchanged, when a
+        -- reused keep-alive connection dies; if the server had processed the first copy it
+        -- refuses the second. A new attempt carries a new JWT.
         retry = idempotent
       end
       if retry then

@@ -48,11 +48,9 @@ function _M.token_call(sdk, key, claims_fn)
     sign = function() return jwt.sign(key, nil, claims_fn.claims()) end,
   })
   if not res then return nil, err end
-  local body = res.json
-  if type(body) ~= "table" then
-    return nil, errors.sdk("InvalidResponse", "oauth/token answered without a JSON object")
-  end
-  local payload, perr = jwt.verify_server_token(sdk, body.token)
+  local token, terr = jwt.token_of(res.json, "oauth/token")
+  if not token then return nil, terr end
+  local payload, perr = jwt.verify_server_token(sdk, token)
   if not payload then return nil, perr end
   return _M.from_payload(payload)
 end

@@ -19,6 +19,9 @@
 --   /redirect             302 to /ok
 --   /headers              repeated and mixed-case headers (?n=N: N extra 40-byte headers)
 --   /continue             a 100 Continue with its own header, then /ok
+--   /file?path=P          the bytes of file P (only under /tmp/), streamed in 64 KiB pieces with
+--                         a content-length (&status=N: with status N; &chunked=1: chunked, no
+--                         content-length; &cut=N: only the first N bytes, then close)
 local socket = require "socket"
 local cjson = require "cjson"
 
@@ -75,7 +78,8 @@ local function send(conn, data)
     local last, err, lastpart = conn:send(data, i)
     if last then return end
     i = (lastpart or i - 1) + 1
-    wait_io(err, conn)
+    -- a plain socket says "timeout" when its send buffer is full: wait until it is writable
+    wait_io(err == "timeout" and "wantwrite" or err, conn)
   end
 end
 
@@ -163,6 +167,35 @@ function routes.headers(conn, req)
     h[#h + 1] = { ("X-Filler-%05d"):format(i), ("f"):rep(24) }
   end
   respond(conn, req, 200, h, "headers")
+end
+
+local function unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+function routes.file(conn, req)
+  local path = req.query.path and unescape(req.query.path)
+  if not path or not path:match("^/tmp/") or path:match("%.%.") then
+    return json(conn, req, 400, { error = "path must be a file under /tmp/" })
+  end
+  local f = io.open(path, "rb")
+  if not f then return json(conn, req, 404, { error = "no such file" }) end
+  local size = f:seek("end")
+  f:seek("set")
+  local status, cut, chunked = tonumber(req.query.status) or 200, tonumber(req.query.cut), req.query.chunked
+  send(conn, ("HTTP/1.1 %d %s\r\n%s\r\n"):format(status, reasons[status] or "Status",
+    chunked and "Transfer-Encoding: chunked\r\n" or "Content-Length: " .. size .. "\r\n"))
+  local sent = 0
+  while true do
+    local n = cut and math.min(65536, cut - sent) or 65536
+    local data = n > 0 and f:read(n)
+    if not data then break end
+    send(conn, chunked and ("%x\r\n%s\r\n"):format(#data, data) or data)
+    sent = sent + #data
+  end
+  f:close()
+  if cut then return "close" end
+  if chunked then send(conn, "0\r\n\r\n") end
 end
 
 routes["continue"] = function(conn, req)

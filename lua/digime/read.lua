@@ -1,0 +1,281 @@
+--- Reading a user's library: sessions, file lists, file metadata, accounts (api doc §9).
+local json = require "digime.json"
+local errors = require "digime.errors"
+local validate = require "digime.validate"
+local request = require "digime.request"
+local metadata = require "digime.metadata"
+local user_call = require "digime.user_call"
+
+local type, pairs, ipairs, tostring, pcall = type, pairs, ipairs, tostring, pcall
+local concat, huge = table.concat, math.huge
+local jwt = require "digime.jwt"
+
+local _M = {}
+
+local seg = request.encode_segment
+
+local function invalid_response(what, message)
+  return errors.sdk("InvalidResponse", what .. ": " .. message)
+end
+
+local function check_all(checks)
+  for i = 1, #checks do
+    local ok, err = checks[i][1](checks[i][2], checks[i][3], checks[i][4])
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+local function base_checks(opts, allowed, name)
+  local ok, err = validate.options(opts, allowed, name)
+  if not ok then return nil, err end
+  return check_all{
+    { validate.contract, opts.contract },
+    { validate.user_access_token, opts.user_access_token, "user_access_token" },
+  }
+end
+
+local SESSION_OPTS = validate.set{ "contract", "user_access_token", "session_options" }
+
+--- sdk:read_session{ contract, user_access_token, session_options? }
+-- -> { session = { expiry, key }, user_access_token }
+function _M.read_session(sdk, opts)
+  local ok, err = base_checks(opts, SESSION_OPTS, "read_session")
+  if not ok then return nil, err end
+  local so = opts.session_options
+  if so ~= nil then
+    ok, err = validate.pull_options(so, "session_options")
+    if not ok then return nil, err end
+  end
+  -- The options' keys at the top level, then agent (which overrides any agent given).
+  local body = {}
+  if so then
+    for k, v in pairs(so) do body[k] = v end
+  end
+  body.agent = sdk.config.agent
+  local text, jerr = json.encode(body)
+  if not text then return nil, errors.validation("session_options", "cannot be encoded: " .. jerr) end
+  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+    method = "POST", url = sdk.config.base_url .. "permission-access/trigger",
+    headers = { ["content-type"] = "application/json", accept = "application/json" },
+    body = text, json = true, what = "permission-access/trigger",
+  }, function(res)
+    local s = type(res.json) == "table" and res.json.session
+    if type(s) ~= "table" or type(s.key) ~= "string" or s.key == "" or type(s.expiry) ~= "number" then
+      return nil, invalid_response("permission-access/trigger", "no valid session { expiry, key }")
+    end
+    return { session = { expiry = json.integer(s.expiry) or s.expiry, key = s.key } }
+  end)
+end
+
+local STATES = { pending = true, running = true, partial = true, completed = true }
+
+--- Checks a file list answer (api doc §9.2): status.state known, fileList entries with a
+-- string name and a numeric updatedDate. Other keys pass through.
+function _M.check_file_list(body)
+  local what = "permission-access/query"
+  if type(body) ~= "table" or type(body.status) ~= "table" then
+    return nil, invalid_response(what, "no status object")
+  end
+  if not STATES[body.status.state] then
+    return nil, invalid_response(what, "unknown library state " .. tostring(body.status.state))
+  end
+  local details = body.status.details
+  if details ~= nil and type(details) ~= "table" then
+    return nil, invalid_response(what, "status.details is not an object")
+  end
+  local list = body.fileList
+  if list ~= nil then
+    if type(list) ~= "table" then
+      return nil, invalid_response(what, "fileList is not an array")
+    end
+    for i, f in ipairs(list) do
+      if type(f) ~= "table" or type(f.name) ~= "string" or f.name == ""
+         or type(f.updatedDate) ~= "number" then
+        return nil, invalid_response(what, "fileList[" .. i .. "] needs a name and an updatedDate")
+      end
+    end
+  end
+  return body
+end
+
+local LIST_OPTS = validate.set{ "contract", "user_access_token", "session_key" }
+
+--- sdk:read_file_list{ contract, user_access_token, session_key }
+-- -> { status = { state, details? }, fileList = {...}?, user_access_token, ... }
+function _M.read_file_list(sdk, opts)
+  local ok, err = base_checks(opts, LIST_OPTS, "read_file_list")
+  if not ok then return nil, err end
+  ok, err = validate.string(opts.session_key, "session_key")
+  if not ok then return nil, err end
+  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+    method = "GET", url = sdk.config.base_url .. "permission-access/query/" .. seg(opts.session_key),
+    headers = { accept = "application/json" }, json = true, what = "permission-access/query",
+  }, function(res)
+    local body, berr = _M.check_file_list(res.json)
+    if not body then return nil, berr end
+    body.userAccessToken = nil  -- the token in force is user_access_token
+    return body
+  end)
+end
+
+local META_OPTS = validate.set{ "contract", "user_access_token", "session_key", "file_name" }
+
+--- sdk:read_file_metadata{ contract, user_access_token, session_key, file_name }
+-- -> { file_metadata, file_name, compression, user_access_token }
+function _M.read_file_metadata(sdk, opts)
+  local ok, err = base_checks(opts, META_OPTS, "read_file_metadata")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.string, opts.session_key, "session_key" },
+    { validate.string, opts.file_name, "file_name" },
+  }
+  if not ok then return nil, err end
+  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+    method = "HEAD",
+    url = sdk.config.base_url .. "permission-access/query/" .. seg(opts.session_key) .. "/" .. seg(opts.file_name),
+    headers = { accept = "application/json" }, what = "file metadata",
+  }, function(res)
+    local meta, compression = metadata.decode(res.headers["x-metadata"])
+    if not meta then return nil, compression end
+    return { file_metadata = meta, file_name = opts.file_name, compression = compression,
+             last_modified = res.headers["last-modified"] }
+  end)
+end
+
+--- Wraps a sink (a function, or a file handle) as on_data(chunk) -> true | nil, err, plus
+-- close() for the end. Raising, or returning nil/false with an error, stops the read.
+local function wrap_sink(sink)
+  if type(sink) == "function" then
+    local function call(chunk)
+      local ok, r1, r2 = pcall(sink, chunk)
+      if not ok then return nil, "the sink raised: " .. tostring(r1) end
+      if not r1 and r2 ~= nil then return nil, "the sink failed: " .. tostring(r2) end
+      return true
+    end
+    return call, function() return call(nil) end
+  end
+  return function(chunk)
+    local ok, r1, r2 = pcall(sink.write, sink, chunk)
+    if not ok then return nil, "the sink raised: " .. tostring(r1) end
+    if not r1 then return nil, "the sink failed: " .. tostring(r2) end
+    return true
+  end, function() return true end
+end
+
+local function is_sink(v)
+  if type(v) == "function" then return true end
+  local ok, write = pcall(function() return v.write end)
+  return ok and type(write) == "function"
+end
+
+local FILE_OPTS = validate.set{ "contract", "user_access_token", "session_key", "file_name",
+                                "sink", "max_size" }
+
+--- sdk:read_file{ contract, user_access_token, session_key, file_name, sink?, max_size? }
+-- -> { file_data, file_name, file_metadata, last_modified, compression, user_access_token }
+-- The body is decrypted and decompressed in C as it arrives. With a `sink` (a function
+-- called with each chunk and finally with nil, or a file handle) `file_data` is absent and
+-- memory stays bounded whatever the file's size.
+function _M.read_file(sdk, opts)
+  local ok, err = base_checks(opts, FILE_OPTS, "read_file")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.string, opts.session_key, "session_key" },
+    { validate.string, opts.file_name, "file_name" },
+    { validate.number, opts.max_size, "max_size", true, 0 },
+  }
+  if not ok then return nil, err end
+  if opts.sink ~= nil and not is_sink(opts.sink) then
+    return nil, errors.validation("sink", "must be a function or an object with a write method")
+  end
+  local key, kerr = jwt.contract_key(opts.contract)
+  if not key then return nil, kerr end
+
+  local parts, meta, compression, meta_err
+  local on_data, close_sink
+  if opts.sink then
+    on_data, close_sink = wrap_sink(opts.sink)
+  else
+    on_data = function(chunk)
+      parts[#parts + 1] = chunk
+      return true
+    end
+  end
+  local max_output = opts.max_size or (opts.sink and huge or sdk.config.limits.body)
+
+  local res, rerr = user_call.send(sdk, opts.contract, opts.user_access_token, {
+    method = "GET",
+    url = sdk.config.base_url .. "permission-access/query/" .. seg(opts.session_key) .. "/" .. seg(opts.file_name),
+    headers = { accept = "application/octet-stream" }, what = "file",
+    on_attempt = function() parts, meta_err = {}, nil end,
+    sink_once = opts.sink ~= nil,
+    on_data = on_data,
+    decrypt = {
+      key = key, max_output = max_output,
+      choose = function(_, headers)
+        meta, compression = metadata.decode(headers["x-metadata"])
+        if not meta then
+          meta_err = compression
+          return nil, meta_err.message
+        end
+        return compression
+      end,
+    },
+  }, function(r)
+    if not r.piped then
+      return nil, invalid_response("file", "the answer was not a file")
+    end
+    return { r = r }
+  end)
+  if not res then
+    if meta_err and type(rerr) == "table" then
+      meta_err.user_access_token = rerr.user_access_token
+      return nil, meta_err
+    end
+    return nil, rerr
+  end
+  if close_sink then
+    local sok, serr = close_sink()
+    if not sok then
+      return nil, errors.sdk("SinkError", serr, { user_access_token = res.user_access_token })
+    end
+  end
+  return {
+    file_data = not opts.sink and concat(parts) or nil,
+    file_name = opts.file_name,
+    file_metadata = meta,
+    compression = compression,
+    last_modified = res.r.headers["last-modified"],
+    user_access_token = res.user_access_token,
+  }
+end
+
+local ACCOUNTS_OPTS = validate.set{ "contract", "user_access_token" }
+
+--- sdk:read_accounts{ contract, user_access_token } -> { accounts = {...}, user_access_token }
+-- Accounts are kept as the server sends them; an unknown account `type` is not an error.
+function _M.read_accounts(sdk, opts)
+  local ok, err = base_checks(opts, ACCOUNTS_OPTS, "read_accounts")
+  if not ok then return nil, err end
+  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+    method = "GET", url = sdk.config.base_url .. "permission-access/accounts",
+    headers = { accept = "application/json" }, json = true, what = "permission-access/accounts",
+  }, function(res)
+    local list = res.json
+    if type(list) == "table" and type(list.accounts) == "table" then
+      list = list.accounts  -- the wrapped shape of the docs (api doc §15.13) is read too
+    end
+    if type(list) ~= "table" then
+      return nil, invalid_response("permission-access/accounts", "not an array of accounts")
+    end
+    for i, a in ipairs(list) do
+      if type(a) ~= "table" or type(a.id) ~= "string" then
+        return nil, invalid_response("permission-access/accounts", "account " .. i .. " has no id")
+      end
+    end
+    return { accounts = list }
+  end)
+end
+
+return _M
