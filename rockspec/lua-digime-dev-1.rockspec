@@ -50,6 +50,7 @@ build = {
       ["digime.user_call"] = "lua/digime/user_call.lua",
       ["digime.request"] = "lua/digime/request.lua",
       ["digime.scheduler"] = "lua/digime/scheduler.lua",
+      ["digime.sync"] = "lua/digime/sync.lua",
       ["digime.tokens"] = "lua/digime/tokens.lua",
       ["digime.urls"] = "lua/digime/urls.lua",
       ["digime.validate"] = "lua/digime/validate.lua",

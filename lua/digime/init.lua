@@ -10,6 +10,7 @@ local errors = require "digime.errors"
 local scheduler = require "digime.scheduler"
 local auth = require "digime.auth"
 local read = require "digime.read"
+local sync = require "digime.sync"
 
 local type, pcall, setmetatable, getmetatable = type, pcall, setmetatable, getmetatable
 local rawget, ipairs, tostring = rawget, ipairs, tostring
@@ -51,6 +52,12 @@ end
 for _, name in ipairs{ "read_session", "read_file_list", "read_file", "read_file_metadata",
                        "read_accounts" } do
   sdk_mt[name] = method(read[name], name)
+end
+sdk_mt.read_all_files = method(sync.read_all_files, "read_all_files")
+
+--- for file, err in sdk:files{...}: the whole-library sync as an iterator.
+function sdk_mt:files(opts)
+  return sync.files(self, opts)
 end
 
 local function pick_transport(cfg)

@@ -178,6 +178,12 @@ local FILE_OPTS = validate.set{ "contract", "user_access_token", "session_key", 
 -- called with each chunk and finally with nil, or a file handle) `file_data` is absent and
 -- memory stays bounded whatever the file's size.
 function _M.read_file(sdk, opts)
+  return _M.fetch_file(sdk, opts, nil)
+end
+
+--- read_file with a table `cancel` that holds the engine request while it runs (so that a
+-- sync can cancel its downloads).
+function _M.fetch_file(sdk, opts, cancel)
   local ok, err = base_checks(opts, FILE_OPTS, "read_file")
   if not ok then return nil, err end
   ok, err = check_all{
@@ -211,6 +217,7 @@ function _M.read_file(sdk, opts)
     on_attempt = function() parts, meta_err = {}, nil end,
     sink_once = opts.sink ~= nil,
     on_data = on_data,
+    cancel = cancel,
     decrypt = {
       key = key, max_output = max_output,
       choose = function(_, headers)

@@ -101,12 +101,14 @@ function _M.send(sdk, spec)
       -- present a nonce twice, and hide attempts from retry_options. One attempt is one
       -- request on the wire; the price is a new connection per call (measured in bench/).
       fresh_connect = true,
-      decrypt = spec.decrypt, on_data = on_data,
+      decrypt = spec.decrypt, on_data = on_data, cancel = spec.cancel,
     }
     local elapsed = core.monotonic() - t0
     local retry, wait
 
-    if not res and (kind == "decrypt" or kind == "sink") then
+    if not res and kind == "cancelled" then
+      return nil, errors.network(format("%s %s was cancelled", method, path_of(spec.url)), kind)
+    elseif not res and (kind == "decrypt" or kind == "sink") then
       -- The answer came but its content is bad, or the consumer refused it: not a network
       -- fault, and not something a second download would change.
       local e = kind == "decrypt"

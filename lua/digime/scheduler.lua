@@ -309,6 +309,31 @@ function _M.cancel(req)
   if t then make_ready(t) end
 end
 
+local cond_mt = {}
+cond_mt.__index = cond_mt
+
+--- A condition tasks can wait on until someone signals it.
+function _M.cond()
+  return setmetatable({ waiters = {} }, cond_mt)
+end
+
+function cond_mt:wait()
+  local me = running_task()
+  if not me then
+    error("cond:wait() must be called from a task of digime.run", 2)
+  end
+  me.state = "waiting"
+  self.waiters[#self.waiters + 1] = me
+  coroutine.yield(WAIT)
+end
+
+--- Wakes every task waiting now.
+function cond_mt:signal()
+  local waiters = self.waiters
+  self.waiters = {}
+  for _, w in ipairs(waiters) do make_ready(w) end
+end
+
 local flights = {}
 
 --- Runs fn once for concurrent callers with the same key; all get the same results.

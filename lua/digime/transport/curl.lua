@@ -92,7 +92,8 @@ end
 
 --- req = { method, url, headers, body, timeout, max_body, fresh_connect,
 --          decrypt = { key, max_output, choose = function(status, headers) -> compression },
---          on_data = function(plaintext_chunk) -> true | nil, err }
+--          on_data = function(plaintext_chunk) -> true | nil, err,
+--          cancel = a table the engine request is put in while it runs (keys) }
 -- Returns { status, headers, body, piped } or nil, message, kind (kinds as digime.core's
 -- engine reports them, plus "sink" when on_data refused).
 function _M:request(req)
@@ -127,11 +128,18 @@ function _M:request(req)
   if not ok then
     return nil, "cannot start the request: " .. tostring(handle), "other"
   end
+  -- A caller may ask to be able to cancel what is in flight (a sync that is stopped).
+  local cancel = req.cancel
+  if cancel then cancel[handle] = true end
+  local res, err, kind
   if dec then
-    return piped(handle, dec, req)
+    res, err, kind = piped(handle, dec, req)
+  else
+    scheduler.await(handle)
+    res, err, kind = handle:result()
   end
-  scheduler.await(handle)
-  return handle:result()
+  if cancel then cancel[handle] = nil end
+  return res, err, kind
 end
 
 return _M

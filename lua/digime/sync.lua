@@ -1,0 +1,346 @@
+--- The whole-library sync: poll the file list until the library is done, download new and
+-- updated files with at most `concurrency` in flight, report through callbacks
+-- (design.md §4 `read_all_files`; api doc §9.5, done better: a deadline, a stall limit,
+-- bounded concurrency, every state reported, file names as data, stop cancels downloads).
+local core = require "digime.core"
+local errors = require "digime.errors"
+local validate = require "digime.validate"
+local scheduler = require "digime.scheduler"
+local read = require "digime.read"
+
+local type, pairs, ipairs, pcall, tostring = type, pairs, ipairs, pcall, tostring
+local setmetatable, rawget, rawset = setmetatable, rawget, rawset
+local min, concat = math.min, table.concat
+
+local _M = {}
+
+local OPTS = validate.set{
+  "contract", "user_access_token", "session_key", "on_file_data", "on_file_error",
+  "on_status_change", "sink", "concurrency", "poll_interval", "max_time", "max_unchanged_polls",
+}
+
+local ITER_OPTS = validate.set{
+  "contract", "user_access_token", "session_key", "sink", "concurrency", "poll_interval",
+  "max_time", "max_unchanged_polls",
+}
+
+local function check(opts, allowed, name)
+  local ok, err = validate.options(opts, allowed, name)
+  if not ok then return nil, err end
+  local checks = {
+    { validate.contract, opts.contract },
+    { validate.user_access_token, opts.user_access_token, "user_access_token" },
+    { validate.string, opts.session_key, "session_key" },
+    { validate.func, opts.on_file_data, "on_file_data", true },
+    { validate.func, opts.on_file_error, "on_file_error", true },
+    { validate.func, opts.on_status_change, "on_status_change", true },
+    { validate.func, opts.sink, "sink", true },
+    { validate.number, opts.poll_interval, "poll_interval", true, 0, 3600 },
+    { validate.number, opts.max_time, "max_time", true, 0 },
+  }
+  for _, c in ipairs(checks) do
+    ok, err = c[1](c[2], c[3], c[4], c[5], c[6])
+    if not ok then return nil, err end
+  end
+  for _, k in ipairs{ "concurrency", "max_unchanged_polls" } do
+    local v = opts[k]
+    if v ~= nil and not (validate.is_integer(v) and v >= 1) then
+      return nil, errors.validation(k, "must be an integer >= 1")
+    end
+  end
+  return true
+end
+
+local sync_mt = {}
+sync_mt.__index = sync_mt
+
+--- Stops the sync: no more polls, and downloads in flight are cancelled.
+function sync_mt:stop()
+  if self.stopped then return end
+  self.stopped = true
+  for handle in pairs(self.in_flight) do
+    scheduler.cancel(handle)
+  end
+  self.wake:signal()
+end
+
+-- A user callback; its error stops the sync (a bug in it must not pass unseen).
+local function callback(sync, fn, ...)
+  if not fn then return true end
+  local ok, err = pcall(fn, ...)
+  if not ok then
+    sync.fatal = sync.fatal or errors.sdk("CallbackError", "a callback raised: " .. tostring(err))
+    sync:stop()
+    return false
+  end
+  return true
+end
+
+-- The per-account problems of a status: partial accounts with their error and hints.
+local function account_problems(status)
+  local out = {}
+  if type(status.details) ~= "table" then return out end
+  for id, entry in pairs(status.details) do
+    if type(entry) == "table" and entry.state == "partial" then
+      local e = type(entry.error) == "table" and entry.error or {}
+      local nested = type(e.error) == "table" and e.error or {}   -- the docs nest some fields
+      out[#out + 1] = {
+        account_id = id,
+        code = e.code,
+        status = e.statusCode,
+        message = e.message or nested.message,
+        reauth = e.reauth == true or nested.reauth == true,
+        retry_after = e.retryAfter or nested.retryAfter,
+        kind = e.code == "ServiceAuthorizationError" and "ServiceAuthorizationError" or "AccountSyncError",
+      }
+    end
+  end
+  return out
+end
+
+-- A fingerprint of a file list answer, to tell a poll that changed nothing.
+local function fingerprint(res)
+  local parts = { res.status.state }
+  for _, f in ipairs(res.fileList or {}) do
+    parts[#parts + 1] = f.name .. "\0" .. tostring(f.updatedDate)
+  end
+  return concat(parts, "\1")
+end
+
+local function download(sdk, opts, sync, item)
+  local entry, file_list = item.entry, item.file_list
+  local sink
+  if opts.sink then
+    local ok, s = pcall(opts.sink, entry.name, entry)
+    if not ok then
+      callback(sync, opts.on_file_error, { error = errors.sdk("SinkError",
+        "the sink factory raised: " .. tostring(s)), file_name = entry.name, file_list = file_list }, sync)
+      sync.failures = sync.failures + 1
+      return
+    end
+    sink = s
+  end
+  local res, err = read.fetch_file(sdk, {
+    contract = opts.contract, user_access_token = sync.token,
+    session_key = opts.session_key, file_name = entry.name, sink = sink,
+  }, sync.in_flight)
+  local token = res and res.user_access_token or (type(err) == "table" and err.user_access_token)
+  if token and token ~= sync.token then sync.token = token end
+  if sync.stopped and not res then return end   -- cancelled by stop(): not a failure of the file
+  if res then
+    sync.files = sync.files + 1
+    res.file_list = file_list
+    callback(sync, opts.on_file_data, res, sync)
+  else
+    sync.failures = sync.failures + 1
+    callback(sync, opts.on_file_error, { error = err, file_name = entry.name, file_list = file_list }, sync)
+  end
+end
+
+local function worker(sdk, opts, sync, queue)
+  while true do
+    local item = queue.first <= queue.last and queue[queue.first]
+    if item then
+      queue[queue.first] = nil
+      queue.first = queue.first + 1
+      download(sdk, opts, sync, item)
+    elseif sync.stopped or sync.listing_done then
+      return
+    else
+      sync.wake:wait()
+    end
+  end
+end
+
+local function set_state(sync, opts, state)
+  if state ~= sync.state then
+    sync.state = state
+    callback(sync, opts.on_status_change, state, sync)
+  end
+end
+
+-- Sleeps up to `seconds`, waking early when the sync is stopped.
+local function pause(sync, seconds)
+  local until_t = core.monotonic() + seconds
+  while not sync.stopped do
+    local left = until_t - core.monotonic()
+    if left <= 0 then return end
+    scheduler.sleep(min(left, 0.1))
+  end
+end
+
+-- The sync itself; runs inside a task. hold.sync, when hold is given, is the sync object.
+local function run(sdk, opts, hold)
+  local sync = setmetatable({
+    token = opts.user_access_token, files = 0, failures = 0, polls = 0,
+    stopped = false, listing_done = false, in_flight = {}, wake = scheduler.cond(),
+  }, sync_mt)
+  if hold then hold.sync = sync end
+  local concurrency = opts.concurrency or 5
+  local poll_interval = opts.poll_interval or 3
+  local deadline = core.monotonic() + (opts.max_time or 600)
+  local max_unchanged = opts.max_unchanged_polls or 100
+  local handled = {}          -- file name -> updatedDate seen; names are data, so raw access
+  local queue = { first = 1, last = 0 }
+  local workers = {}
+  for i = 1, concurrency do
+    workers[i] = scheduler.spawn(worker, sdk, opts, sync, queue)
+  end
+
+  local last_fp, unchanged, status, fatal = nil, 0, nil, nil
+  while not sync.stopped do
+    if core.monotonic() >= deadline then
+      fatal = errors.sdk("SyncTimeout", "the library sync did not finish within max_time")
+      break
+    end
+    local res, err = read.read_file_list(sdk, {
+      contract = opts.contract, user_access_token = sync.token, session_key = opts.session_key,
+    })
+    if not res then
+      if type(err) == "table" and err.user_access_token then sync.token = err.user_access_token end
+      fatal = err
+      break
+    end
+    sync.polls = sync.polls + 1
+    sync.token = res.user_access_token
+    status = res.status
+    sync.status = status
+    set_state(sync, opts, status.state)
+    if sync.stopped then break end
+    for _, f in ipairs(res.fileList or {}) do
+      local seen = rawget(handled, f.name)
+      if seen == nil or seen < f.updatedDate then
+        rawset(handled, f.name, f.updatedDate)
+        queue.last = queue.last + 1
+        queue[queue.last] = { entry = f, file_list = res.fileList }
+      end
+    end
+    sync.wake:signal()
+    if status.state == "partial" or status.state == "completed" then break end
+    local fp = fingerprint(res)
+    unchanged = fp == last_fp and unchanged + 1 or 0
+    last_fp = fp
+    if unchanged >= max_unchanged then
+      fatal = errors.sdk("SyncStalled", "the library sync made no progress in " .. max_unchanged .. " polls")
+      break
+    end
+    pause(sync, min(poll_interval, deadline - core.monotonic()))
+  end
+
+  sync.listing_done = true
+  if fatal then sync:stop() end
+  sync.wake:signal()
+  -- Downloads go on within the deadline; past it they are cancelled.
+  for _, w in ipairs(workers) do
+    while not w:done() and core.monotonic() < deadline do
+      pause(sync, min(0.1, deadline - core.monotonic()))
+      if sync.stopped then break end
+    end
+  end
+  if not sync.stopped then
+    for _, w in ipairs(workers) do
+      if not w:done() then
+        fatal = fatal or errors.sdk("SyncTimeout", "the library sync did not finish within max_time")
+        sync:stop()
+        break
+      end
+    end
+  end
+  for _, w in ipairs(workers) do w:wait() end
+
+  fatal = sync.fatal or fatal
+  local result = {
+    status = status, files = sync.files, failures = sync.failures, polls = sync.polls,
+    account_problems = status and account_problems(status) or {},
+    user_access_token = sync.token, stopped = sync.stopped and not fatal or nil,
+  }
+  if fatal then
+    if type(fatal) == "table" then
+      fatal.user_access_token = sync.token
+      fatal.result = result
+    end
+    return nil, fatal
+  end
+  return result
+end
+
+--- sdk:read_all_files{ contract, user_access_token, session_key, on_file_data?,
+--   on_file_error?, on_status_change?, sink?, concurrency?, poll_interval?, max_time?,
+--   max_unchanged_polls? } -> result | nil, err (err.result and err.user_access_token are set)
+function _M.read_all_files(sdk, opts)
+  local ok, err = check(opts, OPTS, "read_all_files")
+  if not ok then return nil, err end
+  if scheduler.in_task() then
+    return run(sdk, opts)
+  end
+  return scheduler.run(run, sdk, opts)
+end
+
+--- for file, err in sdk:files{...} do ... end: the sync as an iterator (same options, no
+-- callbacks). Each step gives a file (as read_file returns it, plus file_list), or `false,
+-- err` for a file that failed (false, not nil, so that the loop goes on); a fatal error gives
+-- `false, err` and ends the loop. Breaking out stops the sync (on Lua 5.4 through the for
+-- loop's closing value; elsewhere call the fourth value's close()).
+function _M.files(sdk, opts)
+  local ok, err = check(opts, ITER_OPTS, "files")
+  if not ok then
+    local done = false
+    return function()
+      if done then return nil end
+      done = true
+      return false, err
+    end
+  end
+  local queue, head, tail = {}, 1, 0   -- explicit ends: consumed slots become holes
+  local finished, final_err = false, nil
+  local hold = {}
+  local sync_opts = {}
+  for k, v in pairs(opts) do sync_opts[k] = v end
+  sync_opts.on_file_data = function(file)
+    tail = tail + 1
+    queue[tail] = { file }
+  end
+  sync_opts.on_file_error = function(failure)
+    tail = tail + 1
+    queue[tail] = { false, failure.error }
+  end
+  local loop = scheduler.loop()
+  local main = loop:spawn(function()
+    local _, e = run(sdk, sync_opts, hold)
+    final_err = e
+    finished = true
+  end)
+  local function step()
+    if head > tail and not finished then
+      loop:step_until(function() return head <= tail or finished end)
+    end
+    if head <= tail then
+      local item = queue[head]
+      queue[head] = nil
+      head = head + 1
+      return item[1], item[2]
+    end
+    if main.error then
+      local e = main.error
+      main.error = nil
+      main.observed = true
+      error(e, 0)
+    end
+    if final_err then
+      local e = final_err
+      final_err = nil
+      return false, e
+    end
+    return nil
+  end
+  local function close()
+    if not finished and hold.sync then
+      hold.sync:stop()
+      loop:step_until(function() return finished end)
+    end
+  end
+  local closer = setmetatable({ close = close }, { __close = close })
+  return step, nil, nil, closer
+end
+
+return _M
