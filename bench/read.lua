@@ -1,14 +1,14 @@
 --- Reading throughput against the sandbox: read_all_files over a generated library at several
 -- concurrencies, and one big file through read_file with a sink (decrypt + inflate in C).
--- Usage: lua5.4 bench/read.lua BASE_URL ONBOARD_URL   (sandbox started with --generate and
--- --big-file, see bench/run.sh)
+-- Usage: lua5.4 bench/read.lua BASE_URL ONBOARD_URL library|big   (see bench/run.sh: a sandbox
+-- with --generate for "library", one with --big-file for "big")
 package.path = "examples/?.lua;" .. package.path
 local digime = require "digime"
 local core = require "digime.core"
 local demo = require "digime.sandbox.demo_contract"
 local browser = require "browser"
 
-local base_url, onboard_url = arg[1], arg[2]
+local base_url, onboard_url, mode = arg[1], arg[2], arg[3] or "library"
 local sdk = assert(digime.init{ application_id = demo.application_id,
                                 base_url = base_url, onboard_url = onboard_url })
 local contract = { id = demo.contract_id, private_key = demo.private_key }
@@ -23,7 +23,7 @@ local function login()
   return token, auth.session.key
 end
 
-for _, concurrency in ipairs{ 1, 5, 10 } do
+for _, concurrency in ipairs(mode == "library" and { 1, 5, 10 } or {}) do
   local token, session = login()
   -- let the sandbox finish its sync first, so only downloads are timed
   local res
@@ -34,13 +34,14 @@ for _, concurrency in ipairs{ 1, 5, 10 } do
   local t0 = core.monotonic()
   local r = assert(sdk:read_all_files{ contract = contract, user_access_token = token,
     session_key = session, concurrency = concurrency, poll_interval = 0.05,
-    on_file_data = function(f) bytes = bytes + #(f.file_data or "") end })
+    sink = function() return function(chunk) if chunk then bytes = bytes + #chunk end end end })
   local secs = core.monotonic() - t0
   print(("read_all_files: %d files, %.1f MiB, concurrency %d: %.0f files/s, %.1f MiB/s (%s)")
     :format(r.files, bytes / 1048576, concurrency, r.files / secs,
             bytes / secs / 1048576, lua))
 end
 
+if mode ~= "big" then return end
 local token, session = login()
 local n = 0
 local t0 = core.monotonic()

@@ -20,10 +20,16 @@ echo "== authorization round trips against the sandbox (loopback)"
 lua5.4 bench/auth_flow.lua "$(url base_url)" "$(url onboard_url)" "$(url control_url)" 30
 luajit bench/auth_flow.lua "$(url base_url)" "$(url onboard_url)" "$(url control_url)" 30
 kill $pid 2>/dev/null; wait $pid 2>/dev/null || true
-bin/digime-sandbox --generate 500:4k:mixed --big-file 512m --sync-pace 0 > "$dir/out2" 2> "$dir/err2" &
-pid=$!
-until [ -s "$dir/out2" ]; do sleep 0.1; done
-line=$(head -1 "$dir/out2")
-echo "== reading against the sandbox (500 files of 4 KiB, and a 512 MiB file)"
-lua5.4 bench/read.lua "$(url base_url)" "$(url onboard_url)"
-luajit bench/read.lua "$(url base_url)" "$(url onboard_url)"
+for what in "library --generate 500:4k:mixed" "big --big-file 512m"; do
+  set -- $what
+  mode=$1; shift
+  bin/digime-sandbox "$@" --sync-pace 0 > "$dir/out2" 2> "$dir/err2" &
+  pid=$!
+  until [ -s "$dir/out2" ]; do sleep 0.1; done
+  line=$(head -1 "$dir/out2")
+  echo "== reading against the sandbox ($*)"
+  lua5.4 bench/read.lua "$(url base_url)" "$(url onboard_url)" "$mode"
+  luajit bench/read.lua "$(url base_url)" "$(url onboard_url)" "$mode"
+  kill $pid; wait $pid 2>/dev/null || true
+  rm -f "$dir/out2"
+done

@@ -601,6 +601,23 @@ static int l_request_headers(lua_State *L)
     return 2;
 }
 
+/* req:progress() -> bytes of plaintext waiting for read(), and whether the response headers
+ * are in (or the request is done). A reader waits until one of them says there is work, so it
+ * neither spins nor sleeps on a transfer that paused for it. */
+static int l_request_progress(lua_State *L)
+{
+    struct request_ud *u = check_request_ud(L);
+    http_request *r = u->r;
+    long status = 0;
+    size_t buffered = 0;
+
+    if (u->pipe != NULL && http_request_piped(r))
+        buffered = dm_pipeline_buffered(u->pipe);
+    lua_pushinteger(L, (lua_Integer)buffered);
+    lua_pushboolean(L, http_request_done(r) || http_request_peek_headers(r, &status));
+    return 2;
+}
+
 static int l_request_gc(lua_State *L)
 {
     struct request_ud *u = luaL_checkudata(L, 1, REQUEST_MT);
@@ -657,6 +674,7 @@ static const luaL_Reg request_methods[] = {
     { "result", l_request_result },
     { "read", l_request_read },
     { "headers", l_request_headers },
+    { "progress", l_request_progress },
     { NULL, NULL }
 };
 

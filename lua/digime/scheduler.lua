@@ -18,7 +18,7 @@ local engine, engine_pid                                   -- made on first use,
 local current                                              -- the task whose coroutine runs now
 local finished = setmetatable({}, { __mode = "k" })        -- request -> true once done
 local waiting = setmetatable({}, { __mode = "k" })         -- request -> task awaiting its end
-local progress = setmetatable({}, { __mode = "k" })        -- request -> task awaiting any step
+local progress = setmetatable({}, { __mode = "k" })        -- request -> { task, headers } awaiting output
 local WAIT = {}                                            -- what tasks yield to their loop
 
 --- The process's HTTP engine (re-made after a fork, so parent and child share nothing).
@@ -101,10 +101,13 @@ local function dispatch()
       woke = woke + 1
     end
   end
-  for req, t in pairs(progress) do
-    progress[req] = nil
-    make_ready(t)
-    woke = woke + 1
+  for req, p in pairs(progress) do
+    local buffered, headers_in = req:progress()
+    if buffered > 0 or (p.headers and headers_in) then
+      progress[req] = nil
+      make_ready(p.task)
+      woke = woke + 1
+    end
   end
   return woke
 end
@@ -276,27 +279,29 @@ function _M.await(req)
   drive(function() return finished[req] end)
 end
 
---- Waits for the next step of the engine (or the request's end): for readers that drain a
--- streaming response while it is transferred. Returns true once the request has finished.
-function _M.await_progress(req)
+--- Waits until a streaming response has plaintext to read (or its headers are in, when
+-- `headers` is true), or has finished: for readers that drain a body while it is
+-- transferred. Returns true once the request has finished.
+function _M.await_progress(req, headers)
   if finished[req] then return true end
   local me = running_task()
   if me then
     me.state = "waiting"
-    progress[req] = me
+    progress[req] = { task = me, headers = headers }
     waiting[req] = me
     coroutine.yield(WAIT)
     progress[req], waiting[req] = nil, nil
     return finished[req] == true
   end
   local e = _M.engine()
-  e:perform()
-  if dispatch() == 0 and not finished[req] then
-    e:poll(100)
+  while true do
     e:perform()
     dispatch()
+    if finished[req] then return true end
+    local buffered, headers_in = req:progress()
+    if buffered > 0 or (headers and headers_in) then return false end
+    e:poll(100)
   end
-  return finished[req] == true
 end
 
 --- Cancels a request in the engine and wakes whoever waits on it (its result is then

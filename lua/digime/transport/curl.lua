@@ -66,7 +66,7 @@ local function piped(handle, dec, req)
   end
 
   while true do
-    local done = scheduler.await_progress(handle)
+    local done = scheduler.await_progress(handle, not chosen)
     if not chosen then
       local ok, err, kind = choose()
       if not ok then return nil, err, kind end
