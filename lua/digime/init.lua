@@ -11,9 +11,13 @@ local scheduler = require "digime.scheduler"
 local auth = require "digime.auth"
 local read = require "digime.read"
 local sync = require "digime.sync"
+local onboard = require "digime.onboard"
+local manage = require "digime.manage"
+local query = require "digime.query"
+local write = require "digime.write"
 
 local type, pcall, setmetatable, getmetatable = type, pcall, setmetatable, getmetatable
-local rawget, ipairs, tostring = rawget, ipairs, tostring
+local rawget, ipairs, pairs, tostring = rawget, ipairs, pairs, tostring
 
 local _M = {
   _VERSION = config.SDK_VERSION,
@@ -54,6 +58,16 @@ for _, name in ipairs{ "read_session", "read_file_list", "read_file", "read_file
   sdk_mt[name] = method(read[name], name)
 end
 sdk_mt.read_all_files = method(sync.read_all_files, "read_all_files")
+for module, names in pairs{
+  [onboard] = { "get_onboard_service_url", "get_reauthorize_account_url",
+                "get_revoke_account_permission_url" },
+  [manage] = { "delete_user", "delete_account", "get_portability_report",
+               "get_service_sample_data_sets", "get_contract_details" },
+  [query] = { "query_sources", "query_countries", "query_platforms", "query_categories" },
+  [write] = { "push_data" },
+} do
+  for _, name in ipairs(names) do sdk_mt[name] = method(module[name], name) end
+end
 
 --- for file, err in sdk:files{...}: the whole-library sync as an iterator.
 function sdk_mt:files(opts)
@@ -88,6 +102,7 @@ function _M.init(opts)
     config = cfg,
     transport = transport,
     jwks_cache = {},
+    refreshed = {},   -- finished refreshes by old refresh token (tokens.lua)
     stats = { jwks_fetches = 0 },
   }, sdk_mt)
 end

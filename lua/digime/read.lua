@@ -6,7 +6,7 @@ local request = require "digime.request"
 local metadata = require "digime.metadata"
 local user_call = require "digime.user_call"
 
-local type, pairs, ipairs, tostring, pcall = type, pairs, ipairs, tostring, pcall
+local type, pairs, ipairs, tostring, pcall, next = type, pairs, ipairs, tostring, pcall, next
 local concat, huge = table.concat, math.huge
 local jwt = require "digime.jwt"
 
@@ -189,16 +189,19 @@ function _M.fetch_file(sdk, opts, cancel)
   ok, err = check_all{
     { validate.string, opts.session_key, "session_key" },
     { validate.string, opts.file_name, "file_name" },
-    { validate.number, opts.max_size, "max_size", true, 0 },
   }
   if not ok then return nil, err end
+  local ms = opts.max_size
+  if ms ~= nil and not (ms == huge or (validate.is_integer(ms) and ms >= 0)) then
+    return nil, errors.validation("max_size", "must be an integer >= 0 (or math.huge)")
+  end
   if opts.sink ~= nil and not is_sink(opts.sink) then
     return nil, errors.validation("sink", "must be a function or an object with a write method")
   end
   local key, kerr = jwt.contract_key(opts.contract)
   if not key then return nil, kerr end
 
-  local parts, meta, compression, meta_err
+  local parts, meta, compression, meta_err, started
   local on_data, close_sink
   if opts.sink then
     on_data, close_sink = wrap_sink(opts.sink)
@@ -214,13 +217,14 @@ function _M.fetch_file(sdk, opts, cancel)
     method = "GET",
     url = sdk.config.base_url .. "permission-access/query/" .. seg(opts.session_key) .. "/" .. seg(opts.file_name),
     headers = { accept = "application/octet-stream" }, what = "file",
-    on_attempt = function() parts, meta_err = {}, nil end,
+    on_attempt = function() parts, meta_err, started = {}, nil, false end,
     sink_once = opts.sink ~= nil,
     on_data = on_data,
     cancel = cancel,
     decrypt = {
       key = key, max_output = max_output,
       choose = function(_, headers)
+        started = true
         meta, compression = metadata.decode(headers["x-metadata"])
         if not meta then
           meta_err = compression
@@ -239,6 +243,12 @@ function _M.fetch_file(sdk, opts, cancel)
     if meta_err and type(rerr) == "table" then
       meta_err.user_access_token = rerr.user_access_token
       return nil, meta_err
+    end
+    if started and type(rerr) == "table" and rerr.kind == "NetworkError" and rerr.network == "reset" then
+      -- The file began to arrive and was cut short (on every attempt): a broken file.
+      return nil, errors.new("FileDecryptionError", "FileDecryptionError",
+        "file truncated: " .. rerr.message, { user_access_token = rerr.user_access_token,
+                                              cause = rerr, attempts = rerr.attempts })
     end
     return nil, rerr
   end
@@ -273,7 +283,7 @@ function _M.read_accounts(sdk, opts)
     if type(list) == "table" and type(list.accounts) == "table" then
       list = list.accounts  -- the wrapped shape of the docs (api doc §15.13) is read too
     end
-    if type(list) ~= "table" then
+    if type(list) ~= "table" or not (next(list) == nil or validate.is_array(list)) then
       return nil, invalid_response("permission-access/accounts", "not an array of accounts")
     end
     for i, a in ipairs(list) do

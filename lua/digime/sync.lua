@@ -120,12 +120,14 @@ local function download(sdk, opts, sync, item)
     end
     sink = s
   end
+  local started_with = sync.token
   local res, err = read.fetch_file(sdk, {
-    contract = opts.contract, user_access_token = sync.token,
+    contract = opts.contract, user_access_token = started_with,
     session_key = opts.session_key, file_name = entry.name, sink = sink,
   }, sync.in_flight)
   local token = res and res.user_access_token or (type(err) == "table" and err.user_access_token)
-  if token and token ~= sync.token then sync.token = token end
+  -- only a token this download refreshed is newer than the one in force now
+  if token and token ~= started_with then sync.token = token end
   if sync.stopped and not res then return end   -- cancelled by stop(): not a failure of the file
   if res then
     sync.files = sync.files + 1
@@ -139,6 +141,7 @@ end
 
 local function worker(sdk, opts, sync, queue)
   while true do
+    if sync.stopped then return end   -- stopped: what is still queued is not downloaded
     local item = queue.first <= queue.last and queue[queue.first]
     if item then
       queue[queue.first] = nil
@@ -193,16 +196,19 @@ local function run(sdk, opts, hold)
       fatal = errors.sdk("SyncTimeout", "the library sync did not finish within max_time")
       break
     end
+    local polled_with = sync.token
     local res, err = read.read_file_list(sdk, {
-      contract = opts.contract, user_access_token = sync.token, session_key = opts.session_key,
+      contract = opts.contract, user_access_token = polled_with, session_key = opts.session_key,
     })
     if not res then
-      if type(err) == "table" and err.user_access_token then sync.token = err.user_access_token end
+      if type(err) == "table" and err.user_access_token and err.user_access_token ~= polled_with then
+        sync.token = err.user_access_token
+      end
       fatal = err
       break
     end
     sync.polls = sync.polls + 1
-    sync.token = res.user_access_token
+    if res.user_access_token ~= polled_with then sync.token = res.user_access_token end
     status = res.status
     sync.status = status
     set_state(sync, opts, status.state)

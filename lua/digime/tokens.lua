@@ -8,7 +8,7 @@ local request = require "digime.request"
 local jwt = require "digime.jwt"
 local scheduler = require "digime.scheduler"
 
-local type, pcall, tostring = type, pcall, tostring
+local type, pcall, tostring, pairs = type, pcall, tostring, pairs
 
 local _M = {}
 
@@ -69,15 +69,30 @@ local function refresh_claims(sdk, contract, token)
   }
 end
 
+-- How long a finished refresh is remembered: a call that began with the old token and hears
+-- 401 after the refresh ended gets the new token instead of presenting a rotated one.
+local DONE_TTL = 300
+
 --- Refreshes a token once for all concurrent callers holding the same refresh token; the
--- new token goes to on_token_refresh. Returns the new token, or nil, err.
-function _M.refresh(sdk, contract, token)
+-- new token goes to on_token_refresh. With `reuse` (the automatic path), a refresh of the
+-- same token finished less than DONE_TTL ago is reused. Returns the new token, or nil, err.
+function _M.refresh(sdk, contract, token, reuse)
   local key, kerr = jwt.contract_key(contract)
   if not key then return nil, kerr end
   local flight_key = "refresh:" .. core.b64url_encode(core.sha256(token.refresh_token.value))
+  local now = core.time()
+  local done_refreshes = sdk.refreshed
+  local done = done_refreshes[flight_key]
+  if reuse and done and now - done.at < DONE_TTL then
+    return done.token     -- refreshed already: this refresh token has rotated
+  end
   return scheduler.single_flight(flight_key, function()
     local new, err = _M.token_call(sdk, key, refresh_claims(sdk, contract, token))
     if not new then return nil, err end
+    for k, d in pairs(done_refreshes) do
+      if now - d.at >= DONE_TTL then done_refreshes[k] = nil end
+    end
+    done_refreshes[flight_key] = { token = new, at = now }
     local hook = sdk.config.on_token_refresh
     if hook then
       local ok, herr = pcall(hook, new, token)
@@ -102,14 +117,20 @@ end
 function _M.with_token(sdk, contract, token, call)
   if token.access_token.expiry and token.access_token.expiry > 0
      and token.access_token.expiry <= core.time() then
-    local new, err = _M.refresh(sdk, contract, token)
-    if not new then return nil, err end
+    local new, err = _M.refresh(sdk, contract, token, true)
+    if not new then
+      if type(err) == "table" then err.user_access_token = token end
+      return nil, err
+    end
     token = new
   end
   local res, err = call(token)
   if not res and _M.is_expired_token_error(err) then
-    local new, rerr = _M.refresh(sdk, contract, token)
-    if not new then return nil, rerr end
+    local new, rerr = _M.refresh(sdk, contract, token, true)
+    if not new then
+      if type(rerr) == "table" then rerr.user_access_token = token end
+      return nil, rerr
+    end
     token = new
     res, err = call(token)
   end
