@@ -95,7 +95,7 @@ local AUTHORIZE_OPTS = validate.set{
   "trigger_query", "sources_scope",
 }
 
-local function check_sample_data(v)
+local function check_sample_data(v)  -- also used by onboard.lua
   if v == nil then return true end
   local ok, err = validate.options(v, validate.set{ "data_set", "auto_onboard" }, "sample_data")
   if not ok then return nil, err end
@@ -104,7 +104,7 @@ local function check_sample_data(v)
   return validate.boolean(v.auto_onboard, "sample_data.auto_onboard", true)
 end
 
-local function check_source_type(v)
+local function check_source_type(v)  -- also used by onboard.lua
   if v == nil or v == "pull" or v == "push" then return true end
   return nil, errors.validation("source_type", 'must be "pull" or "push"')
 end
@@ -116,6 +116,10 @@ local function check_service_id(v)
   end
   return true
 end
+
+_M.check_sample_data = check_sample_data
+_M.check_source_type = check_source_type
+_M.check_service_id = check_service_id
 
 --- sdk:get_authorize_url{ contract, callback, state, ... } -> { url, code_verifier, session }
 function _M.get_authorize_url(sdk, opts)

@@ -22,8 +22,31 @@ end
 function _M.send(sdk, contract, token, spec, on_result)
   local key, kerr = jwt.contract_key(contract)
   if not key then return nil, kerr end
+  return _M.send_signed(sdk, contract, token, spec, function(current)
+    return jwt.sign(key, nil, _M.claims(sdk, contract, current))
+  end, on_result)
+end
+
+--- As send, with the request built anew by make_spec() for every try (a push re-reads its
+-- data after a token refresh); make_spec may return nil, err.
+function _M.send_with(sdk, contract, token, make_spec, on_result)
+  local key, kerr = jwt.contract_key(contract)
+  if not key then return nil, kerr end
   return tokens.with_token(sdk, contract, token, function(current)
+    local spec, err = make_spec()
+    if not spec then return nil, err end
     spec.sign = function() return jwt.sign(key, nil, _M.claims(sdk, contract, current)) end
+    local res, rerr = request.send(sdk, spec)
+    if not res then return nil, rerr end
+    return on_result(res, current)
+  end)
+end
+
+--- As send, with the JWT made by sign_for(token) on every attempt (for claim sets that add
+-- to USER's, such as the onboarding references).
+function _M.send_signed(sdk, contract, token, spec, sign_for, on_result)
+  return tokens.with_token(sdk, contract, token, function(current)
+    spec.sign = function() return sign_for(current) end
     local res, err = request.send(sdk, spec)
     if not res then return nil, err end
     return on_result(res, current)

@@ -1,0 +1,25 @@
+--- A contract-scoped API call: signed with the CONTRACT claim set (client_id, nonce,
+-- timestamp; api doc §3.2), no user token involved.
+local json = require "digime.json"
+local jwt = require "digime.jwt"
+local request = require "digime.request"
+
+local _M = {}
+
+function _M.claims(sdk, contract)
+  return json.object_of(
+    "client_id", sdk.config.application_id .. "_" .. contract.id,
+    "nonce", jwt.nonce(),
+    "timestamp", jwt.now_ms())
+end
+
+--- Sends spec (as request.send takes it, without `sign`) for the contract. Returns the
+-- response or nil, err.
+function _M.send(sdk, contract, spec)
+  local key, kerr = jwt.contract_key(contract)
+  if not key then return nil, kerr end
+  spec.sign = function() return jwt.sign(key, nil, _M.claims(sdk, contract)) end
+  return request.send(sdk, spec)
+end
+
+return _M

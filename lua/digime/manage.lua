@@ -1,0 +1,135 @@
+--- Managing users, accounts and the contract: delete_user, delete_account,
+-- get_portability_report, get_service_sample_data_sets, get_contract_details (api doc §11).
+-- Results are plain tables of what the caller needs, never transport objects.
+local errors = require "digime.errors"
+local validate = require "digime.validate"
+local request = require "digime.request"
+local urls = require "digime.urls"
+local user_call = require "digime.user_call"
+local contract_call = require "digime.contract_call"
+
+local type = type
+
+local _M = {}
+
+local seg = request.encode_segment
+
+local function check_all(checks)
+  for i = 1, #checks do
+    local ok, err = checks[i][1](checks[i][2], checks[i][3], checks[i][4], checks[i][5])
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+local function user_checks(opts, allowed, name, more)
+  local ok, err = validate.options(opts, allowed, name)
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.user_access_token, opts.user_access_token, "user_access_token" },
+  }
+  if not ok then return nil, err end
+  return check_all(more or {})
+end
+
+local function invalid_response(what, message)
+  return errors.sdk("InvalidResponse", what .. ": " .. message)
+end
+
+--- sdk:delete_user{ contract, user_access_token } -> { deleted = true, status }
+function _M.delete_user(sdk, opts)
+  local ok, err = user_checks(opts, validate.set{ "contract", "user_access_token" }, "delete_user")
+  if not ok then return nil, err end
+  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+    method = "DELETE", url = sdk.config.base_url .. "user",
+    headers = { accept = "application/json" }, what = "user",
+  }, function(res)
+    return { deleted = true, status = res.status }
+  end)
+end
+
+--- sdk:delete_account{ contract, user_access_token, account_id } -> { deleted = true, status }
+function _M.delete_account(sdk, opts)
+  local ok, err = user_checks(opts, validate.set{ "contract", "user_access_token", "account_id" },
+    "delete_account", { { validate.string, opts and opts.account_id, "account_id" } })
+  if not ok then return nil, err end
+  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+    method = "DELETE", url = sdk.config.base_url .. "permission-access/service/h:accountId",
+    headers = { accept = "application/json", ["content-type"] = "application/json",
+                accountid = opts.account_id },
+    what = "permission-access/service",
+  }, function(res)
+    return { deleted = true, status = res.status }
+  end)
+end
+
+local REPORT_OPTS = validate.set{ "contract", "user_access_token", "format", "service_type", "from", "to" }
+
+--- sdk:get_portability_report{ contract, user_access_token, format = "xml",
+--   service_type = "medmij", from?, to? } -> { file = <report text>, user_access_token }
+-- (absent from/to are left out, not sent as "undefined"; values are encoded.)
+function _M.get_portability_report(sdk, opts)
+  local ok, err = user_checks(opts, REPORT_OPTS, "get_portability_report", {
+    { validate.string, opts and opts.format, "format" },
+    { validate.string, opts and opts.service_type, "service_type" },
+    { validate.number, opts and opts.from, "from", true, 0 },
+    { validate.number, opts and opts.to, "to", true, 0 },
+  })
+  if not ok then return nil, err end
+  local url = urls.build(sdk.config.base_url .. "export/" .. seg(opts.service_type) .. "/report",
+    "format", opts.format,
+    "from", opts.from and urls.number(opts.from) or nil,
+    "to", opts.to and urls.number(opts.to) or nil)
+  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+    method = "GET", url = url, headers = { accept = "application/octet-stream" },
+    what = "export report",
+  }, function(res)
+    return { file = res.body }
+  end)
+end
+
+--- sdk:get_service_sample_data_sets{ contract, source_id } -> { data_sets = { <id> = { name,
+--   description } } }
+function _M.get_service_sample_data_sets(sdk, opts)
+  local ok, err = validate.options(opts, validate.set{ "contract", "source_id" },
+                                   "get_service_sample_data_sets")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.number, opts.source_id, "source_id", false, 0 },
+  }
+  if not ok then return nil, err end
+  local res, rerr = contract_call.send(sdk, opts.contract, {
+    method = "GET",
+    url = sdk.config.base_url .. "permission-access/sample/datasets/" .. seg(urls.number(opts.source_id)),
+    headers = { accept = "application/json" }, json = true, what = "sample datasets",
+  })
+  if not res then return nil, rerr end
+  if type(res.json) ~= "table" then
+    return nil, invalid_response("sample datasets", "the answer is not a JSON object")
+  end
+  return { data_sets = res.json }
+end
+
+--- sdk:get_contract_details{ contract } -> the contract as digi.me describes it
+-- ({ id, accessType, application = { id, name, ... }, expirationDate, ... }).
+function _M.get_contract_details(sdk, opts)
+  local ok, err = validate.options(opts, validate.set{ "contract" }, "get_contract_details")
+  if not ok then return nil, err end
+  ok, err = validate.contract(opts.contract)
+  if not ok then return nil, err end
+  local res, rerr = contract_call.send(sdk, opts.contract, {
+    method = "GET", url = sdk.config.base_url .. "permission-access/contract",
+    headers = { accept = "application/json", ["content-type"] = "application/json" },
+    json = true, what = "permission-access/contract",
+  })
+  if not res then return nil, rerr end
+  local c = res.json
+  if type(c) ~= "table" or type(c.id) ~= "string" then
+    return nil, invalid_response("permission-access/contract", "the answer is not a contract")
+  end
+  return c
+end
+
+return _M

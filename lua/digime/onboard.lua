@@ -1,0 +1,183 @@
+--- URLs for an authorized user: onboard another service, reauthorize one account, revoke an
+-- account's permission (api doc §7.3-7.5). All refresh the token as the read calls do.
+local json = require "digime.json"
+local errors = require "digime.errors"
+local validate = require "digime.validate"
+local jwt = require "digime.jwt"
+local urls = require "digime.urls"
+local auth = require "digime.auth"
+local user_call = require "digime.user_call"
+
+local type = type
+
+local _M = {}
+
+local function check_all(checks)
+  for i = 1, #checks do
+    local ok, err = checks[i][1](checks[i][2], checks[i][3], checks[i][4])
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+local function invalid_response(what, message)
+  return errors.sdk("InvalidResponse", what .. ": " .. message)
+end
+
+-- POST oauth/token/reference with claims built per attempt for the current token; returns
+-- { code, session } (the verified reference_code and the session), as a user call.
+local function reference_call(sdk, opts, body, claims_for, finish)
+  local key, kerr = jwt.contract_key(opts.contract)
+  if not key then return nil, kerr end
+  local text, jerr = json.encode(body)
+  if not text then return nil, errors.validation("session_options", "cannot be encoded: " .. jerr) end
+  return user_call.send_signed(sdk, opts.contract, opts.user_access_token, {
+    method = "POST", url = sdk.config.base_url .. "oauth/token/reference",
+    headers = { ["content-type"] = "application/json", accept = "application/json" },
+    body = text, json = true, what = "oauth/token/reference",
+  }, function(token)
+    return jwt.sign(key, nil, claims_for(token))
+  end, function(res)
+    local tok, terr = jwt.token_of(res.json, "oauth/token/reference")
+    if not tok then return nil, terr end
+    local payload, perr = jwt.verify_server_token(sdk, tok)
+    if not payload then return nil, perr end
+    local code = payload.reference_code
+    if type(code) ~= "string" or code == "" then
+      return nil, invalid_response("oauth/token/reference", "the token carries no reference_code")
+    end
+    local s = res.json.session
+    if type(s) ~= "table" or type(s.key) ~= "string" or type(s.expiry) ~= "number" then
+      return nil, invalid_response("oauth/token/reference", "no valid session { expiry, key }")
+    end
+    s.expiry = json.integer(s.expiry) or s.expiry
+    return finish(code, s)
+  end)
+end
+
+local ONBOARD_OPTS = validate.set{
+  "contract", "callback", "user_access_token", "service_id", "source_type", "sample_data",
+  "session_options", "locale", "include_sample_data_only_sources", "trigger_query",
+  "sources_scope", "state",
+}
+
+--- sdk:get_onboard_service_url{ contract, callback, user_access_token, service_id?, ... }
+-- -> { url, session, user_access_token }
+function _M.get_onboard_service_url(sdk, opts)
+  local ok, err = validate.options(opts, ONBOARD_OPTS, "get_onboard_service_url")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.string, opts.callback, "callback" },
+    { validate.user_access_token, opts.user_access_token, "user_access_token" },
+    { auth.check_service_id, opts.service_id },
+    { auth.check_source_type, opts.source_type },
+    { auth.check_sample_data, opts.sample_data },
+    { validate.session_options, opts.session_options, "session_options", true },
+    { validate.string, opts.locale, "locale", true },
+    { validate.boolean, opts.include_sample_data_only_sources, "include_sample_data_only_sources", true },
+    { validate.boolean, opts.trigger_query, "trigger_query", true },
+    { validate.sources_scope, opts.sources_scope, "sources_scope", true },
+    { validate.any_string, opts.state, "state", true },
+  }
+  if not ok then return nil, err end
+  local client_id = sdk.config.application_id .. "_" .. opts.contract.id
+  return reference_call(sdk, opts,
+    json.object_of("agent", sdk.config.agent, "actions", opts.session_options),
+    function(token)
+      return json.object_of(
+        "access_token", token.access_token.value,
+        "client_id", client_id,
+        "nonce", jwt.nonce(),
+        "redirect_uri", opts.callback,
+        "state", opts.state,
+        "timestamp", jwt.now_ms())
+    end,
+    function(code, session)
+      local sample = opts.sample_data
+      local url = urls.build(sdk.config.onboard_url .. "onboard",
+        "code", code,
+        "sourceType", opts.source_type or "pull",
+        "service", opts.service_id and opts.service_id ~= 0 and urls.number(opts.service_id) or nil,
+        "sampleDataSet", sample and sample.data_set or nil,
+        "sampleDataAutoOnboard", sample and sample.auto_onboard == true and "true" or nil,
+        "lng", opts.locale,
+        "includeSampleDataOnlySources", urls.flag(opts.include_sample_data_only_sources),
+        "triggerQuery", urls.flag(opts.trigger_query),
+        "sourcesScope", opts.sources_scope and urls.sources_scope(opts.sources_scope) or nil)
+      return { url = url, session = session }
+    end)
+end
+
+local REAUTH_ACCOUNT_OPTS = validate.set{ "contract", "callback", "user_access_token", "account_id", "locale" }
+
+--- sdk:get_reauthorize_account_url{ contract, callback, user_access_token, account_id, locale? }
+-- -> { url, session, user_access_token }
+function _M.get_reauthorize_account_url(sdk, opts)
+  local ok, err = validate.options(opts, REAUTH_ACCOUNT_OPTS, "get_reauthorize_account_url")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.string, opts.callback, "callback" },
+    { validate.user_access_token, opts.user_access_token, "user_access_token" },
+    { validate.string, opts.account_id, "account_id" },
+    { validate.string, opts.locale, "locale", true },
+  }
+  if not ok then return nil, err end
+  local key, kerr = jwt.contract_key(opts.contract)
+  if not key then return nil, kerr end
+  local client_id = sdk.config.application_id .. "_" .. opts.contract.id
+  local res, rerr = reference_call(sdk, opts, json.object_of("agent", sdk.config.agent),
+    function(token)
+      return json.object_of(
+        "access_token", token.access_token.value,
+        "client_id", client_id,
+        "nonce", jwt.nonce(),
+        "redirect_uri", opts.callback,
+        "timestamp", jwt.now_ms())
+    end,
+    function(code, session) return { code = code, session = session } end)
+  if not res then return nil, rerr end
+  -- The account reference (a contract call: a 401 here is not about the user's token).
+  local account_ref, aerr = auth.reference(sdk, key, opts.contract, "accountId", opts.account_id)
+  if not account_ref then
+    aerr.user_access_token = res.user_access_token
+    return nil, aerr
+  end
+  return {
+    url = urls.build(sdk.config.onboard_url .. "reauthorize", "code", res.code,
+                     "accountRef", account_ref, "lng", opts.locale),
+    session = res.session,
+    user_access_token = res.user_access_token,
+  }
+end
+
+local REVOKE_OPTS = validate.set{ "contract", "user_access_token", "account_id", "redirect_uri" }
+
+--- sdk:get_revoke_account_permission_url{ contract, user_access_token, account_id,
+--   redirect_uri } -> { location, user_access_token }
+function _M.get_revoke_account_permission_url(sdk, opts)
+  local ok, err = validate.options(opts, REVOKE_OPTS, "get_revoke_account_permission_url")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.user_access_token, opts.user_access_token, "user_access_token" },
+    { validate.string, opts.account_id, "account_id" },
+    { validate.string, opts.redirect_uri, "redirect_uri" },
+  }
+  if not ok then return nil, err end
+  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+    method = "GET", url = sdk.config.base_url .. "permission-access/revoke/h:accountId",
+    headers = { accept = "application/json", accountid = opts.account_id,
+                redirecturi = opts.redirect_uri },
+    json = true, what = "permission-access/revoke",
+  }, function(res)
+    local loc = type(res.json) == "table" and res.json.location
+    if type(loc) ~= "string" or loc == "" then
+      return nil, invalid_response("permission-access/revoke", "the answer has no location")
+    end
+    return { location = loc }
+  end)
+end
+
+return _M
