@@ -134,4 +134,19 @@ int http_request_piped(const http_request *r);
  * has failed (kind and message then say why, also while it is still running). */
 int http_request_pump(http_request *r, int all);
 
+#ifdef DIGIME_FUZZ
+/* Test hooks for csrc/fuzz/fuzz_http_headers.c, compiled only with -DDIGIME_FUZZ (never into
+ * the Lua module). They drive the header-line parser exactly as libcurl's header callback and
+ * the end of a successful transfer do, without a network:
+ *   http_fuzz_request: a request that was never added to an engine (free: http_request_free);
+ *   http_fuzz_header_line: one header line as libcurl delivers it (CRLF included) through
+ *     on_header; returns what on_header returns to libcurl (n, or 0 to abort the transfer);
+ *   http_fuzz_finish: what complete() does with the headers of a finished transfer: -1 (and
+ *     the response dropped) when the header block never ended, else the joined view is built
+ *     (http_request_headers) and the raw lines are freed; 0, or -1 when out of memory. */
+http_request *http_fuzz_request(size_t max_headers);
+size_t http_fuzz_header_line(http_request *r, const char *p, size_t n);
+int http_fuzz_finish(http_request *r);
+#endif
+
 #endif
