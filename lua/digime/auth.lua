@@ -23,18 +23,8 @@ local function client_id(sdk, contract)
   return sdk.config.application_id .. "_" .. contract.id
 end
 
-local function check_all(checks)
-  for i = 1, #checks do
-    local ok, err = checks[i][1](checks[i][2], checks[i][3], checks[i][4])
-    if not ok then return nil, err end
-  end
-  return true
-end
-
-local function invalid_response(what, message)
-  return errors.sdk("InvalidResponse", what .. ": " .. message)
-end
-
+local check_all = validate.all
+local invalid_response = errors.invalid_response
 -- A session as the server sends it: { expiry = number, key = string }.
 local function check_session(session, what)
   if type(session) ~= "table" or type(session.key) ~= "string" or session.key == ""

@@ -51,6 +51,11 @@ function _M.sdk(code, message, fields)
   return _M.new("DigiMeSDKError", code, message, fields)
 end
 
+--- A server answer of the wrong shape: DigiMeSDKError InvalidResponse.
+function _M.invalid_response(what, message)
+  return _M.new("DigiMeSDKError", "InvalidResponse", what .. ": " .. message)
+end
+
 local reasons = {
   [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden", [404] = "Not Found",
   [405] = "Method Not Allowed", [406] = "Not Acceptable", [408] = "Request Timeout",

@@ -14,14 +14,7 @@ local _M = {}
 
 local seg = request.encode_segment
 
-local function check_all(checks)
-  for i = 1, #checks do
-    local ok, err = checks[i][1](checks[i][2], checks[i][3], checks[i][4], checks[i][5])
-    if not ok then return nil, err end
-  end
-  return true
-end
-
+local check_all = validate.all
 local function user_checks(opts, allowed, name, more)
   local ok, err = validate.options(opts, allowed, name)
   if not ok then return nil, err end
@@ -33,10 +26,7 @@ local function user_checks(opts, allowed, name, more)
   return check_all(more or {})
 end
 
-local function invalid_response(what, message)
-  return errors.sdk("InvalidResponse", what .. ": " .. message)
-end
-
+local invalid_response = errors.invalid_response
 --- sdk:delete_user{ contract, user_access_token } -> { deleted = true, status }
 function _M.delete_user(sdk, opts)
   local ok, err = user_checks(opts, validate.set{ "contract", "user_access_token" }, "delete_user")

@@ -12,18 +12,8 @@ local type = type
 
 local _M = {}
 
-local function check_all(checks)
-  for i = 1, #checks do
-    local ok, err = checks[i][1](checks[i][2], checks[i][3], checks[i][4])
-    if not ok then return nil, err end
-  end
-  return true
-end
-
-local function invalid_response(what, message)
-  return errors.sdk("InvalidResponse", what .. ": " .. message)
-end
-
+local check_all = validate.all
+local invalid_response = errors.invalid_response
 -- POST oauth/token/reference with claims built per attempt for the current token; returns
 -- { code, session } (the verified reference_code and the session), as a user call.
 local function reference_call(sdk, opts, body, claims_for, finish)

@@ -14,18 +14,8 @@ local _M = {}
 
 local seg = request.encode_segment
 
-local function invalid_response(what, message)
-  return errors.sdk("InvalidResponse", what .. ": " .. message)
-end
-
-local function check_all(checks)
-  for i = 1, #checks do
-    local ok, err = checks[i][1](checks[i][2], checks[i][3], checks[i][4])
-    if not ok then return nil, err end
-  end
-  return true
-end
-
+local invalid_response = errors.invalid_response
+local check_all = validate.all
 local function base_checks(opts, allowed, name)
   local ok, err = validate.options(opts, allowed, name)
   if not ok then return nil, err end

@@ -41,6 +41,16 @@ function _M.is_record(v)
   return not _M.is_array(v)
 end
 
+--- Runs a list of checks { fn, value, args... } in order; the first failure wins.
+function _M.all(checks)
+  for i = 1, #checks do
+    local c = checks[i]
+    local ok, err = c[1](c[2], c[3], c[4], c[5], c[6])
+    if not ok then return nil, err end
+  end
+  return true
+end
+
 --- Checks that opts is a table whose keys are all in `allowed` (a set); `what` names it.
 function _M.options(opts, allowed, what)
   if type(opts) ~= "table" then

@@ -2,7 +2,9 @@
 -- oauth/token/reference, oauth/token; the Bearer check every other endpoint shares; the agent
 -- check; and the foreign JWKS used to catch clients that fetch a jku off their allow-list.
 --
--- Later families of endpoints register themselves with _M.route(...).
+-- Later families of endpoints register themselves with _M.route(...): write.lua (pushes),
+-- manage.lua (references, deletion, revoke, reports, sample data, contract), discovery.lua and
+-- storage.lua (the storage endpoints here; the cloud API is its own mount).
 
 local core = require "digime.core"
 local tokens = require "digime.sandbox.tokens"
@@ -431,7 +433,7 @@ local function file_get(app, req, auth)
   if not s then
     return err
   end
-  local file = app.library.by_name[name]
+  local file = library.user_file(app, user, name)
   if not file then
     return wire.error(404, "FileNotFound", "The file (" .. name .. ") does not exist")
   end
@@ -440,11 +442,11 @@ end
 
 -- GET permission-access/accounts: the library's accounts, a bare array.
 local function accounts(app, _, auth)
-  local rec, err = _M.user(app, auth)
+  local rec, user = _M.user(app, auth)
   if not rec then
-    return err
+    return user
   end
-  return wire.json(200, app.library:account_records(), nil, true)
+  return wire.json(200, library.account_records_of(app, user), nil, true)
 end
 
 _M.route("POST", "/v1.7/permission-access/trigger", trigger)

@@ -31,6 +31,10 @@ usage: digime-sandbox [options]
                          (all) -> completed; at most one step per poll (default 0.2; 0 = a sync
                          is completed at once)
   --partial              adds an account whose sync ends partial (ServiceAuthorizationError)
+  --push-limit SIZE      the largest body a push to a library or provider takes (default 64m;
+                         a longer one is refused with 413)
+  --storage-limit SIZE   the largest object the cloud storage takes (default 256m); objects
+                         over 1m are kept in temporary files, not in memory
   --tls                  serve HTTPS with a throw-away CA (its file is reported as ca_file)
   --cert FILE --key FILE with --tls: serve this certificate and key instead
   --help                 this text
@@ -59,6 +63,9 @@ local function defaults()
     big_file = nil,          -- bytes of big.bin, when wanted
     sync_pace = 0.2,         -- seconds per sync step
     partial = false,         -- an account whose sync ends with ServiceAuthorizationError
+    push_limit = 64 * 1024 * 1024,      -- bytes of a push body (library or provider)
+    storage_limit = 256 * 1024 * 1024,  -- bytes of one cloud storage object
+    storage_memory = 1024 * 1024,       -- objects over this many bytes go to temporary files
   }
 end
 
@@ -132,7 +139,7 @@ local known_keys = {
   access_ttl = "number", refresh_ttl = "number", code_ttl = "number", session_ttl = "number",
   timestamp_window = "number", log_size = "number",
   library = "string", generate = "string", big_file = "size", sync_pace = "number",
-  partial = "boolean",
+  partial = "boolean", push_limit = "size", storage_limit = "size", storage_memory = "size",
 }
 
 local function check_contract(c, where)
@@ -222,7 +229,8 @@ end
 
 -- Flags that take a value, and the flags that don't.
 local valued = { host = true, port = true, contract = true, config = true, cert = true, key = true,
-                 library = true, generate = true, ["big-file"] = true, ["sync-pace"] = true }
+                 library = true, generate = true, ["big-file"] = true, ["sync-pace"] = true,
+                 ["push-limit"] = true, ["storage-limit"] = true }
 local switches = { interactive = true, tls = true, help = true, partial = true }
 
 function _M.parse(argv)
@@ -306,6 +314,10 @@ function _M.parse(argv)
       end
     elseif name == "partial" then
       cfg.partial = true
+    elseif name == "push-limit" then
+      cfg.push_limit = v
+    elseif name == "storage-limit" then
+      cfg.storage_limit = v
     end
   end
 
@@ -322,6 +334,13 @@ function _M.parse(argv)
       return nil, "--big-file wants a size such as 64m or 2g, got " .. tostring(cfg.big_file)
     end
     cfg.big_file = size
+  end
+  for _, k in ipairs{ "push_limit", "storage_limit", "storage_memory" } do
+    local size = parse_size(cfg[k])
+    if not size then
+      return nil, "--" .. k:gsub("_", "-") .. " wants a size such as 64m, got " .. tostring(cfg[k])
+    end
+    cfg[k] = size
   end
   if type(cfg.sync_pace) ~= "number" or cfg.sync_pace < 0 or cfg.sync_pace > 3600
      or cfg.sync_pace ~= cfg.sync_pace then

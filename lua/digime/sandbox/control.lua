@@ -36,7 +36,8 @@
 --                            -> {"reset": true}
 --   POST   /sandbox/consent  {"decision": "accept"|"decline", "error_code"?: "UserCancelled"}
 --                            the decision of auto mode for the consents that follow
---   GET    /sandbox/info     urls, contracts, signing kid, the library's settings
+--   GET    /sandbox/info     urls, contracts, signing kid, the library's settings, "limits" (push,
+--                            storage_object, storage_in_memory: bytes)
 --   GET    /sandbox/manifest     {"count": n, "files": {name: sha256 hex of the plaintext}} of the
 --                                library as it is now (big.bin included, hashed by streaming)
 --   GET    /sandbox/manifest.txt the same as "sha256  name" lines (sha256sum -c reads them)
@@ -46,10 +47,29 @@
 --   GET    /sandbox/library      [{"name", "size", "compression", "updatedDate", "account", ...}]
 --   POST   /sandbox/library  {"touch": name, "content"?: text} -> {"touched", "updatedDate",
 --                            "sha256"}: new content (given, or derived) and a later updatedDate
+--   GET    /sandbox/pushes   every push since the last reset, in order:
+--                            [{"kind": "library", "user", "client_id", "name" (the file's name
+--                              in the user's library), "size", "sha256", "mimetype",
+--                              "accounts", "time"} | {"kind": "provider", "user", "client_id",
+--                              "account", "standard", "version", "size", "sha256",
+--                              "resourceType"?, "time"}]
+--   GET    /sandbox/storage  the cloud storages: [{"id", "kid", "client_id", "user"?,
+--                            "provisional", "created", "count", "bytes", "files": [{"path"
+--                            (as uploaded), "key" (lower-cased), "size", "sha256" (of the
+--                            stored bytes), "on_disk", "id"}]}]
+--   GET    /sandbox/users    [{"id", "accounts" (ids the user still has), "removed",
+--                            "revoked", "reauthorized" (account ids), "pushed" (file names),
+--                            "storages" ({client_id: storage id}), "tokens" (live access
+--                            tokens)}]
+--   GET    /sandbox/references  [{"id", "type", "value", "client_id"}]
+-- POST /sandbox/reset also forgets references, pushes, storages (their temporary files are
+-- removed) and every user's library view.
 
 local tokens = require "digime.sandbox.tokens"
 local wire = require "digime.sandbox.wire"
 local api = require "digime.sandbox.api"
+local library = require "digime.sandbox.library"
+local storage = require "digime.sandbox.storage"
 
 local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
 local math_floor = math.floor
@@ -199,6 +219,7 @@ handlers["GET log"] = function(app)
 end
 
 handlers["POST reset"] = function(app)
+  storage.clear(app)
   app.state:reset()
   app.library:reset()
   return ok{ reset = true }
@@ -233,6 +254,64 @@ handlers["POST library"] = function(app, body)
     return bad(err)
   end
   return ok{ touched = file.name, updatedDate = file.updated, sha256 = lib:sha256(file) }
+end
+
+handlers["GET pushes"] = function(app)
+  return wire.json_doc(200, wire.array(app.state.pushes))
+end
+
+handlers["GET storage"] = function(app)
+  return wire.json_doc(200, storage.summary(app))
+end
+
+local function keys_of(set)
+  local out = wire.array{}
+  for k, v in pairs(set or {}) do
+    if v then
+      out[#out + 1] = k
+    end
+  end
+  table.sort(out)
+  return out
+end
+
+handlers["GET users"] = function(app)
+  local st = app.state
+  local live = {}
+  local now = os.time()
+  for _, rec in pairs(st.access) do
+    if rec.expires_on > now then
+      live[rec.user_id] = (live[rec.user_id] or 0) + 1
+    end
+  end
+  local list = wire.array{}
+  for id, user in pairs(st.users) do
+    local accounts = wire.array{}
+    for i, a in ipairs(library.user_accounts(app, user)) do
+      accounts[i] = a.id
+    end
+    local pushed = wire.array{}
+    for i, f in ipairs(user.pushed or {}) do
+      pushed[i] = f.name
+    end
+    list[#list + 1] = { id = id, accounts = accounts, removed = keys_of(user.removed),
+                        revoked = keys_of(user.revoked),
+                        reauthorized = keys_of(user.reauthorized), pushed = pushed,
+                        storages = user.storages or {}, tokens = live[id] or 0 }
+  end
+  table.sort(list, function(a, b) return a.id < b.id end)
+  return wire.json_doc(200, list)
+end
+
+handlers["GET references"] = function(app)
+  local list = wire.array{}
+  for id, r in pairs(app.state.references) do
+    list[#list + 1] = { id = id, type = r.type, value = r.value, client_id = r.client_id,
+                        created = r.created }
+  end
+  table.sort(list, function(a, b) return a.created < b.created
+                                         or (a.created == b.created and a.id < b.id) end)
+  return wire.json_doc(200, list)
 end
 
 -- GET /sandbox/raw/NAME[?client_id=]
@@ -293,6 +372,8 @@ handlers["GET info"] = function(app)
   info.library = { files = #app.library.files, accounts = #app.library.accounts,
                    sync_pace = cfg.sync_pace, partial = cfg.partial, big_file = cfg.big_file,
                    directory = cfg.library }
+  info.limits = { push = cfg.push_limit, storage_object = cfg.storage_limit,
+                  storage_in_memory = cfg.storage_memory }
   return ok(info)
 end
 

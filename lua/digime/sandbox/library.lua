@@ -11,6 +11,14 @@
 --   lib:reset()                                        back to the files as built
 --   library.start_sync(app, user_id, instant), library.sync_answer(app, user_id) -> body text
 --
+-- Each user sees the library through its own record (state.users[id]): accounts it deleted
+-- (user.removed) and their files are gone, files it pushed (user.pushed) come after the
+-- library's, revoked accounts (user.revoked) need authorization again, reauthorized ones
+-- (user.reauthorized) no longer do:
+--   library.user_files(app, user) -> array      library.user_file(app, user, name) -> file
+--   library.user_accounts(app, user) -> array   library.account_records_of(app, user) -> array
+--   library.pushed_file(name, bytes, metadata, account_ids) -> file (raw, uncompressed)
+--
 -- Sources of files: the built-in library (13 small files over 2 accounts, awkward names
 -- included), --library DIR, --generate COUNT:SIZE[:compression], and --big-file SIZE (big.bin).
 --
@@ -33,6 +41,7 @@ local cjson = require "cjson.safe"
 local core = require "digime.core"
 local cipher = require "openssl.cipher"
 local digest = require "openssl.digest"
+local wire = require "digime.sandbox.wire"
 
 local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
 local concat, sort = table.concat, table.sort
@@ -143,8 +152,8 @@ local function generic_account(id, n)
            sourceId = 9000 + n, group = "imported" }
 end
 
--- The wire shape of an account (api doc §9.6).
-local function account_record(a)
+-- The wire shape of an account (api doc §9.6); needs_auth: its source authorization is gone.
+local function account_record(a, needs_auth)
   local r = {}
   for _, k in ipairs{ "id", "reference", "type", "createdDate", "updatedDate", "serviceGroupId",
                       "serviceGroupName", "serviceTypeId", "serviceTypeName",
@@ -152,8 +161,11 @@ local function account_record(a)
                       "providerLogo", "sample" } do
     r[k] = a[k]
   end
-  r.accessTokenStatus = { authorized = not a.partial }
-  if a.partial then
+  if needs_auth == nil then
+    needs_auth = a.partial
+  end
+  r.accessTokenStatus = { authorized = not needs_auth }
+  if needs_auth then
     r.accessTokenStatus.expiresAt = a.createdDate
   end
   return r
@@ -549,6 +561,10 @@ local function x_metadata(file)
   if file.compression then
     v.compression = file.compression
   end
+  if file.pushed then
+    -- its metadata marks arrays that may be empty (accounts: [])
+    return core.b64url_encode(wire.doc(v))
+  end
   return core.b64url_encode(encode(v))
 end
 
@@ -871,6 +887,78 @@ function _M:summary()
   return list
 end
 
+-- Each user's view ---------------------------------------------------------------------------
+
+-- Does this account of this user need its source authorized again?
+function _M.needs_auth(user, a)
+  if user and user.revoked and user.revoked[a.id] then
+    return true
+  end
+  return a.partial == true and not (user and user.reauthorized and user.reauthorized[a.id])
+end
+
+local function removed(user, account_id)
+  return user ~= nil and user.removed ~= nil and user.removed[account_id] == true
+end
+
+-- The library's accounts this user still has.
+function _M.user_accounts(app, user)
+  local list = {}
+  for _, a in ipairs(app.library.accounts) do
+    if not removed(user, a.id) then
+      list[#list + 1] = a
+    end
+  end
+  return list
+end
+
+function _M.account_records_of(app, user)
+  local list = {}
+  for i, a in ipairs(_M.user_accounts(app, user)) do
+    list[i] = account_record(a, _M.needs_auth(user, a))
+  end
+  return list
+end
+
+-- The library's files minus those of removed accounts, then the user's pushed files.
+function _M.user_files(app, user)
+  local lib = app.library
+  if not user or (not user.removed and not user.pushed) then
+    return lib.files
+  end
+  local list = {}
+  for _, f in ipairs(lib.files) do
+    if not removed(user, f.account) then
+      list[#list + 1] = f
+    end
+  end
+  for _, f in ipairs(user.pushed or {}) do
+    list[#list + 1] = f
+  end
+  return list
+end
+
+function _M.user_file(app, user, name)
+  local f = user and user.pushed_by_name and user.pushed_by_name[name]
+  if f then
+    return f
+  end
+  f = app.library.by_name[name]
+  if f and not removed(user, f.account) then
+    return f
+  end
+  return nil
+end
+
+-- A file pushed to a user's library: raw metadata, served uncompressed.
+function _M.pushed_file(name, bytes, metadata, account_ids)
+  local file = { name = name, account = account_ids[1], accounts = account_ids, plain = bytes,
+                 packed = bytes, metadata = metadata, raw = true, pushed = true,
+                 updated = now_ms(), version = 0 }
+  refresh(file)
+  return file
+end
+
 -- Sync progression ----------------------------------------------------------------------------
 
 -- (Re)starts a user's sync: pending now (or completed at once when instant or pace 0).
@@ -897,7 +985,8 @@ end
 
 -- The body of GET permission-access/query/{sessionKey} for a user, as JSON text.
 function _M.sync_answer(app, user_id)
-  local lib = app.library
+  local user = app.state.users[user_id]
+  local files, accounts = _M.user_files(app, user), _M.user_accounts(app, user)
   local sync = app.state.syncs[user_id] or _M.start_sync(app, user_id)
   local step = advance(app, sync)
   if step == 0 then
@@ -905,10 +994,10 @@ function _M.sync_answer(app, user_id)
   end
   local done = step >= 3
   local details, any_partial = {}, false
-  for _, a in ipairs(lib.accounts) do
+  for _, a in ipairs(accounts) do
     if not done then
       details[a.id] = { state = "running" }
-    elseif a.partial then
+    elseif _M.needs_auth(user, a) then
       any_partial = true
       details[a.id] = { state = "partial", error = {
         code = "ServiceAuthorizationError", statusCode = 511,
@@ -919,11 +1008,11 @@ function _M.sync_answer(app, user_id)
     end
   end
   local state = (not done and "running") or (any_partial and "partial") or "completed"
-  local n = #lib.files
+  local n = #files
   local visible = step == 1 and math_ceil(n / 2) or n
   local list = {}
   for i = 1, visible do
-    list[i] = _M.list_entry(lib.files[i])
+    list[i] = _M.list_entry(files[i])
   end
   local body = { status = { state = state, details = details } }
   if #list == 0 then

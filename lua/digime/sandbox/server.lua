@@ -2,8 +2,9 @@
 --
 -- This file owns the process: flags, keys, the listening socket, the first line on stdout,
 -- signals, and the life of one request (faults, dispatch, writing the answer, stats, log).
--- The endpoints live in api.lua (/v1.7/), onboard.lua (/apps/saas/) and control.lua
--- (/sandbox/).
+-- The endpoints live in api.lua (/v1.7/, with write.lua, manage.lua, discovery.lua and
+-- storage.lua adding theirs), onboard.lua (/apps/saas/), storage.lua (/cloud/v1/) and
+-- control.lua (/sandbox/).
 
 local cqueues = require "cqueues"
 local signal = require "cqueues.signal"
@@ -20,6 +21,12 @@ local onboard = require "digime.sandbox.onboard"
 local control = require "digime.sandbox.control"
 local library = require "digime.sandbox.library"
 local demo_contract = require "digime.sandbox.demo_contract"
+local bodies = require "digime.sandbox.body"
+local storage = require "digime.sandbox.storage"
+-- Endpoint families that register their routes with api.route:
+require "digime.sandbox.write"
+require "digime.sandbox.manage"
+require "digime.sandbox.discovery"
 
 local monotime = cqueues.monotime
 local pairs, ipairs, type, tostring = pairs, ipairs, type, tostring
@@ -38,7 +45,10 @@ _M.mounts = {
   { "/v1.7/", api },
   { "/evil/", api },
   { "/apps/saas/", onboard },
+  { "/cloud/v1/", storage },
 }
+
+local finish_body     -- below: what is left of a request body after the answer
 
 local function log_err(...)
   stderr:write("digime-sandbox: ", ...)
@@ -170,6 +180,7 @@ end
 
 local function read_body(self)
   if self._body == nil then
+    bodies.continue(self)
     self._body = self.stream:get_body_as_string(BODY_TIMEOUT) or ""
   end
   return self._body
@@ -184,6 +195,34 @@ local function drop(stream)
     sock:close()
   else
     stream:shutdown()
+  end
+end
+
+-- After the answer: a request body the handler left unread (a refusal before the body, a
+-- 413) is read and thrown away when little of it is left, and otherwise, or when the answer
+-- says "connection: close", the connection is closed. lua-http's own clean-up would spin
+-- without yielding on a body whose client has gone away.
+local DRAIN_AFTER = 1024 * 1024
+
+local function unread(stream)
+  return stream.state == "open" or stream.state == "half closed (local)"
+end
+
+function finish_body(stream, res)
+  if not unread(stream) then
+    return
+  end
+  local close = res.headers and res.headers.connection == "close"
+  local got = 0
+  while not close and got <= DRAIN_AFTER and unread(stream) do
+    local chunk = stream:get_next_chunk(0.2)
+    if not chunk then
+      break
+    end
+    got = got + #chunk
+  end
+  if unread(stream) then
+    drop(stream)
   end
 end
 
@@ -401,6 +440,9 @@ local function handle(app, stream)
     if download and sent then
       st.stats.download_bytes = st.stats.download_bytes + sent
     end
+    if wok and ok and not truncate then
+      pcall(finish_body, stream, res)
+    end
   end
 
   if not control_req then
@@ -465,7 +507,13 @@ function _M.listen(app)
     control_url = app.urls.control_url,
     ca_file = tls_setup and tls_setup.ca_file or nil,
   }
-  app.cleanup = tls_setup and tls_setup.cleanup or function() end
+  local tls_cleanup = tls_setup and tls_setup.cleanup
+  app.cleanup = function()
+    storage.clear(app)      -- stored objects spilled to temporary files
+    if tls_cleanup then
+      tls_cleanup()
+    end
+  end
   return srv, info
 end
 

@@ -29,7 +29,13 @@ function _M:reset()
   -- Requests in flight (a hang, a delay) outlive a reset; keep their count right.
   local inflight = self.stats and self.stats.inflight or 0
   local downloads = self.stats and self.stats.inflight_downloads or 0
-  self.users = {}        -- id -> { id, identifier, consents = { client_id -> consent_id } }
+  self.users = {}        -- id -> { id, identifier, consents = { client_id -> consent_id },
+                         --        the library view (library.lua): removed, revoked,
+                         --        reauthorized, pushed, pushed_by_name; storages (client_id ->
+                         --        storage id) }
+  self.references = {}   -- reference id -> { type = "cloudId"|"accountId", value, client_id }
+  self.storages = {}     -- storage id -> storage (storage.lua)
+  self.pushes = {}       -- every push, in order (GET /sandbox/pushes)
   self.page_codes = {}   -- preauthorization / reference code -> pending onboarding page
   self.auth_codes = {}   -- authorization code -> { client_id, code_challenge, user_id, ... }
   self.access = {}       -- access token value -> { user_id, client_id, consent_id, expires_on }
@@ -49,6 +55,8 @@ function _M:reset()
     inflight_downloads = downloads, max_inflight_downloads = 0,
     downloads = 0, download_bytes = 0,
     faults_applied = 0, tokens_issued = 0, refreshes = 0,
+    pushes = 0, provider_pushes = 0, push_bytes = 0,
+    storage_uploads = 0, storage_upload_bytes = 0, storage_downloads = 0,
   }
 end
 
@@ -156,6 +164,37 @@ function _M:expire(what, user_id)
     sweep(self.refresh)
   end
   return n
+end
+
+-- Forgets a user: its record, tokens, codes, sessions and sync (storages: storage.lua).
+function _M:delete_user(user_id)
+  self.users[user_id] = nil
+  for k, rec in pairs(self.access) do
+    if rec.user_id == user_id then
+      self.access[k] = nil
+    end
+  end
+  for k, rec in pairs(self.refresh) do
+    if rec.user_id == user_id then
+      self.refresh[k] = nil
+    end
+  end
+  for k, rec in pairs(self.auth_codes) do
+    if rec.user_id == user_id then
+      self.auth_codes[k] = nil
+    end
+  end
+  for k, rec in pairs(self.page_codes) do
+    if rec.user_id == user_id then
+      self.page_codes[k] = nil
+    end
+  end
+  for k, s in pairs(self.sessions) do
+    if s.user_id == user_id then
+      self.sessions[k] = nil
+    end
+  end
+  self.syncs[user_id] = nil
 end
 
 -- Sessions ----------------------------------------------------------------------------------

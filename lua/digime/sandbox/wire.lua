@@ -9,8 +9,8 @@ local core = require "digime.core"
 
 local concat = table.concat
 local byte, char, format = string.byte, string.char, string.format
-local tonumber = tonumber
-local type = type
+local tonumber, tostring = tonumber, tostring
+local type, pairs, ipairs, getmetatable, setmetatable = type, pairs, ipairs, getmetatable, setmetatable
 
 local _M = {}
 
@@ -39,6 +39,69 @@ function _M.decode_object(text)
     return nil, "JSON object expected"
   end
   return value
+end
+
+-- Arrays that must stay arrays when empty, anywhere in a value: wire.array{...}. doc() writes
+-- a value with them (and sorted object keys, so answers read the same every time).
+local array_mt = { __name = "wire.array" }
+
+function _M.array(t)
+  return setmetatable(t or {}, array_mt)
+end
+
+local function is_array(t)
+  return getmetatable(t) == array_mt or t[1] ~= nil
+end
+
+local function doc_into(v, out)
+  if type(v) ~= "table" then
+    out[#out + 1] = assert(cjson.encode(v))
+    return
+  end
+  if is_array(v) then
+    out[#out + 1] = "["
+    for i = 1, #v do
+      if i > 1 then
+        out[#out + 1] = ","
+      end
+      doc_into(v[i], out)
+    end
+    out[#out + 1] = "]"
+    return
+  end
+  local keys = {}
+  for k in pairs(v) do
+    keys[#keys + 1] = tostring(k)
+  end
+  table.sort(keys)
+  out[#out + 1] = "{"
+  for i, k in ipairs(keys) do
+    if i > 1 then
+      out[#out + 1] = ","
+    end
+    out[#out + 1] = assert(cjson.encode(k))
+    out[#out + 1] = ":"
+    local x = v[k]
+    if x == nil then
+      x = v[tonumber(k)]
+    end
+    doc_into(x, out)
+  end
+  out[#out + 1] = "}"
+end
+
+-- JSON text of a value whose empty arrays are marked with wire.array.
+function _M.doc(value)
+  local out = {}
+  doc_into(value, out)
+  return concat(out)
+end
+
+-- A JSON answer written with doc().
+function _M.json_doc(status, value, headers)
+  local h = headers or {}
+  h["content-type"] = h["content-type"] or "application/json"
+  return { status = status, headers = h, body = _M.doc(value) }
 end
 
 function _M.json(status, value, headers, array)
