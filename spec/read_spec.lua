@@ -470,7 +470,7 @@ describe("read calls", function()
       end
     end)
 
-    it("reports the per-account details of a running and a completed sync", function()
+    it("reports the per-account details of a running and a completed sync #timing", function()
       local res = assert(sdk:read_file_list{ contract = flow.contract(), user_access_token = token,
                                              session_key = session_key })
       assert.are.equal("completed", res.status.state)
