@@ -54,6 +54,7 @@ build = {
       ["digime.user_call"] = "lua/digime/user_call.lua",
       ["digime.request"] = "lua/digime/request.lua",
       ["digime.scheduler"] = "lua/digime/scheduler.lua",
+      ["digime.storage"] = "lua/digime/storage.lua",
       ["digime.sync"] = "lua/digime/sync.lua",
       ["digime.tokens"] = "lua/digime/tokens.lua",
       ["digime.urls"] = "lua/digime/urls.lua",

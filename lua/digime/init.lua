@@ -15,6 +15,7 @@ local onboard = require "digime.onboard"
 local manage = require "digime.manage"
 local query = require "digime.query"
 local write = require "digime.write"
+local storage = require "digime.storage"
 
 local type, pcall, setmetatable, getmetatable = type, pcall, setmetatable, getmetatable
 local rawget, ipairs, pairs, tostring = rawget, ipairs, pairs, tostring
@@ -65,6 +66,8 @@ for module, names in pairs{
                "get_service_sample_data_sets", "get_contract_details" },
   [query] = { "query_sources", "query_countries", "query_platforms", "query_categories" },
   [write] = { "push_data" },
+  [storage] = { "create_provisional_storage", "get_user_storage", "list_storage_files",
+                "upload_file_to_storage", "download_storage_file", "delete_storage_files" },
 } do
   for _, name in ipairs(names) do sdk_mt[name] = method(module[name], name) end
 end

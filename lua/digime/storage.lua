@@ -1,0 +1,313 @@
+--- Cloud storage (api doc §13): a per-application file area, encrypted on the client with
+-- the contract key (the digi.me file format), opaque to the server.
+local core = require "digime.core"
+local json = require "digime.json"
+local errors = require "digime.errors"
+local validate = require "digime.validate"
+local jwt = require "digime.jwt"
+local request = require "digime.request"
+local user_call = require "digime.user_call"
+local contract_call = require "digime.contract_call"
+
+local type, ipairs, pcall, tostring = type, ipairs, pcall, tostring
+local concat, floor = table.concat, math.floor
+local find, sub, lower, gsub = string.find, string.sub, string.lower, string.gsub
+
+local _M = {}
+
+local check_all = validate.all
+local invalid_response = errors.invalid_response
+local seg = request.encode_segment
+
+--- Percent-encodes a storage path segment by segment, keeping its "/".
+local function encode_path(p)
+  return (gsub(p, "[^/]+", seg))
+end
+
+--- leadTrail of the Node SDK, but total: "" or nil -> "/", "a//b" -> "/a/b/", "x" -> "/x/".
+local function lead_trail(p)
+  if p == nil or p == "" then return "/" end
+  local parts = {}
+  for part in p:gmatch("[^/]+") do parts[#parts + 1] = part end
+  if #parts == 0 then return "/" end
+  return "/" .. concat(parts, "/") .. "/"
+end
+
+--- lead of the Node SDK, but total: a leading "/", duplicate slashes folded.
+local function lead(p)
+  local trail = sub(p, -1) == "/"
+  local s = lead_trail(p)
+  if not trail then s = sub(s, 1, -2) end
+  return s
+end
+
+-- The cloud JWT (api doc §3.2 CLOUD): its own header, bound to the application and contract.
+local function cloud_jwt(sdk, key, contract)
+  local app = sdk.config.application_id
+  local header = '{"alg":"PS512","typ":"at+jwt","kid":' ..
+                 assert(json.encode(contract.id .. "_" .. app .. "_0")) .. "}"
+  local now_ms = jwt.now_ms()
+  return jwt.sign(key, header, json.object_of(
+    "sub", app, "iss", contract.id, "aud", "cloud",
+    "iat", floor(now_ms / 1000), "exp", floor(now_ms / 1000 + 60)))
+end
+
+local function cloud_send(sdk, contract, spec)
+  local key, kerr = jwt.contract_key(contract)
+  if not key then return nil, kerr end
+  spec.sign = function() return cloud_jwt(sdk, key, contract) end
+  return request.send(sdk, spec)
+end
+
+local function files_url(sdk, storage_id)
+  return sdk.config.cloud_base_url .. "clouds/" .. seg(storage_id) .. "/files/apps/" ..
+         seg(sdk.config.application_id)
+end
+
+local function check_storage(v)
+  local s = type(v) == "table" and v
+  if not s or type(s.id) ~= "string" or s.id == "" or type(s.kid) ~= "string" then
+    return nil
+  end
+  return { id = s.id, kid = s.kid }
+end
+
+--- sdk:create_provisional_storage{ contract } -> { storage = { id, kid } }
+function _M.create_provisional_storage(sdk, opts)
+  local ok, err = validate.options(opts, validate.set{ "contract" }, "create_provisional_storage")
+  if not ok then return nil, err end
+  ok, err = validate.contract(opts.contract)
+  if not ok then return nil, err end
+  local res, rerr = contract_call.send(sdk, opts.contract, {
+    method = "POST", url = sdk.config.base_url .. "storage",
+    headers = { ["content-type"] = "application/json", accept = "application/json" },
+    body = "", json = true, what = "storage",
+  })
+  if not res then return nil, rerr end
+  local s = check_storage(res.json)
+  if not s then return nil, invalid_response("storage", "no storage { id, kid } in the answer") end
+  return { storage = s }
+end
+
+--- sdk:get_user_storage{ contract, user_access_token } -> { storage = { id, kid },
+--   user_access_token }
+function _M.get_user_storage(sdk, opts)
+  local ok, err = validate.options(opts, validate.set{ "contract", "user_access_token" }, "get_user_storage")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.user_access_token, opts.user_access_token, "user_access_token" },
+  }
+  if not ok then return nil, err end
+  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+    method = "GET", url = sdk.config.base_url .. "storage",
+    headers = { ["content-type"] = "application/json", accept = "application/json" },
+    json = true, what = "storage",
+  }, function(res)
+    local s = check_storage(res.json)
+    if not s then return nil, invalid_response("storage", "no storage { id, kid } in the answer") end
+    return { storage = s }
+  end)
+end
+
+-- originalPath/path post-processing of api doc §13.3: the part after "/apps/<id>".
+local function strip_marker(value, marker)
+  if type(value) ~= "string" then return value end
+  local i, j = find(value, marker, 1, true)
+  if not i then return value end
+  local rest = sub(value, j + 1)
+  local k = find(rest, marker, 1, true)
+  return k and sub(rest, 1, k - 1) or rest
+end
+
+--- sdk:list_storage_files{ contract, storage_id, path?, recursive? } -> { files, total }
+-- files: { id, name, originalName, originalPath, path }, paths relative to the application.
+function _M.list_storage_files(sdk, opts)
+  local ok, err = validate.options(opts, validate.set{ "contract", "storage_id", "path", "recursive" },
+                                   "list_storage_files")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.string, opts.storage_id, "storage_id" },
+    { validate.any_string, opts.path, "path", true },
+    { validate.boolean, opts.recursive, "recursive", true },
+  }
+  if not ok then return nil, err end
+  local res, rerr = cloud_send(sdk, opts.contract, {
+    method = "GET",
+    url = files_url(sdk, opts.storage_id) .. encode_path(lead_trail(opts.path)) ..
+          "?recursive=" .. (opts.recursive and "true" or "false"),
+    headers = { accept = "application/json" }, json = true, what = "storage files",
+  })
+  if not res then return nil, rerr end
+  local doc = res.json
+  if type(doc) ~= "table" or type(doc.files) ~= "table" then
+    return nil, invalid_response("storage files", "no files array in the answer")
+  end
+  local app = sdk.config.application_id
+  local files = {}
+  for i, f in ipairs(doc.files) do
+    if type(f) ~= "table" or type(f.name) ~= "string" or type(f.path) ~= "string" then
+      return nil, invalid_response("storage files", "file " .. i .. " has no name or path")
+    end
+    files[i] = { id = f.id, name = f.name, originalName = f.originalName,
+                 originalPath = strip_marker(f.originalPath, "/apps/" .. app),
+                 path = strip_marker(f.path, "/apps/" .. lower(app)) }
+  end
+  return { files = files, total = json.integer(doc.total) or #files }
+end
+
+-- The upload body: the plaintext from a string, a file handle or a reader function, encrypted
+-- in C as it is read (the encryptor always writes the key and IV, so an empty file is a valid
+-- object). The encrypted object is then sent whole: the engine takes string bodies only.
+local function encrypt_source(key, data, limit)
+  local enc = core.file_encryptor(key)
+  local out, size = {}, 0
+  local function add(chunk)
+    size = size + #chunk
+    if size > limit then return nil, errors.validation("file_data", "is larger than limits.body") end
+    out[#out + 1] = enc:update(chunk)
+    return true
+  end
+  if type(data) == "string" then
+    local ok, err = add(data)
+    if not ok then return nil, err end
+  elseif type(data) == "function" then
+    while true do
+      local ok, chunk = pcall(data)
+      if not ok then return nil, errors.sdk("SinkError", "the reader raised: " .. tostring(chunk)) end
+      if chunk == nil or chunk == "" then break end
+      if type(chunk) ~= "string" then
+        return nil, errors.validation("file_data", "reader returned a " .. type(chunk))
+      end
+      local aok, aerr = add(chunk)
+      if not aok then return nil, aerr end
+    end
+  else
+    while true do
+      local ok, chunk = pcall(data.read, data, 65536)
+      if not ok then return nil, errors.sdk("SinkError", "reading file_data failed: " .. tostring(chunk)) end
+      if chunk == nil then break end
+      local aok, aerr = add(chunk)
+      if not aok then return nil, aerr end
+    end
+  end
+  out[#out + 1] = enc:finish()
+  enc:close()
+  return concat(out)
+end
+
+local function is_data_source(v)
+  if type(v) == "string" or type(v) == "function" then return true end
+  local ok, read = pcall(function() return v.read end)
+  return ok and type(read) == "function"
+end
+
+--- sdk:upload_file_to_storage{ contract, storage_id, file_name, file_data, path? }
+-- -> { uploaded = true, status }. file_data: a string, a file handle or a reader function.
+function _M.upload_file_to_storage(sdk, opts)
+  local ok, err = validate.options(opts, validate.set{ "contract", "storage_id", "file_name",
+                                   "file_data", "path" }, "upload_file_to_storage")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.string, opts.storage_id, "storage_id" },
+    { validate.string, opts.file_name, "file_name" },
+    { validate.any_string, opts.path, "path", true },
+  }
+  if not ok then return nil, err end
+  if not is_data_source(opts.file_data) then
+    return nil, errors.validation("file_data", "must be a string, a file handle or a reader function")
+  end
+  if find(opts.file_name, "/", 1, true) then
+    return nil, errors.validation("file_name", "must not contain '/' (use path)")
+  end
+  local key, kerr = jwt.contract_key(opts.contract)
+  if not key then return nil, kerr end
+  local body, berr = encrypt_source(key, opts.file_data, sdk.config.limits.body)
+  if not body then return nil, berr end
+  local res, rerr = cloud_send(sdk, opts.contract, {
+    method = "POST",
+    url = files_url(sdk, opts.storage_id) .. encode_path(lead_trail(opts.path)) .. seg(opts.file_name),
+    headers = { ["content-type"] = "application/octet-stream", accept = "application/json" },
+    body = body, what = "storage upload",
+  })
+  if not res then return nil, rerr end
+  return { uploaded = true, status = res.status }
+end
+
+--- sdk:download_storage_file{ contract, storage_id, path, sink? } -> { file_data | (sink),
+--   status }. Decrypted in C as it arrives; an HTTP error is an error, never decrypted.
+function _M.download_storage_file(sdk, opts)
+  local ok, err = validate.options(opts, validate.set{ "contract", "storage_id", "path", "sink" },
+                                   "download_storage_file")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.string, opts.storage_id, "storage_id" },
+    { validate.string, opts.path, "path" },
+  }
+  if not ok then return nil, err end
+  if opts.sink ~= nil and not is_data_source(opts.sink) and type(opts.sink) ~= "table" then
+    return nil, errors.validation("sink", "must be a function or an object with a write method")
+  end
+  local key, kerr = jwt.contract_key(opts.contract)
+  if not key then return nil, kerr end
+  local parts = {}
+  local sink = opts.sink
+  local on_data
+  if type(sink) == "function" then
+    on_data = function(chunk)
+      local pok, r1, r2 = pcall(sink, chunk)
+      if not pok then return nil, "the sink raised: " .. tostring(r1) end
+      if not r1 and r2 ~= nil then return nil, "the sink failed: " .. tostring(r2) end
+      return true
+    end
+  elseif sink then
+    on_data = function(chunk)
+      local pok, r1, r2 = pcall(sink.write, sink, chunk)
+      if not pok or not r1 then return nil, "the sink failed: " .. tostring(pok and r2 or r1) end
+      return true
+    end
+  else
+    on_data = function(chunk)
+      parts[#parts + 1] = chunk
+      return true
+    end
+  end
+  local res, rerr = cloud_send(sdk, opts.contract, {
+    method = "GET", url = files_url(sdk, opts.storage_id) .. encode_path(lead(opts.path)),
+    headers = { accept = "application/octet-stream" }, what = "storage download",
+    on_attempt = function() parts = {} end, sink_once = sink ~= nil, on_data = on_data,
+    decrypt = { key = key, max_output = sink and math.huge or sdk.config.limits.body,
+                choose = function() return "none" end },
+  })
+  if not res then return nil, rerr end
+  if type(sink) == "function" then
+    local cok, cerr = on_data(nil)
+    if not cok then return nil, errors.sdk("SinkError", cerr) end
+  end
+  return { file_data = not sink and concat(parts) or nil, status = res.status }
+end
+
+--- sdk:delete_storage_files{ contract, storage_id, path } -> { deleted = true, status }
+-- A path ending in "/" deletes that folder.
+function _M.delete_storage_files(sdk, opts)
+  local ok, err = validate.options(opts, validate.set{ "contract", "storage_id", "path" },
+                                   "delete_storage_files")
+  if not ok then return nil, err end
+  ok, err = check_all{
+    { validate.contract, opts.contract },
+    { validate.string, opts.storage_id, "storage_id" },
+    { validate.string, opts.path, "path" },
+  }
+  if not ok then return nil, err end
+  local res, rerr = cloud_send(sdk, opts.contract, {
+    method = "DELETE", url = files_url(sdk, opts.storage_id) .. encode_path(lead(opts.path)),
+    headers = { accept = "application/json" }, what = "storage delete",
+  })
+  if not res then return nil, rerr end
+  return { deleted = true, status = res.status }
+end
+
+return _M
