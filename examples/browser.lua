@@ -26,6 +26,15 @@ function _M.consent(url)
   return urls.parse_query(location:match("%?(.*)$"))
 end
 
+--- authorize -> consent -> exchange for the examples; returns the user's token.
+function _M.login(sdk, contract)
+  local auth = assert(sdk:get_authorize_url{ contract = contract, state = "example",
+                                             callback = "https://app.example/digime/callback" })
+  local cb = assert(_M.consent(auth.url))
+  return assert(sdk:exchange_code_for_token{ contract = contract,
+    authorization_code = cb.code, code_verifier = auth.code_verifier })
+end
+
 --- POSTs a JSON body to the sandbox's control endpoint.
 function _M.control(control_url, path, json_body)
   return get(control_url .. path, { method = "POST", body = json_body,
