@@ -56,7 +56,8 @@
 --   GET    /sandbox/storage  the cloud storages: [{"id", "kid", "client_id", "user"?,
 --                            "provisional", "created", "count", "bytes", "files": [{"path"
 --                            (as uploaded), "key" (lower-cased), "size", "sha256" (of the
---                            stored bytes), "on_disk", "id"}]}]
+--                            stored bytes), "on_disk", "file" (its temporary file, when on
+--                            disk), "id"}]}]
 --   GET    /sandbox/users    [{"id", "accounts" (ids the user still has), "removed",
 --                            "revoked", "reauthorized" (account ids), "pushed" (file names),
 --                            "storages" ({client_id: storage id}), "tokens" (live access

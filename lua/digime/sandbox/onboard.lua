@@ -121,18 +121,17 @@ local function decide(app, rec, decision, error_code)
   end
 
   local user = rec.user_id and st.users[rec.user_id]
-  if not user then
-    if rec.kind ~= "authorize" then
-      return bad_code("The user of this link no longer exists.")
-    end
-    user = st:new_user()
+  if not user and rec.kind ~= "authorize" then
+    return bad_code("The user of this link no longer exists.")
   end
+  -- A storageRef's storage must still be there, and nobody else's.
+  local sto = rec.storage_id and st.storages[rec.storage_id]
+  if rec.storage_id and (not sto or (sto.user_id and sto.user_id ~= (user and user.id))) then
+    return failure(rec, "InvalidReference")
+  end
+  user = user or st:new_user()
   st:consent_id(user, rec.client_id)
-  if rec.storage_id then
-    local sto = st.storages[rec.storage_id]
-    if not sto or (sto.user_id and sto.user_id ~= user.id) then
-      return failure(rec, "InvalidReference")
-    end
+  if sto then
     storage.bind(sto, user)
   end
   local session = st.sessions[rec.session_key]

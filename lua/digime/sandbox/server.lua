@@ -208,11 +208,11 @@ local function unread(stream)
   return stream.state == "open" or stream.state == "half closed (local)"
 end
 
-function finish_body(stream, res)
+function finish_body(stream, res, failed)
   if not unread(stream) then
     return
   end
-  local close = res.headers and res.headers.connection == "close"
+  local close = failed or (res.headers and res.headers.connection == "close")
   local got = 0
   while not close and got <= DRAIN_AFTER and unread(stream) do
     local chunk = stream:get_next_chunk(0.2)
@@ -440,8 +440,8 @@ local function handle(app, stream)
     if download and sent then
       st.stats.download_bytes = st.stats.download_bytes + sent
     end
-    if wok and ok and not truncate then
-      pcall(finish_body, stream, res)
+    if not truncate then
+      pcall(finish_body, stream, res, not (wok and ok))
     end
   end
 

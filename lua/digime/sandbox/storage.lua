@@ -26,7 +26,8 @@
 -- uploaded, and paths include "/apps/<appId>/", so originalPath "/apps/<appId>/folder/" goes
 -- with path "/apps/<appid lower-cased>/folder/" (api doc §13.3).
 -- Objects are stored as sent, never decrypted: up to --storage-limit bytes each (413 past
--- it), in memory up to 1 MiB, in a temporary file beyond that.
+-- it), in memory up to 1 MiB (while all objects in memory stay under 64 MiB), in a temporary
+-- file otherwise; temporary files go with their objects, at reset and at exit.
 --
 -- Errors have the storage shape {"error": "<code>", "message": "<text>"}:
 --   401 Unauthorized (no Bearer), InvalidToken (not a JWT, alg, typ, unknown kid, signature,
@@ -53,6 +54,7 @@ local _M = {}
 
 local PREFIX = "/cloud/v1/"
 local IAT_SKEW = 300     -- seconds an iat may be ahead of the sandbox clock
+local MEMORY_TOTAL = 64 * 1024 * 1024   -- bytes of objects kept in memory, in all
 
 local function now_ms()
   return math_floor(core.time() * 1000)
@@ -151,7 +153,7 @@ function _M.summary(app)
     for _, obj in pairs(s.objects) do
       files[#files + 1] = { path = obj.dir .. obj.name, key = obj.key, size = obj.size,
                             sha256 = obj.blob.sha256, on_disk = obj.blob.path ~= nil,
-                            id = obj.id }
+                            file = obj.blob.path, id = obj.id }
     end
     sort(files, function(a, b) return a.key < b.key end)
     list[#list + 1] = { id = s.id, kid = s.kid, client_id = s.client_id, user = s.user_id,
@@ -315,6 +317,20 @@ local function list(_, req, s, dir)
   return wire.json_doc(200, { files = wire.array(files), total = #files })
 end
 
+-- Bytes of stored objects held in memory, over every storage.
+local function memory_in_use(app)
+  local n = 0
+  for _, sto in pairs(app.state.storages) do
+    for _, obj in pairs(sto.objects) do
+      if obj.blob.data then
+        n = n + obj.size
+      end
+    end
+  end
+  return n
+end
+_M.memory_in_use = memory_in_use
+
 local function upload(app, req, s, dir, name)
   local media = req.headers["content-type"]
   media = type(media) == "string" and (media:match("^%s*([^;%s]+)") or ""):lower()
@@ -328,7 +344,11 @@ local function upload(app, req, s, dir, name)
     too_large.headers.connection = "close"
     return too_large
   end
-  local blob, why = bodies.receive(req, { limit = limit, spill = app.cfg.storage_memory })
+  local spill = app.cfg.storage_memory
+  if memory_in_use(app) >= MEMORY_TOTAL then
+    spill = 0      -- memory is full: every new object goes to a temporary file
+  end
+  local blob, why = bodies.receive(req, { limit = limit, spill = spill })
   if not blob then
     if why == "too_large" then
       return too_large
