@@ -8,6 +8,7 @@ local jwt = require "digime.jwt"
 local tokens = require "digime.tokens"
 local validate = require "digime.validate"
 local urls = require "digime.urls"
+local contract_call = require "digime.contract_call"
 
 local type = type
 
@@ -59,16 +60,12 @@ local function actions_body(sdk, session_options)
 end
 
 -- POST reference { type, value } -> id (used for storage and account references).
-local function reference(sdk, key, contract, ref_type, value)
-  local res, err = request.send(sdk, {
+local function reference(sdk, contract, ref_type, value)
+  local res, err = contract_call.send(sdk, contract, {
     method = "POST", url = sdk.config.base_url .. "reference",
     headers = { ["content-type"] = "application/json", accept = "application/json" },
     body = json.encode(json.object_of("type", ref_type, "value", value)),
     json = true, what = "reference",
-    sign = function()
-      return jwt.sign(key, nil, json.object_of("client_id", client_id(sdk, contract),
-        "nonce", jwt.nonce(), "timestamp", jwt.now_ms()))
-    end,
   })
   if not res then return nil, err end
   local id = type(res.json) == "table" and res.json.id
@@ -78,6 +75,24 @@ local function reference(sdk, key, contract, ref_type, value)
   return id
 end
 _M.reference = reference
+_M.check_session = check_session
+
+--- The query of the authorize and onboard pages (api doc §7.1, §7.3): the same parameters
+-- in the same order; only authorize has a storageRef.
+function _M.service_url(page, code, opts, storage_ref)
+  local sample = opts.sample_data
+  return urls.build(page,
+    "code", code,
+    "sourceType", opts.source_type or "pull",
+    "service", opts.service_id and opts.service_id ~= 0 and urls.number(opts.service_id) or nil,
+    "sampleDataSet", sample and sample.data_set or nil,
+    "sampleDataAutoOnboard", sample and sample.auto_onboard == true and "true" or nil,
+    "lng", opts.locale,
+    "includeSampleDataOnlySources", urls.flag(opts.include_sample_data_only_sources),
+    "storageRef", storage_ref,
+    "triggerQuery", urls.flag(opts.trigger_query),
+    "sourcesScope", opts.sources_scope and urls.sources_scope(opts.sources_scope) or nil)
+end
 
 local AUTHORIZE_OPTS = validate.set{
   "contract", "callback", "state", "service_id", "user_access_token", "session_options",
@@ -166,22 +181,11 @@ function _M.get_authorize_url(sdk, opts)
   local storage_ref
   if opts.storage_id then
     local rerr
-    storage_ref, rerr = reference(sdk, key, contract, "cloudId", opts.storage_id)
+    storage_ref, rerr = reference(sdk, contract, "cloudId", opts.storage_id)
     if not storage_ref then return nil, rerr end
   end
 
-  local sample = opts.sample_data
-  local url = urls.build(sdk.config.onboard_url .. "authorize",
-    "code", code,
-    "sourceType", opts.source_type or "pull",
-    "service", opts.service_id and opts.service_id ~= 0 and urls.number(opts.service_id) or nil,
-    "sampleDataSet", sample and sample.data_set or nil,
-    "sampleDataAutoOnboard", sample and sample.auto_onboard == true and "true" or nil,
-    "lng", opts.locale,
-    "includeSampleDataOnlySources", urls.flag(opts.include_sample_data_only_sources),
-    "storageRef", storage_ref,
-    "triggerQuery", urls.flag(opts.trigger_query),
-    "sourcesScope", opts.sources_scope and urls.sources_scope(opts.sources_scope) or nil)
+  local url = _M.service_url(sdk.config.onboard_url .. "authorize", code, opts, storage_ref)
   return { url = url, code_verifier = verifier, session = session }
 end
 

@@ -36,11 +36,8 @@ local function reference_call(sdk, opts, body, claims_for, finish)
     if type(code) ~= "string" or code == "" then
       return nil, invalid_response("oauth/token/reference", "the token carries no reference_code")
     end
-    local s = res.json.session
-    if type(s) ~= "table" or type(s.key) ~= "string" or type(s.expiry) ~= "number" then
-      return nil, invalid_response("oauth/token/reference", "no valid session { expiry, key }")
-    end
-    s.expiry = json.integer(s.expiry) or s.expiry
+    local s, serr = auth.check_session(res.json.session, "oauth/token/reference")
+    if not s then return nil, serr end
     return finish(code, s)
   end)
 end
@@ -84,17 +81,7 @@ function _M.get_onboard_service_url(sdk, opts)
         "timestamp", jwt.now_ms())
     end,
     function(code, session)
-      local sample = opts.sample_data
-      local url = urls.build(sdk.config.onboard_url .. "onboard",
-        "code", code,
-        "sourceType", opts.source_type or "pull",
-        "service", opts.service_id and opts.service_id ~= 0 and urls.number(opts.service_id) or nil,
-        "sampleDataSet", sample and sample.data_set or nil,
-        "sampleDataAutoOnboard", sample and sample.auto_onboard == true and "true" or nil,
-        "lng", opts.locale,
-        "includeSampleDataOnlySources", urls.flag(opts.include_sample_data_only_sources),
-        "triggerQuery", urls.flag(opts.trigger_query),
-        "sourcesScope", opts.sources_scope and urls.sources_scope(opts.sources_scope) or nil)
+      local url = auth.service_url(sdk.config.onboard_url .. "onboard", code, opts)
       return { url = url, session = session }
     end)
 end
@@ -114,8 +101,6 @@ function _M.get_reauthorize_account_url(sdk, opts)
     { validate.string, opts.locale, "locale", true },
   }
   if not ok then return nil, err end
-  local key, kerr = jwt.contract_key(opts.contract)
-  if not key then return nil, kerr end
   local client_id = sdk.config.application_id .. "_" .. opts.contract.id
   local res, rerr = reference_call(sdk, opts, json.object_of("agent", sdk.config.agent),
     function(token)
@@ -129,7 +114,7 @@ function _M.get_reauthorize_account_url(sdk, opts)
     function(code, session) return { code = code, session = session } end)
   if not res then return nil, rerr end
   -- The account reference (a contract call: a 401 here is not about the user's token).
-  local account_ref, aerr = auth.reference(sdk, key, opts.contract, "accountId", opts.account_id)
+  local account_ref, aerr = auth.reference(sdk, opts.contract, "accountId", opts.account_id)
   if not account_ref then
     aerr.user_access_token = res.user_access_token
     return nil, aerr

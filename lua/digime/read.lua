@@ -159,6 +159,8 @@ local function is_sink(v)
   return ok and type(write) == "function"
 end
 
+_M.wrap_sink, _M.is_sink = wrap_sink, is_sink
+
 local FILE_OPTS = validate.set{ "contract", "user_access_token", "session_key", "file_name",
                                 "sink", "max_size" }
 

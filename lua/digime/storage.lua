@@ -8,6 +8,7 @@ local jwt = require "digime.jwt"
 local request = require "digime.request"
 local user_call = require "digime.user_call"
 local contract_call = require "digime.contract_call"
+local read = require "digime.read"
 
 local type, ipairs, pcall, tostring = type, ipairs, pcall, tostring
 local concat, floor = table.concat, math.floor
@@ -197,11 +198,7 @@ local function encrypt_source(key, data, limit)
   return concat(out)
 end
 
-local function is_data_source(v)
-  if type(v) == "string" or type(v) == "function" then return true end
-  local ok, read = pcall(function() return v.read end)
-  return ok and type(read) == "function"
-end
+local is_data_source = validate.is_data_source
 
 --- sdk:upload_file_to_storage{ contract, storage_id, file_name, file_data, path? }
 -- -> { uploaded = true, status }. file_data: a string, a file handle or a reader function.
@@ -248,27 +245,16 @@ function _M.download_storage_file(sdk, opts)
     { validate.string, opts.path, "path" },
   }
   if not ok then return nil, err end
-  if opts.sink ~= nil and not is_data_source(opts.sink) and type(opts.sink) ~= "table" then
+  if opts.sink ~= nil and not read.is_sink(opts.sink) then
     return nil, errors.validation("sink", "must be a function or an object with a write method")
   end
   local key, kerr = jwt.contract_key(opts.contract)
   if not key then return nil, kerr end
   local parts = {}
   local sink = opts.sink
-  local on_data
-  if type(sink) == "function" then
-    on_data = function(chunk)
-      local pok, r1, r2 = pcall(sink, chunk)
-      if not pok then return nil, "the sink raised: " .. tostring(r1) end
-      if not r1 and r2 ~= nil then return nil, "the sink failed: " .. tostring(r2) end
-      return true
-    end
-  elseif sink then
-    on_data = function(chunk)
-      local pok, r1, r2 = pcall(sink.write, sink, chunk)
-      if not pok or not r1 then return nil, "the sink failed: " .. tostring(pok and r2 or r1) end
-      return true
-    end
+  local on_data, close_sink
+  if sink then
+    on_data, close_sink = read.wrap_sink(sink)
   else
     on_data = function(chunk)
       parts[#parts + 1] = chunk
@@ -283,8 +269,8 @@ function _M.download_storage_file(sdk, opts)
                 choose = function() return "none" end },
   })
   if not res then return nil, rerr end
-  if type(sink) == "function" then
-    local cok, cerr = on_data(nil)
+  if close_sink then
+    local cok, cerr = close_sink()
     if not cok then return nil, errors.sdk("SinkError", cerr) end
   end
   return { file_data = not sink and concat(parts) or nil, status = res.status }

@@ -2,7 +2,7 @@
 -- naming the field. Unknown option keys are refused: a typo must not pass silently.
 local errors = require "digime.errors"
 
-local type, pairs, ipairs, tostring, next = type, pairs, ipairs, tostring, next
+local type, pairs, ipairs, tostring, next, pcall = type, pairs, ipairs, tostring, next, pcall
 local sort, concat = table.sort, table.concat
 local floor = math.floor
 
@@ -39,6 +39,13 @@ function _M.is_record(v)
   if type(v) ~= "table" then return false end
   if next(v) == nil then return true end
   return not _M.is_array(v)
+end
+
+--- Data a call can read: a string, a reader function, or an object with a read method.
+function _M.is_data_source(v)
+  if type(v) == "string" or type(v) == "function" then return true end
+  local ok, read = pcall(function() return v.read end)
+  return ok and type(read) == "function"
 end
 
 --- Runs a list of checks { fn, value, args... } in order; the first failure wins.

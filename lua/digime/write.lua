@@ -95,11 +95,7 @@ local function check_descriptor(d)
   return true
 end
 
-local function is_data_source(v)
-  if type(v) == "string" or type(v) == "function" then return true end
-  local ok, read = pcall(function() return v.read end)
-  return ok and type(read) == "function"
-end
+local is_data_source = validate.is_data_source
 
 local PUSH_OPTS = validate.set{ "contract", "user_access_token", "type", "data", "version",
                                 "standard", "account_id" }
