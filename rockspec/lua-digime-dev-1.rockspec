@@ -61,6 +61,9 @@ build = {
       ["digime.validate"] = "lua/digime/validate.lua",
       ["digime.write"] = "lua/digime/write.lua",
       ["digime.transport.curl"] = "lua/digime/transport/curl.lua",
+      ["digime.transport.ngx"] = "lua/digime/transport/ngx.lua",
+      ["digime.ngx_scheduler"] = "lua/digime/ngx_scheduler.lua",
+      ["digime.ngx_shared"] = "lua/digime/ngx_shared.lua",
    },
    copy_directories = { "doc" },
 }

@@ -46,6 +46,12 @@ local function method(fn, name)
     if type(self) ~= "table" or getmetatable(self) ~= sdk_mt then
       return nil, errors.validation(name, "must be called as sdk:" .. name .. "{...}")
     end
+    -- The ngx transport cannot run in every nginx phase: say so before anything starts.
+    local transport = self.transport
+    if transport.available then
+      local ok, err = transport:available()
+      if not ok then return nil, errors.sdk("TransportUnavailable", err) end
+    end
     return fn(self, opts)
   end
 end
@@ -77,20 +83,52 @@ function sdk_mt:files(opts)
   return sync.files(self, opts)
 end
 
+local function in_nginx()
+  local ngx = rawget(_G, "ngx")
+  return type(ngx) == "table" and ngx.get_phase ~= nil
+end
+
+-- "curl" outside nginx; "ngx" inside (design.md §4 "Transports"), unless the caller chose.
 local function pick_transport(cfg)
   local t = cfg.transport
   if type(t) == "table" then return t end
-  local ngx = rawget(_G, "ngx")
-  if t == "ngx" or (t == nil and type(ngx) == "table" and ngx.get_phase) then
-    return nil, errors.sdk("TransportUnavailable",
-      "the ngx (cosocket) transport is not available in this version; pass transport = \"curl\"" ..
-      " to use the blocking libcurl transport")
+  if t == "ngx" or (t == nil and in_nginx()) then
+    if not in_nginx() then
+      return nil, errors.sdk("TransportUnavailable", "the ngx transport runs only inside nginx")
+    end
+    if cfg.proxy then
+      return nil, errors.validation("proxy", "is not supported by the ngx transport")
+    end
+    if cfg.tls.cafile or cfg.tls.capath then
+      return nil, errors.validation("tls.cafile", "the ngx transport verifies against nginx's "
+        .. "lua_ssl_trusted_certificate; set that directive instead")
+    end
+    return require("digime.transport.ngx").new(cfg)
   end
   local ok, curl = pcall(require, "digime.transport.curl")
   if not ok then
     return nil, errors.sdk("TransportUnavailable", "cannot load the curl transport: " .. tostring(curl))
   end
   return curl.new(cfg)
+end
+
+-- Inside nginx, log lines go to its error log unless the caller gave a logger.
+local function ngx_logger()
+  local ngx = rawget(_G, "ngx")
+  local levels = { debug = ngx.DEBUG, info = ngx.INFO, warn = ngx.WARN, error = ngx.ERR }
+  local concat, sort = table.concat, table.sort
+  return function(level, message, fields)
+    local parts = { "digime: ", message }
+    if type(fields) == "table" then
+      local keys = {}
+      for k in pairs(fields) do keys[#keys + 1] = tostring(k) end
+      sort(keys)
+      for _, k in ipairs(keys) do
+        parts[#parts + 1] = " " .. k .. "=" .. tostring(fields[k])
+      end
+    end
+    ngx.log(levels[level] or ngx.NOTICE, concat(parts))
+  end
 end
 
 --- Creates an SDK object. Every option is in design.md §4; unknown keys are refused.
@@ -101,9 +139,18 @@ function _M.init(opts)
   if not cfg then return nil, err end
   local transport, terr = pick_transport(cfg)
   if not transport then return nil, terr end
+  if not cfg.logger and in_nginx() then cfg.logger = ngx_logger() end
+  local shared
+  -- A lua_shared_dict exists only inside nginx; elsewhere the cache is the SDK object's own.
+  if cfg.jwks.shared_dict and in_nginx() then
+    local serr
+    shared, serr = require("digime.ngx_shared").new(cfg.jwks.shared_dict)
+    if not shared then return nil, errors.validation("jwks.shared_dict", serr) end
+  end
   return setmetatable({
     config = cfg,
     transport = transport,
+    shared = shared,  -- what the workers of an nginx share (JWKS, refreshes), or nil
     jwks_cache = {},
     refreshed = {},   -- finished refreshes by old refresh token (tokens.lua)
     stats = { jwks_fetches = 0 },

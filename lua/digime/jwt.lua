@@ -84,19 +84,9 @@ local function key_from_jwk(jwk)
   return nil, "no usable key material"
 end
 
--- Fetches and parses a JWKS: { kid -> key object }.
-local function fetch_jwks(sdk, jku)
-  local res, err = request.send(sdk, {
-    method = "GET", url = jku, headers = { accept = "application/json" },
-    json = true, max_json = sdk.config.jwks.max_size, what = "JWKS",
-  })
-  if not res then
-    return nil, jwks_error("could not fetch the JWKS: " .. err.message, err)
-  end
-  local doc = res.json
-  if type(doc) ~= "table" or type(doc.keys) ~= "table" then
-    return nil, jwks_error("the server returned a non-JWKS answer")
-  end
+-- The usable keys of a JWKS document: { kid -> key object }, or nil if it is not a JWKS.
+local function keys_of(doc)
+  if type(doc) ~= "table" or type(doc.keys) ~= "table" then return nil end
   local keys = {}
   for _, jwk in ipairs(doc.keys) do
     if type(jwk) == "table" and type(jwk.kid) == "string" and keys[jwk.kid] == nil
@@ -105,32 +95,89 @@ local function fetch_jwks(sdk, jku)
       if key then keys[jwk.kid] = key end
     end
   end
-  sdk.stats.jwks_fetches = sdk.stats.jwks_fetches + 1
   return keys
 end
 
+-- Fetches and parses a JWKS: { kid -> key object }, and its body as served.
+local function fetch_jwks(sdk, jku)
+  local res, err = request.send(sdk, {
+    method = "GET", url = jku, headers = { accept = "application/json" },
+    -- The cap bounds the download itself, not only the parse.
+    json = true, max_json = sdk.config.jwks.max_size, max_body = sdk.config.jwks.max_size,
+    what = "JWKS",
+  })
+  if not res then
+    return nil, jwks_error("could not fetch the JWKS: " .. err.message, err)
+  end
+  local keys = keys_of(res.json)
+  if not keys then
+    return nil, jwks_error("the server returned a non-JWKS answer")
+  end
+  sdk.stats.jwks_fetches = sdk.stats.jwks_fetches + 1
+  return keys, res.body
+end
+
+-- Inside nginx with jwks.shared_dict: the workers' common copy replaces this worker's when it
+-- is another one (parsed once per worker and body).
+local function from_shared(sdk, jku)
+  local body, fetched_at = sdk.shared:jwks_get(jku)
+  local cache = sdk.jwks_cache
+  if not body then
+    cache[jku] = nil
+    return
+  end
+  local entry = cache[jku]
+  if entry and entry.body == body then return end
+  local keys = keys_of(json.decode(body, sdk.config.jwks.max_size))
+  if keys then
+    cache[jku] = { keys = keys, body = body,
+                   fetched = core.monotonic() - (core.time() - fetched_at) }
+  end
+end
+
+-- A fetch once for all workers: the lock holder fetches and shares; the others read its copy.
+local function fetch_shared(sdk, jku)
+  local cfg = sdk.config.jwks
+  local lock = sdk.shared:lock("jwks:" .. jku, sdk.config.timeout * 2 + 5)
+  local ok, waited = lock:acquire(sdk.config.timeout * 2 + 5)
+  if ok and waited then
+    from_shared(sdk, jku)
+    local entry = sdk.jwks_cache[jku]
+    if entry and core.monotonic() - entry.fetched < cfg.cooldown then
+      lock:release()
+      return entry.keys, entry.body
+    end
+  end
+  local keys, body = fetch_jwks(sdk, jku)
+  if keys then sdk.shared:jwks_put(jku, body, cfg.ttl) end
+  if ok then lock:release() end
+  return keys, body
+end
+
 -- The key for (jku, kid): from the cache while fresh; re-fetched when stale, or on an unknown
--- kid at most once per cooldown. One fetch at a time per address.
+-- kid at most once per cooldown. One fetch at a time per address (per nginx with a shared dict).
 local function jwks_key(sdk, jku, kid)
   local cfg = sdk.config.jwks
   local cache = sdk.jwks_cache
+  if sdk.shared then from_shared(sdk, jku) end
   local entry = cache[jku]
   local now = core.monotonic()
   if entry and now - entry.fetched < cfg.ttl then
     local key = entry.keys[kid]
     if key then return key end
     if now - entry.fetched < cfg.cooldown then
-      return nil, token_error(format("no key %q in the JWKS (re-fetch on cooldown)", kid))
+      return nil, token_error(format("no key %s in the JWKS (re-fetch on cooldown)", shown(kid)))
     end
   end
-  local keys, err = scheduler.single_flight("jwks:" .. jku, function()
+  local keys, body = scheduler.single_flight("jwks:" .. jku, function()
+    if sdk.shared then return fetch_shared(sdk, jku) end
     return fetch_jwks(sdk, jku)
   end)
-  if not keys then return nil, err end
-  cache[jku] = { keys = keys, fetched = core.monotonic() }
+  if not keys then return nil, body end
+  cache[jku] = { keys = keys, body = body, fetched = core.monotonic() }
   local key = keys[kid]
   if not key then
-    return nil, token_error(format("no key %q in the JWKS", kid))
+    return nil, token_error(format("no key %s in the JWKS", shown(kid)))
   end
   return key
 end

@@ -54,7 +54,8 @@ local function path_of(url)
   return match(url, "^https?://[^/]+(/[^?#]*)") or url
 end
 
---- spec = { method, url, headers, body, sign = function() -> jwt | nil, err,
+--- spec = { method, url, headers, sign = function() -> jwt | nil, err,
+--           body = string | reader function, body_length (see transport/curl.lua),
 --           idempotent = bool (POSTs that are safe to repeat), json = bool, max_json,
 --           timeout, what = "name for messages",
 --           decrypt = { key, max_output, choose }, on_data = function(chunk) -> ok, err,
@@ -94,6 +95,7 @@ function _M.send(sdk, spec)
     local t0 = core.monotonic()
     local res, msg, kind = sdk.transport:request{
       method = method, url = spec.url, headers = headers, body = spec.body,
+      body_length = spec.body_length,
       timeout = spec.timeout, max_body = spec.max_body,
       -- Every attempt gets a connection of its own: on a reused keep-alive connection that
       -- dies before answering, libcurl resends the request by itself, unchanged (same JWT,
@@ -101,12 +103,17 @@ function _M.send(sdk, spec)
       -- present a nonce twice, and hide attempts from retry_options. One attempt is one
       -- request on the wire; the price is a new connection per call (measured in bench/).
       fresh_connect = true,
+      -- Whether a transport may repeat this request by itself (the ngx transport does so for
+      -- an idempotent request whose pooled connection was found dead before any answer).
+      idempotent = idempotent,
       decrypt = spec.decrypt, on_data = on_data, cancel = spec.cancel,
     }
     local elapsed = core.monotonic() - t0
     local retry, wait
 
-    if not res and kind == "cancelled" then
+    if not res and kind == "unavailable" then
+      return nil, errors.sdk("TransportUnavailable", tostring(msg))
+    elseif not res and kind == "cancelled" then
       return nil, errors.network(format("%s %s was cancelled", method, path_of(spec.url)), kind)
     elseif not res and (kind == "decrypt" or kind == "sink") then
       -- The answer came but its content is bad, or the consumer refused it: not a network

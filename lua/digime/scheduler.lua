@@ -9,6 +9,7 @@ local core = require "digime.core"
 local coroutine, type, select = coroutine, type, select
 local unpack = table.unpack or unpack  -- luacheck: ignore 143 113 (5.1 and 5.4)
 local ipairs, pairs, setmetatable, error, tostring, pcall = ipairs, pairs, setmetatable, error, tostring, pcall
+local rawget = rawget
 local remove, huge, min, max, floor = table.remove, math.huge, math.min, math.max, math.floor
 local traceback = debug.traceback
 
@@ -370,6 +371,43 @@ end
 
 function _M.in_task()
   return running_task() ~= nil
+end
+
+--- A loop's tasks changed something a step_until condition may read (a no-op here: the
+-- loop re-checks after every step; the nginx loop needs the nudge).
+function loop_mt.notify() end
+
+-- Inside nginx, in a phase where a request may yield, tasks are nginx light threads
+-- (digime.ngx_scheduler); everywhere else, this module's loop. Requests of the curl engine
+-- (userdata) are always this module's.
+local YIELDABLE = { rewrite = true, server_rewrite = true, access = true, content = true,
+                    timer = true, ssl_cert = true, ssl_session_fetch = true,
+                    ssl_client_hello = true }
+_M.YIELDABLE = YIELDABLE
+
+local ngx_scheduler
+local function in_ngx()
+  local ngx = rawget(_G, "ngx")
+  if type(ngx) ~= "table" or not ngx.get_phase or not YIELDABLE[ngx.get_phase()] then
+    return nil
+  end
+  ngx_scheduler = ngx_scheduler or require "digime.ngx_scheduler"
+  return ngx_scheduler
+end
+
+for _, name in ipairs{ "run", "spawn", "sleep", "cond", "single_flight", "in_task", "loop" } do
+  local plain = _M[name]
+  _M[name] = function(...)
+    local n = in_ngx()
+    if n then return n[name](...) end
+    return plain(...)
+  end
+end
+
+local plain_cancel = _M.cancel
+function _M.cancel(req)
+  if type(req) == "table" then return req:cancel() end   -- an ngx transport request
+  return plain_cancel(req)
 end
 
 return _M

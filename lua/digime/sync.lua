@@ -302,15 +302,17 @@ function _M.files(sdk, opts)
   local hold = {}
   local sync_opts = {}
   for k, v in pairs(opts) do sync_opts[k] = v end
+  local loop = scheduler.loop()
   sync_opts.on_file_data = function(file)
     tail = tail + 1
     queue[tail] = { file }
+    loop:notify()
   end
   sync_opts.on_file_error = function(failure)
     tail = tail + 1
     queue[tail] = { false, failure.error }
+    loop:notify()
   end
-  local loop = scheduler.loop()
   local main = loop:spawn(function()
     local _, e = run(sdk, sync_opts, hold)
     final_err = e

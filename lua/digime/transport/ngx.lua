@@ -1,0 +1,533 @@
+--- The transport inside nginx: HTTP/1.1 over cosockets (ngx.socket.tcp), so a request waits
+-- without blocking the worker. The SDK's own client (lua-resty-http is not a Debian package).
+--
+-- * Keep-alive pools named by scheme, host, port, TLS verification and SNI name, so a
+--   connection made for one trust setting never serves another.
+-- * TLS with SNI; certificates verified against nginx's `lua_ssl_trusted_certificate`.
+-- * Bodies by content-length, chunked, or up to the close; a response's header block and
+--   body are bounded (limits.headers, limits.body).
+-- * Per-attempt deadline over connect, send and every read (the `timeout` of a request).
+-- * A body to decrypt goes, piece by piece as it arrives, through the C decryptor
+--   (core.file_decryptor: decrypt -> inflate); only plaintext reaches on_data.
+--
+-- Replays: requests that must not be repeated (POST unless marked idempotent) always go on a
+-- new connection, never a pooled one; an idempotent request that finds its pooled connection
+-- dead before any byte of an answer is sent once more on a new one (RFC 9110 §9.2.2), which is
+-- what a pool of idle connections needs and what libcurl does for every request (see
+-- request.lua for why the curl transport cannot allow it).
+local core = require "digime.core"
+local scheduler = require "digime.scheduler"
+
+local ngx = ngx
+local tcp, now, update_time = ngx.socket.tcp, ngx.now, ngx.update_time
+local type, pairs, tostring, tonumber, setmetatable = type, pairs, tostring, tonumber, setmetatable
+local find, sub, lower, match, gmatch = string.find, string.sub, string.lower, string.match, string.gmatch
+local format = string.format
+local concat = table.concat
+local min, max, floor = math.min, math.max, math.floor
+
+local _M = {}
+local mt = { __index = _M }
+
+local PIECE = 64 * 1024          -- bytes asked of the socket per read
+local SLICE = 1                  -- seconds per read wait, so a cancelled request notices
+local KEEPALIVE_IDLE = 30 * 1000 -- ms a pooled connection may idle (a server's limit may be lower)
+local POOL_SIZE = 32             -- connections kept per pool
+local MAX_CHUNK_LINE = 1024      -- bytes of a chunk-size line (hex size and extensions)
+local MAX_TRAILERS = 16 * 1024
+local IDEMPOTENT = { GET = true, HEAD = true, DELETE = true, PUT = true, OPTIONS = true }
+local DEFAULT_PORT = { http = 80, https = 443 }
+
+local YIELDABLE = scheduler.YIELDABLE
+
+-- TLS sessions by pool, resumed by the next handshake to the same place.
+local sessions = {}
+
+--- opts: the SDK configuration (tls, timeouts, limits).
+function _M.new(opts)
+  return setmetatable({ opts = opts }, mt)
+end
+
+--- Whether this transport can run here: true, or nil and a message naming the phase.
+function _M.available()
+  local phase = ngx.get_phase()
+  if YIELDABLE[phase] then return true end
+  return nil, format("the ngx transport cannot make requests in nginx's %q phase (cosockets "
+    .. "are not allowed there); call the SDK from a rewrite, access or content handler, or from "
+    .. "a timer (ngx.timer.at) started here", phase)
+end
+
+local function parse_url(url)
+  local scheme, rest = match(url, "^(https?)://(.*)$")
+  if not scheme then return nil, "not an http(s) URL" end
+  local authority, path = match(rest, "^([^/?#]*)(.*)$")
+  if find(authority, "@", 1, true) then return nil, "user information in the URL" end
+  local host, port = match(authority, "^%[([%x:.]+)%]:?(%d*)$")
+  if not host then
+    host, port = match(authority, "^([^:]+):?(%d*)$")
+  end
+  if not host or host == "" then return nil, "no host in the URL" end
+  port = port ~= "" and tonumber(port) or DEFAULT_PORT[scheme]
+  if port < 1 or port > 65535 then return nil, "bad port in the URL" end
+  path = match(path, "^[^#]*")
+  if path == "" then path = "/" elseif sub(path, 1, 1) == "?" then path = "/" .. path end
+  -- "localhost" is loopback by definition (RFC 6761): no resolver needed for it. The name
+  -- stays the one TLS verifies (nginx checks names only: an IP literal never matches).
+  local address = lower(host) == "localhost" and "127.0.0.1" or host
+  return { scheme = scheme, host = host, address = address, port = port, path = path,
+           host_header = authority }
+end
+
+-- What kind of failure a cosocket error message is (kinds as digime.core's engine names them).
+local function kind_of(err, stage)
+  err = tostring(err)
+  if err == "timeout" then return "timeout" end
+  if stage == "connect" then
+    if find(err, "resolve", 1, true) or find(err, "resolver", 1, true) then return "resolve" end
+    return "connect"
+  end
+  if stage == "tls" then return "tls" end
+  if err == "closed" or find(err, "reset", 1, true) or find(err, "broken pipe", 1, true) then
+    return "reset"
+  end
+  return "other"
+end
+
+-- A request in flight: its socket, its read buffer, its deadline and its cancel flag.
+local conn_mt = {}
+conn_mt.__index = conn_mt
+
+--- Cancels the request: its next read (within SLICE seconds) ends with kind "cancelled".
+function conn_mt:cancel()
+  self.cancelled = true
+end
+
+local function remaining(c)
+  update_time()
+  return c.deadline - now()
+end
+
+-- Reads more bytes into the buffer; false, message, kind on failure or past the deadline.
+function conn_mt:fill()
+  while true do
+    if self.cancelled then return false, "the request was cancelled", "cancelled" end
+    local left = remaining(self)
+    if left <= 0 then return false, "the request timed out", "timeout" end
+    self.sock:settimeout(max(1, floor(min(left, SLICE) * 1000)))
+    local data, err = self.sock:receiveany(PIECE)
+    if data then
+      self.got = self.got + #data
+      self.buf = self.pos > #self.buf and data or sub(self.buf, self.pos) .. data
+      self.pos = 1
+      return true
+    end
+    if err ~= "timeout" then
+      if err == "closed" then self.eof = true end
+      return false, "the connection failed while reading: " .. tostring(err), kind_of(err, "read")
+    end
+  end
+end
+
+-- Up to n buffered bytes (reading more when none are buffered); nil at the end of input.
+function conn_mt:take(n)
+  if self.pos > #self.buf then
+    local ok, err, kind = self:fill()
+    if not ok then return nil, err, kind end
+  end
+  local out = sub(self.buf, self.pos, self.pos + n - 1)
+  self.pos = self.pos + #out
+  return out
+end
+
+-- The text up to `delim` (not included), reading at most `cap` bytes for it.
+function conn_mt:until_delim(delim, cap, what)
+  local from = self.pos
+  while true do
+    local s = find(self.buf, delim, from, true)
+    if s and s - self.pos <= cap then
+      local text = sub(self.buf, self.pos, s - 1)
+      self.pos = s + #delim
+      return text
+    end
+    local have = #self.buf - self.pos + 1
+    if s or have > cap then
+      return nil, format("%s exceeds %d bytes", what, cap), "too_large"
+    end
+    -- a delimiter may straddle what is here and what comes next
+    local resume = max(0, have - #delim + 1)
+    local ok, err, kind = self:fill()
+    if not ok then return nil, err, kind end
+    from = self.pos + resume
+  end
+end
+
+local function send_all(c, data)
+  if c.cancelled then return nil, "the request was cancelled", "cancelled" end
+  local left = remaining(c)
+  if left <= 0 then return nil, "the request timed out", "timeout" end
+  c.sock:settimeout(max(1, floor(left * 1000)))
+  local ok, err = c.sock:send(data)
+  if not ok then
+    return nil, "the connection failed while sending: " .. tostring(err), kind_of(err, "send")
+  end
+  return true
+end
+
+local function valid_header(name, value)
+  return type(name) == "string" and match(name, "^[%w!#$%%&'*+%-.^_`|~]+$") ~= nil
+     and type(value) == "string" and not find(value, "[\r\n%z]")
+end
+
+-- The request head; nil, message if a header could split the request.
+local function request_head(req, u, body_length, chunked)
+  local lines = { format("%s %s HTTP/1.1", req.method or "GET", u.path), "Host: " .. u.host_header }
+  local headers = req.headers or {}
+  for name, value in pairs(headers) do
+    if type(name) == "number" then   -- "Name: value" form
+      name, value = match(tostring(value), "^([^:]+):%s*(.*)$")
+    end
+    value = value ~= nil and tostring(value) or nil
+    if not valid_header(name, value) then
+      return nil, "a request header is malformed or contains a line break: " .. tostring(name)
+    end
+    local l = lower(name)
+    if l ~= "host" and l ~= "content-length" and l ~= "transfer-encoding" and l ~= "connection" then
+      lines[#lines + 1] = name .. ": " .. value
+    end
+  end
+  if chunked then
+    lines[#lines + 1] = "Transfer-Encoding: chunked"
+  elseif body_length then
+    lines[#lines + 1] = "Content-Length: " .. body_length
+  end
+  lines[#lines + 1] = "\r\n"
+  return concat(lines, "\r\n")
+end
+
+-- Sends the body: a string, or a reader function (chunks until nil) with or without a known
+-- length (chunked encoding without one).
+local function send_body(c, req, chunked)
+  local body = req.body
+  if type(body) == "string" then
+    if body == "" then return true end
+    return send_all(c, body)
+  end
+  local sent, want = 0, req.body_length
+  while true do
+    local chunk, rerr = body()
+    if chunk == nil then
+      if rerr ~= nil then return nil, "the body reader failed: " .. tostring(rerr), "body" end
+      break
+    end
+    if type(chunk) ~= "string" then
+      return nil, "the body reader gave a " .. type(chunk) .. ", not a string", "body"
+    end
+    if chunk ~= "" then
+      sent = sent + #chunk
+      if want and sent > want then
+        return nil, format("the body is longer than its declared length (%d bytes)", want), "body"
+      end
+      local ok, err, kind = send_all(c, chunked and format("%x\r\n%s\r\n", #chunk, chunk) or chunk)
+      if not ok then return nil, err, kind end
+    end
+  end
+  if want and sent ~= want then
+    return nil, format("the body is shorter than its declared length (%d of %d bytes)", sent, want), "body"
+  end
+  if chunked then return send_all(c, "0\r\n\r\n") end
+  return true
+end
+
+-- Parses a header block: status, headers (lower-case names, repeats joined with ", ").
+local function parse_head(block)
+  local version, status = match(block, "^HTTP/(1%.[01]) (%d%d%d)[^\r\n]*")
+  if not version then return nil, "not an HTTP/1.x status line" end
+  local headers = {}
+  local first = true
+  for line in gmatch(block, "([^\n]*)\n?") do
+    if first then
+      first = false
+    elseif line ~= "" then
+      line = match(line, "^(.-)\r?$")
+      local name, value = match(line, "^([%w!#$%%&'*+%-.^_`|~]+):[ \t]*(.-)[ \t]*$")
+      if not name then return nil, "a malformed response header line" end
+      name = lower(name)
+      local old = headers[name]
+      headers[name] = old and (old .. ", " .. value) or value
+    end
+  end
+  return tonumber(status), headers, version
+end
+
+-- Reads the header blocks up to the final (non-1xx) one.
+local function read_head(c, cap)
+  while true do
+    local block, err, kind = c:until_delim("\r\n\r\n", cap, "the response header block")
+    if not block then return nil, err, kind end
+    local status, headers, version = parse_head(block)
+    if not status then return nil, "malformed response: " .. headers, "other" end
+    if status >= 200 or status < 100 then return status, headers, version end
+  end
+end
+
+-- Calls emit(piece) for each piece of the body as framed by the headers; returns true when
+-- the body ended where its framing says (the connection may then be reused).
+local function read_body(c, status, headers, method, emit)  -- luacheck: ignore 561
+  if method == "HEAD" or status == 204 or status == 304 or status < 200 then return true end
+  local te = headers["transfer-encoding"]
+  if te then
+    if lower(te) ~= "chunked" then
+      return nil, "unsupported transfer-encoding: " .. te, "other"
+    end
+    while true do
+      local line, err, kind = c:until_delim("\r\n", MAX_CHUNK_LINE, "a chunk-size line")
+      if not line then return nil, err, kind end
+      local hex = match(line, "^(%x+)[ \t]*;?")
+      if not hex or #hex > 12 then return nil, "a malformed chunk-size line", "other" end
+      local size = tonumber(hex, 16)
+      if size == 0 then break end
+      while size > 0 do
+        local piece, perr, pkind = c:take(min(size, PIECE))
+        if not piece then return nil, perr, pkind end
+        size = size - #piece
+        local ok, eerr, ekind = emit(piece)
+        if not ok then return nil, eerr, ekind end
+      end
+      local crlf, cerr, ckind = c:until_delim("\r\n", 2, "a chunk's end")
+      if not crlf then return nil, cerr, ckind end
+      if crlf ~= "" then return nil, "a chunk does not end with CRLF", "other" end
+    end
+    -- trailers up to the empty line
+    local trailer_bytes = 0
+    while true do
+      local line, err, kind = c:until_delim("\r\n", MAX_TRAILERS - trailer_bytes, "the trailers")
+      if not line then return nil, err, kind end
+      if line == "" then return true end
+      trailer_bytes = trailer_bytes + #line + 2
+    end
+  end
+  local cl = headers["content-length"]
+  if cl then
+    if not match(cl, "^%d+$") or #cl > 15 then
+      return nil, "a malformed content-length: " .. cl, "other"
+    end
+    local left = tonumber(cl)
+    while left > 0 do
+      local piece, err, kind = c:take(min(left, PIECE))
+      if not piece then return nil, err, kind end
+      left = left - #piece
+      local ok, eerr, ekind = emit(piece)
+      if not ok then return nil, eerr, ekind end
+    end
+    return true
+  end
+  -- no framing: the body ends when the server closes
+  while true do
+    local piece, err, kind = c:take(PIECE)
+    if not piece then
+      if c.eof then return false end
+      return nil, err, kind
+    end
+    local ok, eerr, ekind = emit(piece)
+    if not ok then return nil, eerr, ekind end
+  end
+end
+
+-- A decrypting consumer of a 2xx body: plaintext to on_data, errors as "decrypt" or "sink".
+local function decrypting(req, headers)
+  local d = req.decrypt
+  local compression, cerr = d.choose(200, headers)
+  if not compression then return nil, cerr end
+  local cl = headers["content-length"]
+  local dec, derr = core.file_decryptor(d.key, { compression = compression,
+    max_output = d.max_output, size = cl and match(cl, "^%d+$") and tonumber(cl) or nil })
+  if not dec then return nil, derr end
+  local on_data = req.on_data
+  local function deliver(out)
+    if out == "" then return true end
+    local ok, err = on_data(out)
+    if not ok then return nil, err or "the sink refused the data", "sink" end
+    return true
+  end
+  return {
+    emit = function(piece)
+      local out, err = dec:update(piece)
+      if not out then return nil, err, "decrypt" end
+      return deliver(out)
+    end,
+    finish = function()
+      local out, err = dec:finish()
+      if not out then return nil, err, "decrypt" end
+      return deliver(out)
+    end,
+    close = function() dec:close() end,
+  }
+end
+
+-- Pools are per worker; the name says what a connection in it was verified for. The trusted
+-- CAs (lua_ssl_trusted_certificate) may differ per server block, which Lua cannot read: the
+-- server block's address is part of the name so that one block's verified connection never
+-- serves another (timers have no server block: their own scope).
+local function pool_name(u, verify)
+  local scope = "timer"
+  if ngx.get_phase() ~= "timer" then
+    local var = ngx.var
+    scope = var.server_addr .. ":" .. var.server_port
+  end
+  return format("digime:%s:%s:%d:%s:%s", u.scheme, u.host, u.port,
+                verify and "verify" or "noverify", scope)
+end
+
+-- Connects (from the pool unless `fresh`) and does the TLS handshake on a new connection.
+local function connect(c, u, o, fresh)
+  local sock = tcp()
+  c.sock = sock
+  local left = remaining(c)
+  if left <= 0 then return nil, "the request timed out", "timeout" end
+  local ct = min(left, o.connect_timeout or left)
+  sock:settimeout(max(1, floor(ct * 1000)))
+  local verify = o.tls.verify ~= false
+  local pool = pool_name(u, verify)
+  -- A pool nothing is ever returned to: connect() then always makes a new connection.
+  c.pool = fresh and pool .. ":once" or pool
+  local ok, err = sock:connect(u.address, u.port, { pool = c.pool })
+  if not ok then
+    return nil, format("cannot connect to %s:%d: %s", u.host, u.port, tostring(err)), kind_of(err, "connect")
+  end
+  c.reused = (sock:getreusedtimes() or 0) > 0
+  if u.scheme == "https" and not c.reused then
+    left = remaining(c)
+    if left <= 0 then return nil, "the request timed out", "timeout" end
+    sock:settimeout(max(1, floor(left * 1000)))
+    local sess, herr = sock:sslhandshake(sessions[pool] or nil, u.host, verify)
+    if not sess then
+      return nil, format("TLS handshake with %s failed: %s (nginx verifies against "
+        .. "lua_ssl_trusted_certificate)", u.host, tostring(herr)), "tls"
+    end
+    if type(sess) ~= "boolean" then sessions[pool] = sess end
+  end
+  return true
+end
+
+-- One exchange on one connection. Returns res | nil, message, kind, answered (true once any
+-- byte of an answer came), reused (the connection came from the pool).
+local function exchange(self, req, u, fresh)
+  local o = self.opts
+  local timeout = req.timeout or o.timeout
+  update_time()
+  local c = setmetatable({ buf = "", pos = 1, got = 0, deadline = now() + (timeout > 0 and timeout or 1e9) },
+                         conn_mt)
+  local cancel = req.cancel
+  if cancel then cancel[c] = true end
+  local started = now()
+
+  local function fail(err, kind)
+    if c.sock then c.sock:close() end
+    if cancel then cancel[c] = nil end
+    return nil, err, kind, c.got > 0, c.reused
+  end
+
+  local ok, err, kind = connect(c, u, o, fresh)
+  if not ok then return fail(err, kind) end
+
+  local body = req.body
+  local method = req.method or "GET"
+  local chunked = type(body) == "function" and not req.body_length
+  local body_length
+  if type(body) == "string" then
+    body_length = #body
+  elseif type(body) == "function" then
+    body_length = req.body_length
+  elseif method == "POST" or method == "PUT" or method == "PATCH" then
+    body_length = 0
+  end
+  local head, herr = request_head(req, u, body_length, chunked)
+  if not head then return fail(herr, "other") end
+  if body == nil or (type(body) == "string" and #body <= PIECE) then
+    ok, err, kind = send_all(c, body and head .. body or head)
+  else
+    ok, err, kind = send_all(c, head)
+    if ok then ok, err, kind = send_body(c, req, chunked) end
+  end
+  if not ok then return fail(err, kind) end
+
+  local status, headers, version = read_head(c, (o.limits and o.limits.headers) or 256 * 1024)
+  if not status then return fail(headers, version) end
+
+  local res = { status = status, headers = headers, http_version = version }
+  local consumer, chunks, size = nil, {}, 0
+  local max_body = req.max_body or o.limits.body
+  if req.decrypt and status >= 200 and status < 300 and method ~= "HEAD" then
+    local cerr
+    consumer, cerr = decrypting(req, headers)
+    if not consumer then return fail(cerr, "decrypt") end
+  else
+    local cl = tonumber(headers["content-length"] or "")
+    if cl and cl > max_body then
+      return fail(format("the response body (%d bytes) exceeds the limit of %d bytes", cl, max_body), "too_large")
+    end
+  end
+  local emit = consumer and consumer.emit or function(piece)
+    size = size + #piece
+    if size > max_body then
+      return nil, format("the response body exceeds the limit of %d bytes", max_body), "too_large"
+    end
+    chunks[#chunks + 1] = piece
+    return true
+  end
+  local framed, berr, bkind = read_body(c, status, headers, method, emit)
+  if framed == nil then
+    if consumer then consumer.close() end
+    return fail(berr, bkind)
+  end
+  if consumer then
+    ok, err, kind = consumer.finish()
+    consumer.close()
+    if not ok then return fail(err, kind) end
+    res.piped = true
+  else
+    res.body = concat(chunks)
+  end
+
+  -- Back to the pool only when the answer ended where its framing said, nothing more came,
+  -- and neither side asked to close.
+  local conn_hdr = lower(headers["connection"] or "")
+  local reusable = framed and not fresh and c.pos > #c.buf and not find(conn_hdr, "close", 1, true)
+    and (version == "1.1" or find(conn_hdr, "keep-alive", 1, true))
+  if reusable then
+    c.sock:setkeepalive(KEEPALIVE_IDLE, POOL_SIZE)
+  else
+    c.sock:close()
+  end
+  if cancel then cancel[c] = nil end
+  update_time()
+  res.time = now() - started
+  return res
+end
+
+--- req = { method, url, headers, body (string | reader function), body_length, timeout,
+--          max_body, idempotent, decrypt = { key, max_output, choose }, on_data, cancel }
+-- (the interface of transport/curl.lua). Returns { status, headers, body, piped,
+-- http_version, time } or nil, message, kind.
+function _M:request(req)
+  local ok, perr = _M.available()
+  if not ok then return nil, perr, "unavailable" end
+  local u, uerr = parse_url(req.url)
+  if not u then return nil, "cannot request " .. tostring(req.url) .. ": " .. uerr, "other" end
+  local method = req.method or "GET"
+  local may_repeat = (IDEMPOTENT[method] or req.idempotent == true) and type(req.body) ~= "function"
+  -- What must not be repeated gets a connection of its own (see the top of this file).
+  local fresh = not may_repeat
+  -- A pooled connection the server had closed fails before any answer: nothing was
+  -- processed, so try again; each try drops one dead connection, the pool is finite.
+  for _ = 1, POOL_SIZE + 1 do
+    local res, err, kind, answered, reused = exchange(self, req, u, fresh)
+    if res then return res end
+    if not (reused and not answered and kind == "reset") then
+      return nil, err, kind
+    end
+  end
+  return nil, "every pooled connection was closed by the server", "reset"
+end
+
+return _M

@@ -1,0 +1,187 @@
+-- Runs inside the nginx that spec/ngx_transport_spec.lua starts: SDK calls made from nginx
+-- handlers, answered as JSON so the spec can check them from outside.
+--
+--   init_by_lua_block { require("ngx_app").setup{ base_url = ..., onboard_url = ... } }
+--   location = /login { content_by_lua_block { require("ngx_app").login() } }
+local cjson = require "cjson.safe"
+local digime = require "digime"
+local core = require "digime.core"
+local demo = require "digime.sandbox.demo_contract"
+
+local _M = {}
+
+local CALLBACK = "https://app.example.org/return"
+
+_M.contract = { id = demo.contract_id, private_key = demo.private_key }
+
+-- Made in init_by_lua (the master), before nginx forks its workers: preloading must be safe.
+function _M.setup(urls, extra)
+  local opts = {
+    application_id = demo.application_id, base_url = urls.base_url,
+    onboard_url = urls.onboard_url, cloud_base_url = urls.cloud_base_url,
+    timeout = 5, retry_options = { limit = 2, max_time = 10 },
+  }
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  _M.urls = urls
+  _M.sdk = assert(digime.init(opts))
+  return _M.sdk
+end
+
+local function error_view(err)
+  if type(err) ~= "table" then return { message = tostring(err) } end
+  return { kind = err.kind, code = err.code, message = err.message, status = err.status,
+           attempts = err.attempts }
+end
+_M.error_view = error_view
+
+function _M.reply(status, doc)
+  ngx.status = status
+  ngx.header["content-type"] = "application/json"
+  ngx.say(cjson.encode(doc))
+end
+
+-- Query string of a URL as a table.
+local function query_of(url)
+  local q = {}
+  for k, v in (url:match("%?(.*)$") or ""):gmatch("([^&=]+)=([^&]*)") do
+    q[ngx.unescape_uri(k)] = ngx.unescape_uri(v)
+  end
+  return q
+end
+
+-- authorize -> consent (the onboard URL, fetched through the SDK's own transport) ->
+-- exchange. -> token | nil, err
+function _M.login(sdk)
+  sdk = sdk or _M.sdk
+  local res, err = sdk:get_authorize_url{ contract = _M.contract, callback = CALLBACK,
+                                          state = "s-" .. ngx.worker.pid() }
+  if not res then return nil, err end
+  local page, perr = sdk.transport:request{ method = "GET", url = res.url, timeout = 5 }
+  if not page then return nil, { message = "consent: " .. tostring(perr) } end
+  local q = query_of(page.headers.location or "")
+  if q.success ~= "true" then
+    return nil, { message = "consent failed: " .. tostring(page.status) .. " " .. tostring(page.headers.location) }
+  end
+  return sdk:exchange_code_for_token{ contract = _M.contract, authorization_code = q.code,
+                                      code_verifier = res.code_verifier }
+end
+
+-- Whole-flow handler: login, a read session, the whole library through read_all_files
+-- (?concurrency=N), answered as JSON { files = { name = sha256 hex }, ... }.
+function _M.flow()
+  local sdk = _M.sdk
+  local token, err = _M.login(sdk)
+  if not token then return _M.reply(500, { step = "login", error = error_view(err) }) end
+  local session, serr = sdk:read_session{ contract = _M.contract, user_access_token = token }
+  if not session then return _M.reply(500, { step = "session", error = error_view(serr) }) end
+  local files, count, failures = {}, 0, {}
+  local res, ferr = sdk:read_all_files{
+    contract = _M.contract, user_access_token = token, session_key = session.session.key,
+    concurrency = tonumber(ngx.var.arg_concurrency) or 5, poll_interval = 0.2, max_time = 60,
+    on_file_data = function(file)
+      files[file.file_name] = _M.hex_sha256(file.file_data)
+      count = count + 1
+    end,
+    on_file_error = function(failure)
+      failures[#failures + 1] = { file = failure.file_name, error = error_view(failure.error) }
+    end,
+  }
+  if not res then return _M.reply(500, { step = "sync", error = error_view(ferr), failures = failures }) end
+  return _M.reply(200, { files = files, count = count, failures = failures,
+                         state = res.status and res.status.state })
+end
+
+function _M.hex_sha256(data)
+  return (core.sha256(data):gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+local sessions = {}
+-- A read session for a token (read_session, cached per access token value).
+function _M.session_key(token)
+  local key = sessions[token.access_token.value]
+  if key then return key end
+  local res, err = _M.sdk:read_session{ contract = _M.contract, user_access_token = token }
+  if not res then error("read_session: " .. tostring(err)) end
+  key = res.session.key
+  sessions[token.access_token.value] = key
+  return key
+end
+
+-- Transport checks -----------------------------------------------------------------------
+
+-- GET/POST through the SDK's transport; JSON { status, body, headers, err, kind, ... }.
+-- Query: url (required), method, n (requests in a row), timeout, max_body, pause (s between).
+function _M.transport()
+  local args = ngx.req.get_uri_args()
+  local out = {}
+  for i = 1, tonumber(args.n) or 1 do
+    local res, err, kind = _M.sdk.transport:request{
+      method = args.method or "GET", url = args.url, timeout = tonumber(args.timeout) or 5,
+      max_body = tonumber(args.max_body), body = args.method == "POST" and "x=1" or nil,
+      headers = args.header and { ["x-test"] = args.header } or nil,
+    }
+    out[i] = res and { status = res.status, body = #res.body <= 16384 and res.body or nil,
+                       body_size = #res.body, body_sha256 = _M.hex_sha256(res.body),
+                       headers = res.headers }
+             or { err = err, kind = kind }
+    if args.pause then ngx.sleep(tonumber(args.pause)) end
+  end
+  return _M.reply(200, out)
+end
+
+-- Fixtures the transport is pointed at, served by the same nginx. /fixture/raw writes bytes
+-- of its own on the raw connection: what a broken or hostile server could send.
+local RAW = {
+  close_delimited = "HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\n" .. string.rep("z", 100000),
+  truncated = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789",
+  truncated_chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\n0123",
+  bad_chunk = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+  huge_chunk = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc",
+  chunk_trailers = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n"
+    .. "2\r\nde\r\n0\r\nx-trailer: 1\r\n\r\n",
+  continue = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+  bad_status = "HTTQ/9 2000 What\r\n\r\n",
+  bad_header = "HTTP/1.1 200 OK\r\nno colon here\r\ncontent-length: 0\r\n\r\n",
+  bad_length = "HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\n",
+  big_headers = "HTTP/1.1 200 OK\r\n" .. string.rep("x-big: " .. string.rep("h", 1000) .. "\r\n", 400)
+    .. "content-length: 0\r\n\r\n",
+  endless_header = "HTTP/1.1 200 OK\r\nx-long: " .. string.rep("l", 600000),
+  repeated = "HTTP/1.1 200 OK\r\nx-r: a\r\nX-R: b\r\ncontent-length: 0\r\n\r\n",
+  gzip_te = "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+}
+_M.RAW = RAW
+
+function _M.fixture()
+  local what = ngx.var.uri:match("^/fixture/(.*)$")
+  local args = ngx.req.get_uri_args()
+  if what == "raw" then
+    local sock = assert(ngx.req.socket(true))
+    sock:send(RAW[args.case] or "HTTP/1.1 500 x\r\ncontent-length: 0\r\n\r\n")
+    return
+  elseif what == "chunked" then
+    for i = 1, 5 do
+      ngx.print(string.rep(tostring(i), 1000))
+      ngx.flush(true)
+    end
+    return
+  elseif what == "slow" then
+    ngx.sleep((tonumber(args.ms) or 1000) / 1000)
+    ngx.say("slow")
+    return
+  elseif what == "big" then
+    local n = tonumber(args.n) or 1000
+    ngx.header["content-length"] = n
+    ngx.print(string.rep("b", n))
+    return
+  elseif what == "conn" then
+    -- which connection served this (connection serial number)
+    ngx.header["content-type"] = "text/plain"
+    ngx.print(ngx.var.connection)
+    return
+  end
+  ngx.status = 404
+  ngx.say("no fixture ", what)
+end
+
+_M.json = cjson
+return _M
