@@ -183,5 +183,83 @@ function _M.fixture()
   ngx.say("no fixture ", what)
 end
 
+-- Workers acting together ---------------------------------------------------------------
+--
+-- Each worker runs a timer that waits for the next "go" in the `results` dict and then does
+-- the action named there at the same moment as the other workers; each writes its outcome
+-- under "result:<seq>:<pid>". The spec reads them through /results.
+
+local actions = {}
+
+-- authorize -> consent -> exchange: the exchange verifies a server token (JWKS).
+function actions.exchange()
+  local token, err = _M.login()
+  if not token then return { error = error_view(err) } end
+  return { ok = true, jwks_fetches = _M.sdk.stats.jwks_fetches }
+end
+
+-- A refresh of the token the spec stored under "token" (JSON).
+function actions.refresh()
+  local token = cjson.decode(ngx.shared.results:get("token"))
+  local new, err = _M.sdk:refresh_token{ contract = _M.contract, user_access_token = token }
+  if not new then return { error = error_view(err) } end
+  return { ok = true, access = new.access_token.value, refresh = new.refresh_token.value }
+end
+
+-- A fresh login, its token stored for the next refresh action.
+function actions.store_token()
+  local token, err = _M.login()
+  if not token then return { error = error_view(err) } end
+  ngx.shared.results:set("token", cjson.encode(token))
+  return { ok = true }
+end
+
+function _M.start_worker_loop()
+  local results = ngx.shared.results
+  local function loop(premature)
+    if premature then return end
+    local seen = results:get("seq") or 0
+    while not ngx.worker.exiting() do
+      local seq = results:get("seq") or 0
+      if seq > seen then
+        seen = seq
+        local at = results:get("at") or 0      -- start together
+        ngx.update_time()
+        if at > ngx.now() then ngx.sleep(at - ngx.now()) end
+        local action = actions[results:get("action")]
+        local ok, out = pcall(action)
+        if not ok then out = { error = { message = tostring(out) } } end
+        out.pid = ngx.worker.pid()
+        results:set("result:" .. seq .. ":" .. ngx.worker.pid(), cjson.encode(out))
+      end
+      ngx.sleep(0.01)
+    end
+  end
+  ngx.timer.at(0, loop)
+end
+
+-- /go?action=NAME: the next action for every worker; answers its sequence number.
+function _M.go()
+  local results = ngx.shared.results
+  results:set("action", ngx.var.arg_action)
+  ngx.update_time()
+  results:set("at", ngx.now() + 0.2)
+  local seq = results:incr("seq", 1, 0)
+  return _M.reply(200, { seq = seq })
+end
+
+-- /results?seq=N: the outcomes so far of action N, one per worker.
+function _M.results()
+  local results = ngx.shared.results
+  local out = {}
+  for _, key in ipairs(results:get_keys(0)) do
+    local seq = key:match("^result:(%d+):")
+    if seq and tonumber(seq) == tonumber(ngx.var.arg_seq) then
+      out[#out + 1] = cjson.decode(results:get(key))
+    end
+  end
+  return _M.reply(200, out)
+end
+
 _M.json = cjson
 return _M
