@@ -31,7 +31,7 @@ describe("the ngx transport #nginx", function()
   end
 
   setup(function()
-    sb = sandbox.start{ args = { "--generate", "24:30000:mixed" } }
+    sb = sandbox.start{ args = { "--generate", "24:30000:mixed", "--big-file", "64m" } }
     fixtures = nginx.free_port()
     n = nginx.start{
       http = [[
@@ -56,6 +56,8 @@ describe("the ngx transport #nginx", function()
         location = /flow { content_by_lua_block { require("ngx_app").flow() } }
         location = /transport { content_by_lua_block { require("ngx_app").transport() } }
         location = /fast { content_by_lua_block { ngx.say("fast") } }
+        location = /bigfile { content_by_lua_block { require("ngx_app").bigfile() } }
+        location = /iterate { content_by_lua_block { require("ngx_app").iterate() } }
         location = /login { content_by_lua_block {
           local app = require "ngx_app"
           local token, err = app.login()
@@ -164,6 +166,27 @@ describe("the ngx transport #nginx", function()
     end)
   end)
 
+  it("streams a 64 MiB file through the C decryptor into a sink in bounded memory", function()
+    local path = os.tmpname()
+    local status, doc = get_json(n, "/bigfile?path=" .. urlencode(path), 120)
+    assert.equal(200, status, cjson.encode(doc))
+    assert.is_false(doc.has_data)
+    local f = assert(io.popen("sha256sum " .. path))
+    local sha = f:read("*l"):match("^(%x+)")
+    f:close()
+    os.remove(path)
+    assert.equal(sb:control("GET", "manifest").files["big.bin"], sha)
+    local grew = doc.rss_after_kib - doc.rss_before_kib
+    assert.is_true(grew < 16 * 1024, "the worker grew by " .. grew .. " KiB for a 64 MiB file")
+  end)
+
+  it("runs the sdk:files iterator in a handler", function()
+    local status, doc = get_json(n, "/iterate", 60)
+    assert.equal(200, status, cjson.encode(doc))
+    assert.equal(0, doc.failures, cjson.encode(doc.names.err))
+    assert.equal(25, #doc.names)   -- 24 generated and big.bin
+  end)
+
   describe("HTTP/1.1", function()
     it("reads content-length, chunked and close-delimited bodies", function()
       local r = transport{ url = fixture("/fixture/big?n=300000") }[1]
@@ -269,7 +292,7 @@ describe("the ngx transport #nginx", function()
       local status, doc = get_json(n, "/flow?concurrency=" .. c, 60)
       sb:clear_faults()
       assert.equal(200, status, cjson.encode(doc))
-      assert.equal(24, doc.count)
+      assert.equal(25, doc.count)
       local max = sb:stats().max_inflight_downloads
       assert.is_true(max <= c, c .. ": " .. max .. " downloads at once")
       if c > 1 then assert.is_true(max >= 2, "the downloads did not overlap") end

@@ -107,6 +107,40 @@ function _M.session_key(token)
   return key
 end
 
+local function rss_kib()
+  local f = io.open("/proc/self/status")
+  local text = f:read("*a")
+  f:close()
+  return tonumber(text:match("VmRSS:%s*(%d+)"))
+end
+
+-- /bigfile?path=P: big.bin read into a file through a sink; the worker's RSS around it.
+function _M.bigfile()
+  local token, err = _M.login()
+  if not token then return _M.reply(500, { step = "login", error = error_view(err) }) end
+  collectgarbage()
+  local before = rss_kib()
+  local out = assert(io.open(ngx.unescape_uri(ngx.var.arg_path), "wb"))
+  local res, rerr = _M.sdk:read_file{ contract = _M.contract, user_access_token = token,
+    session_key = _M.session_key(token), file_name = "big.bin", sink = out }
+  out:close()
+  collectgarbage()
+  return _M.reply(res and 200 or 500, { rss_before_kib = before, rss_after_kib = rss_kib(),
+    error = not res and error_view(rerr) or nil, has_data = res and res.file_data ~= nil })
+end
+
+-- /iterate: the library through the sdk:files iterator; { names = {...}, failures = n }.
+function _M.iterate()
+  local token, err = _M.login()
+  if not token then return _M.reply(500, { step = "login", error = error_view(err) }) end
+  local names, failures = {}, 0
+  for file, ferr in _M.sdk:files{ contract = _M.contract, user_access_token = token,
+                                  session_key = _M.session_key(token), poll_interval = 0.2 } do
+    if file then names[#names + 1] = file.file_name else failures = failures + 1; names.err = error_view(ferr) end
+  end
+  return _M.reply(200, { names = names, failures = failures })
+end
+
 -- Transport checks -----------------------------------------------------------------------
 
 -- GET/POST through the SDK's transport; JSON { status, body, headers, err, kind, ... }.
