@@ -20,9 +20,34 @@ LPATH     := $(ROOT)/lua/?.lua;$(ROOT)/lua/?/init.lua
 LPATH_54  := $(LPATH);/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;/usr/share/lua/5.1/?.lua;/usr/share/lua/5.1/?/init.lua;;
 LPATH_JIT := $(LPATH);;
 
-.PHONY: all deps env check-warnings test test-lua54 test-luajit test-asan test-valgrind demo bench lint clean docs
+.PHONY: all deps env openresty check-warnings test test-lua54 test-luajit test-asan test-valgrind demo bench lint clean docs
 
 all: build/lua5.4/digime/core.so build/luajit/digime/core.so
+
+# A core for nginx only: no libcurl (inside nginx the SDK uses cosockets), and OpenSSL and
+# LuaJIT from where the nginx in use has them, so that nginx and the module share one OpenSSL.
+# For OpenResty (README "Building for OpenResty"):
+#   make openresty OPENSSL_PREFIX=/usr/local/openresty/openssl3 \
+#        LUAJIT_INC=-I/usr/local/openresty/luajit/include/luajit-2.1
+# Defaults build against Debian's OpenSSL and LuaJIT (what Debian's nginx uses).
+OPENSSL_PREFIX ?=
+NGX_SOURCES := $(filter-out csrc/http.c csrc/core_http.c,$(SOURCES))
+ifneq ($(OPENSSL_PREFIX),)
+NGX_SSL_CFLAGS := -I$(OPENSSL_PREFIX)/include
+NGX_SSL_LIBS   := -L$(OPENSSL_PREFIX)/lib -Wl,-rpath,$(OPENSSL_PREFIX)/lib -lcrypto
+else
+NGX_SSL_CFLAGS := $(shell pkg-config --cflags libcrypto 2>/dev/null)
+NGX_SSL_LIBS   := $(shell pkg-config --libs libcrypto 2>/dev/null || echo -lcrypto)
+endif
+NGX_DEP_CFLAGS := $(NGX_SSL_CFLAGS) $(shell pkg-config --cflags zlib libbrotlidec 2>/dev/null)
+NGX_DEP_LIBS   := $(NGX_SSL_LIBS) $(shell pkg-config --libs zlib libbrotlidec 2>/dev/null || echo -lz -lbrotlidec)
+
+openresty: build/openresty/digime/core.so
+
+build/openresty/digime/core.so: $(NGX_SOURCES) $(HEADERS) Makefile
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) -DDIGIME_NO_CURL $(LUAJIT_INC) $(NGX_DEP_CFLAGS) -shared -o $@ \
+	  $(NGX_SOURCES) $(NGX_DEP_LIBS)
 
 build/lua5.4/digime/core.so: $(SOURCES) $(HEADERS)
 	@mkdir -p $(@D)
@@ -75,6 +100,7 @@ check-warnings:
 	    $(CC) $(CFLAGS_COMMON) -Werror $$inc $(DEP_CFLAGS) -c $$f -o /dev/null || exit 1; \
 	  done; \
 	done
+	@$(CC) $(CFLAGS_COMMON) -Werror -DDIGIME_NO_CURL $(LUAJIT_INC) $(NGX_DEP_CFLAGS) -c csrc/core.c -o /dev/null
 
 docs:
 	ldoc -d build/docs lua/digime

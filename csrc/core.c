@@ -9,7 +9,9 @@
 
 #include <openssl/crypto.h>
 #include <openssl/opensslv.h>
+#ifndef DIGIME_NO_CURL
 #include <curl/curl.h>
+#endif
 #include <zlib.h>
 #include <brotli/decode.h>
 
@@ -22,7 +24,9 @@
 
 #define VERSION "0.1.0"
 
+#ifndef DIGIME_NO_CURL
 int digime_open_http(lua_State *L);    /* core_http.c */
+#endif
 int digime_open_cipher(lua_State *L);  /* core_cipher.c */
 
 static int push_fail(lua_State *L, const char *err)
@@ -431,15 +435,16 @@ static int l_pid(lua_State *L)
 
 static int l_versions(lua_State *L)
 {
-    curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
     unsigned int br = BrotliDecoderVersion();
     lua_newtable(L);
     lua_pushstring(L, VERSION);
     lua_setfield(L, -2, "core");
     lua_pushstring(L, OpenSSL_version(OPENSSL_VERSION_STRING));
     lua_setfield(L, -2, "openssl");
-    lua_pushstring(L, cv->version);
-    lua_setfield(L, -2, "curl");
+#ifndef DIGIME_NO_CURL
+    lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
+    lua_setfield(L, -2, "curl");    /* absent from a build without libcurl (CURL=no) */
+#endif
     lua_pushstring(L, zlibVersion());
     lua_setfield(L, -2, "zlib");
     lua_pushfstring(L, "%d.%d.%d", (int)(br >> 24), (int)(br >> 12 & 0xfff), (int)(br & 0xfff));
@@ -498,7 +503,9 @@ DIGIME_EXPORT int luaopen_digime_core(lua_State *L)
     luaL_newlib(L, module_functions);
     lua_pushliteral(L, VERSION);
     lua_setfield(L, -2, "_VERSION");
-    digime_open_http(L);
+#ifndef DIGIME_NO_CURL
+    digime_open_http(L);    /* a build for nginx only (CURL=no) has no HTTP engine */
+#endif
     digime_open_cipher(L);
     return 1;
 }

@@ -105,6 +105,10 @@ local function pick_transport(cfg)
     end
     return require("digime.transport.ngx").new(cfg)
   end
+  if not require("digime.core").http_engine then
+    return nil, errors.sdk("TransportUnavailable", "this build of digime.core has no HTTP engine "
+      .. "(built for nginx only, CURL=no): it works inside nginx with the ngx transport")
+  end
   local ok, curl = pcall(require, "digime.transport.curl")
   if not ok then
     return nil, errors.sdk("TransportUnavailable", "cannot load the curl transport: " .. tostring(curl))

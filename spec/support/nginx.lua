@@ -10,6 +10,7 @@
 --     init_worker = [[ ... ]],                  -- init_worker_by_lua_block body (optional)
 --     env = { SANDBOX_BASE = "http://..." },    -- env directives: readable with os.getenv
 --     workers = 1, worker_connections = 1024,
+--     cpath = "build/openresty",                -- where digime/core.so is (default build/luajit)
 --   }
 --   n.url .. "/t"; n.port; n.prefix; n:get("/t") -> status, body, headers
 --   n:error_log() -> text; n:stop()
@@ -72,7 +73,7 @@ http {
   uwsgi_temp_path %s/tmp/uwsgi;
   scgi_temp_path %s/tmp/scgi;
   lua_package_path "%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/support/?.lua;;";
-  lua_package_cpath "%s/build/luajit/?.so;;";
+  lua_package_cpath "%s/%s/?.so;;";
   %s
   %s
   %s
@@ -105,7 +106,7 @@ function _M.start(opts)
   end
   local conf = string.format(CONF, opts.workers or 1, prefix, prefix,
     table.concat(env_lines, "\n"), opts.worker_connections or 1024,
-    prefix, prefix, prefix, prefix, prefix, prefix, dir, dir, dir, dir,
+    prefix, prefix, prefix, prefix, prefix, prefix, dir, dir, dir, dir, opts.cpath or "build/luajit",
     opts.http or "",
     opts.init and ("init_by_lua_block {\n" .. opts.init .. "\n}") or "",
     opts.init_worker and ("init_worker_by_lua_block {\n" .. opts.init_worker .. "\n}") or "",
