@@ -141,6 +141,15 @@ function _M.iterate()
   return _M.reply(200, { names = names, failures = failures })
 end
 
+-- /small: authorize -> consent -> exchange -> read_accounts: one user's whole visit.
+function _M.small()
+  local token, err = _M.login()
+  if not token then return _M.reply(500, { step = "login", error = error_view(err) }) end
+  local res, rerr = _M.sdk:read_accounts{ contract = _M.contract, user_access_token = token }
+  if not res then return _M.reply(500, { step = "accounts", error = error_view(rerr) }) end
+  return _M.reply(200, { ok = true })
+end
+
 -- Transport checks -----------------------------------------------------------------------
 
 -- GET/POST through the SDK's transport; JSON { status, body, headers, err, kind, ... }.
