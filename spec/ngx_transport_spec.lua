@@ -58,6 +58,7 @@ describe("the ngx transport #nginx", function()
         location = /fast { content_by_lua_block { ngx.say("fast") } }
         location = /bigfile { content_by_lua_block { require("ngx_app").bigfile() } }
         location = /iterate { content_by_lua_block { require("ngx_app").iterate() } }
+        location = /fuzz { content_by_lua_block { require("ngx_app").fuzz() } }
         location = /login { content_by_lua_block {
           local app = require "ngx_app"
           local token, err = app.login()
@@ -222,6 +223,23 @@ describe("the ngx transport #nginx", function()
         assert.equal(kind, r.kind, case .. ": " .. tostring(r.err))
         assert.is_string(r.err)
       end
+    end)
+
+    it("survives 1500 randomly damaged answers: a result or an error of a known kind, never a raise", function()
+      local tally = {}
+      for from = 1, 1500, 500 do
+        local status, doc = get_json(n, string.format("/fuzz?port=%d&from=%d&to=%d", fixtures, from, from + 499), 120)
+        assert.equal(200, status)
+        assert.equal(0, #doc.bad, cjson.encode(doc.bad))
+        for k, v in pairs(doc.tally) do tally[k] = (tally[k] or 0) + v end
+      end
+      -- the mutants reached both ends: some still parse, some break in several ways
+      local errors, results = 0, 0
+      for k, v in pairs(tally) do
+        if k:match("^error") then errors = errors + v else results = results + v end
+      end
+      assert.is_true(errors > 100 and results > 100, cjson.encode(tally))
+      print("answer fuzz outcomes: " .. cjson.encode(tally))
     end)
 
     it("caps the body and refuses a header that would split the request", function()

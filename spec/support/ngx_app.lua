@@ -194,10 +194,86 @@ local RAW = {
 }
 _M.RAW = RAW
 
+-- Valid answers that /fixture/mutant damages at random.
+local TEMPLATES = {
+  "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 17\r\n\r\n{\"a\":[1,2,3,4,5]}",
+  "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: b\r\n\r\n4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\n",
+  "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\ncontent-length: 5\r\n\r\nnope!",
+  "HTTP/1.0 200 OK\r\n\r\nuntil the end",
+  "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n",
+}
+
+-- The template damaged by 1-4 random mutations, the same for the same seed.
+local function mutant(seed)
+  math.randomseed(seed)
+  local r = math.random
+  local s = TEMPLATES[r(#TEMPLATES)]
+  for _ = 1, r(4) do
+    local at = r(#s)
+    local m = r(7)
+    if m == 1 then       -- flip a byte
+      s = s:sub(1, at - 1) .. string.char(r(0, 255)) .. s:sub(at + 1)
+    elseif m == 2 then   -- cut
+      s = s:sub(1, at)
+    elseif m == 3 then   -- drop a range
+      s = s:sub(1, at - 1) .. s:sub(at + r(16))
+    elseif m == 4 then   -- insert random bytes
+      local junk = {}
+      for i = 1, r(32) do junk[i] = string.char(r(0, 255)) end
+      s = s:sub(1, at) .. table.concat(junk) .. s:sub(at + 1)
+    elseif m == 5 then   -- a number made huge or negative
+      s = s:gsub("%d+", ({ "99999999999999999999", "-1", "0", "ffffffff" })[r(4)], 1)
+    elseif m == 6 then   -- a segment repeated
+      s = s:sub(1, at) .. s:sub(at, at + r(64)):rep(r(50)) .. s:sub(at + 1)
+    else                 -- a line break lost or doubled
+      s = s:gsub("\r\n", ({ "\n", "\r\n\r\n", "\r", "" })[r(4)], 1)
+    end
+  end
+  return s
+end
+_M.mutant = mutant
+
+local KINDS = { connect = true, resolve = true, timeout = true, reset = true, tls = true,
+                too_large = true, other = true }
+
+-- /fuzz?from=A&to=B: the transport against mutants A..B; answers the ones whose outcome broke
+-- the contract (a raise, or a result or error of the wrong shape) and a tally of outcomes.
+function _M.fuzz()
+  local base = "http://127.0.0.1:" .. ngx.var.arg_port .. "/fixture/mutant?seed="
+  local bad, tally = {}, {}
+  for seed = tonumber(ngx.var.arg_from), tonumber(ngx.var.arg_to) do
+    local ok, res, err, kind = pcall(_M.sdk.transport.request, _M.sdk.transport,
+      { method = "GET", url = base .. seed, timeout = 2, max_body = 4096 })
+    local outcome
+    if not ok then
+      outcome = "raised: " .. tostring(res)
+    elseif res then
+      if type(res.status) ~= "number" or type(res.body) ~= "string" or type(res.headers) ~= "table" then
+        outcome = "bad result"
+      else
+        outcome = "status " .. res.status
+      end
+    elseif type(err) ~= "string" or not KINDS[kind] then
+      outcome = "bad error: " .. tostring(err) .. " / " .. tostring(kind)
+    else
+      outcome = "error " .. kind
+    end
+    tally[outcome:match("^%a+ ?%w*")] = (tally[outcome:match("^%a+ ?%w*")] or 0) + 1
+    if outcome:match("^raised") or outcome:match("^bad") then
+      bad[#bad + 1] = { seed = seed, outcome = outcome }
+    end
+  end
+  return _M.reply(200, { bad = bad, tally = tally })
+end
+
 function _M.fixture()
   local what = ngx.var.uri:match("^/fixture/(.*)$")
   local args = ngx.req.get_uri_args()
-  if what == "raw" then
+  if what == "mutant" then
+    local sock = assert(ngx.req.socket(true))
+    sock:send(mutant(tonumber(args.seed)))
+    return
+  elseif what == "raw" then
     local sock = assert(ngx.req.socket(true))
     sock:send(RAW[args.case] or "HTTP/1.1 500 x\r\ncontent-length: 0\r\n\r\n")
     return
