@@ -59,6 +59,14 @@ describe("the ngx transport #nginx", function()
         location = /bigfile { content_by_lua_block { require("ngx_app").bigfile() } }
         location = /iterate { content_by_lua_block { require("ngx_app").iterate() } }
         location = /fuzz { content_by_lua_block { require("ngx_app").fuzz() } }
+        location = /curl_login { content_by_lua_block {
+          local app = require "ngx_app"
+          local sdk = assert(require("digime").init{ application_id = app.sdk.config.application_id,
+            base_url = app.urls.base_url, onboard_url = app.urls.onboard_url, transport = "curl" })
+          local token, err = app.login(sdk)
+          app.reply(200, { ok = token ~= nil, transport = sdk.transport == app.sdk.transport,
+                           error = token == nil and app.error_view(err) or nil })
+        } }
         location = /login { content_by_lua_block {
           local app = require "ngx_app"
           local token, err = app.login()
@@ -157,6 +165,12 @@ describe("the ngx transport #nginx", function()
       assert.matches('"log" phase', r.log, 1, true)
       -- nothing was sent: the calls stopped before any request
       assert.is_nil(n:error_log():match("lua entry thread aborted"))
+    end)
+
+    it("uses the blocking curl transport when init asks for it", function()
+      local status, doc = get_json(n, "/curl_login")
+      assert.equal(200, status)
+      assert.is_true(doc.ok, cjson.encode(doc))
     end)
 
     it("works in a timer started from a handler", function()
