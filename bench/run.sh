@@ -33,3 +33,5 @@ for what in "library --generate 500:4k:mixed" "big --big-file 512m"; do
   kill $pid; wait $pid 2>/dev/null || true
   rm -f "$dir/out2"
 done
+echo "== inside nginx (one worker, ngx transport)"
+lua5.4 bench/ngx.lua 30

@@ -150,6 +150,40 @@ function _M.small()
   return _M.reply(200, { ok = true })
 end
 
+-- Benchmarks (bench/ngx.lua) ----------------------------------------------------------------
+
+-- /bench/auth?n=N: N logins in a row; their times in ms, sorted.
+function _M.bench_auth()
+  local times = {}
+  _M.login()   -- warm-up: JWKS cached, pools filled
+  for i = 1, tonumber(ngx.var.arg_n) or 30 do
+    ngx.update_time()
+    local t0 = ngx.now()
+    local token, err = _M.login()
+    if not token then return _M.reply(500, { error = error_view(err) }) end
+    ngx.update_time()
+    times[i] = (ngx.now() - t0) * 1000
+  end
+  table.sort(times)
+  return _M.reply(200, { times = times })
+end
+
+-- /bench/read?file=NAME: one file through the decryptor into a byte-counting sink.
+function _M.bench_read()
+  local token, err = _M.login()
+  if not token then return _M.reply(500, { error = error_view(err) }) end
+  local key = _M.session_key(token)
+  local bytes = 0
+  ngx.update_time()
+  local t0 = ngx.now()
+  local res, rerr = _M.sdk:read_file{ contract = _M.contract, user_access_token = token,
+    session_key = key, file_name = ngx.var.arg_file,
+    sink = function(chunk) if chunk then bytes = bytes + #chunk end return true end }
+  ngx.update_time()
+  if not res then return _M.reply(500, { error = error_view(rerr) }) end
+  return _M.reply(200, { bytes = bytes, seconds = ngx.now() - t0, rss_kib = rss_kib() })
+end
+
 -- Transport checks -----------------------------------------------------------------------
 
 -- GET/POST through the SDK's transport; JSON { status, body, headers, err, kind, ... }.
