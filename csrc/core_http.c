@@ -31,13 +31,13 @@ struct request_ud {
 enum {
     O_METHOD, O_URL, O_HEADERS, O_BODY, O_TIMEOUT, O_CONNECT_TIMEOUT, O_VERIFY, O_CAFILE,
     O_CAPATH, O_PROXY, O_NO_PROXY, O_HTTP2, O_MAX_BODY, O_MAX_HEADERS, O_FOLLOW, O_PIPELINE,
-    O_MAX_BUFFERED, O_FRESH_CONNECT, O_COUNT
+    O_MAX_BUFFERED, O_FRESH_CONNECT, O_BODY_STREAM, O_BODY_LENGTH, O_BODY_BUFFER, O_COUNT
 };
 
 static const char *const option_names[O_COUNT] = {
     "method", "url", "headers", "body", "timeout", "connect_timeout", "verify", "cafile",
     "capath", "proxy", "no_proxy", "http2", "max_body", "max_headers", "follow", "pipeline",
-    "max_buffered", "fresh_connect"
+    "max_buffered", "fresh_connect", "body_stream", "body_length", "body_buffer"
 };
 
 static int option_error(lua_State *L, int opt, const char *what)
@@ -223,6 +223,24 @@ static void read_options(lua_State *L, int base, struct http_options *o)
         option_error(L, O_MAX_BUFFERED, "needs a pipeline");
     if (!lua_isnil(L, base + O_HEADERS) && !lua_istable(L, base + O_HEADERS))
         option_error(L, O_HEADERS, "must be a table");
+    o->body_stream = opt_bool(L, base, O_BODY_STREAM, 0);
+    if (o->body_stream && o->body != NULL)
+        option_error(L, O_BODY, "cannot be given with body_stream");
+    if (!lua_isnil(L, base + O_BODY_LENGTH)) {
+        size_t n = opt_size(L, base, O_BODY_LENGTH, 0);
+        if (!o->body_stream)
+            option_error(L, O_BODY_LENGTH, "needs body_stream");
+        if (n > ((size_t)1 << 53) - 1 || (unsigned long long)n > (unsigned long long)LLONG_MAX)
+            option_error(L, O_BODY_LENGTH, "is too large");
+        o->body_length = (long long)n;
+    }
+    if (!lua_isnil(L, base + O_BODY_BUFFER)) {
+        o->body_buffer = opt_size(L, base, O_BODY_BUFFER, o->body_buffer);
+        if (!o->body_stream)
+            option_error(L, O_BODY_BUFFER, "needs body_stream");
+        if (o->body_buffer == 0 || o->body_buffer > (size_t)1 << 30)
+            option_error(L, O_BODY_BUFFER, "must be between 1 and 2^30 bytes");
+    }
 }
 
 /* ---- headers: a map {name = value} or an array of "Name: value" ---- */
@@ -601,9 +619,13 @@ static int l_request_headers(lua_State *L)
     return 2;
 }
 
-/* req:progress() -> bytes of plaintext waiting for read(), and whether the response headers
- * are in (or the request is done). A reader waits until one of them says there is work, so it
- * neither spins nor sleeps on a transfer that paused for it. */
+/* req:progress() -> ready, headers_in, room. ready: bytes the caller can move now, that is
+ * the plaintext waiting for read() plus, for a streamed body, the room in its send buffer once
+ * libcurl has asked for the body and enough is free (http_request_body_ready); headers_in:
+ * whether the response headers are in (or the request is done); room: the free bytes of the
+ * send buffer right now (0 without an open streamed body). A reader or writer waits until
+ * ready or headers_in says there is work, so it neither spins nor sleeps on a transfer that
+ * paused for it. */
 static int l_request_progress(lua_State *L)
 {
     struct request_ud *u = check_request_ud(L);
@@ -613,9 +635,74 @@ static int l_request_progress(lua_State *L)
 
     if (u->pipe != NULL && http_request_piped(r))
         buffered = dm_pipeline_buffered(u->pipe);
+    buffered += http_request_body_ready(r);
     lua_pushinteger(L, (lua_Integer)buffered);
     lua_pushboolean(L, http_request_done(r) || http_request_peek_headers(r, &status));
-    return 2;
+    lua_pushinteger(L, (lua_Integer)http_request_body_room(r));
+    return 3;
+}
+
+/* Why no more body can be written: the request's failure, or "ended" when it finished with an
+ * answer (a server that answered before taking the whole body; result() gives it). */
+static int push_body_closed(lua_State *L, http_request *r)
+{
+    if (http_request_kind(r) == HTTP_OK) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the request ended before its body was all sent");
+        lua_pushliteral(L, "ended");
+        return 3;
+    }
+    return push_failure(L, r);
+}
+
+static http_request *check_streamed(lua_State *L)
+{
+    http_request *r = check_request(L);
+
+    if (!http_request_has_body_stream(r))
+        luaL_error(L, "http request has no streamed body (body_stream)");
+    else if (!http_request_done(r) && !http_request_body_open(r))
+        luaL_error(L, "the streamed body is already finished");
+    return r;
+}
+
+/* req:finish_body() -> true, or nil, message, kind (as write). */
+static int l_request_finish_body(lua_State *L)
+{
+    http_request *r = check_streamed(L);
+
+    if (http_request_done(r) || http_request_finish_body(r) != 0)
+        return push_body_closed(L, r);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* req:write(data [, i]) -> bytes taken from data (from byte i on), false when the send buffer
+ * is full, or nil, message, kind when no more body can go. req:write(nil) is finish_body(). */
+static int l_request_write(lua_State *L)
+{
+    http_request *r;
+    const char *p;
+    size_t len, taken;
+    lua_Integer i;
+
+    if (lua_isnoneornil(L, 2))
+        return l_request_finish_body(L);
+    r = check_streamed(L);
+    luaL_checktype(L, 2, LUA_TSTRING);
+    p = lua_tolstring(L, 2, &len);
+    i = luaL_optinteger(L, 3, 1);
+    luaL_argcheck(L, i >= 1 && (unsigned long long)(i - 1) <= (unsigned long long)len, 3,
+                  "start out of range");
+    if (http_request_done(r))
+        return push_body_closed(L, r);
+    if (http_request_write(r, p + (i - 1), len - (size_t)(i - 1), &taken) != 0)
+        return push_body_closed(L, r);
+    if (taken == 0 && (size_t)(i - 1) < len)
+        lua_pushboolean(L, 0);
+    else
+        lua_pushinteger(L, (lua_Integer)taken);
+    return 1;
 }
 
 static int l_request_gc(lua_State *L)
@@ -675,6 +762,8 @@ static const luaL_Reg request_methods[] = {
     { "read", l_request_read },
     { "headers", l_request_headers },
     { "progress", l_request_progress },
+    { "write", l_request_write },
+    { "finish_body", l_request_finish_body },
     { NULL, NULL }
 };
 

@@ -22,7 +22,8 @@ enum req_state {
 };
 
 /* Why a callback stopped the transfer (libcurl then reports CURLE_WRITE_ERROR). */
-enum abort_reason { ABORT_NONE, ABORT_BODY, ABORT_HEADERS, ABORT_NOMEM, ABORT_SINK };
+enum abort_reason { ABORT_NONE, ABORT_BODY, ABORT_HEADERS, ABORT_NOMEM, ABORT_SINK,
+                   ABORT_ANSWERED /* a complete answer ended an HTTP/2 upload early */ };
 
 /* Where the current response's body goes: decided at its first byte (or at the end). */
 enum route { ROUTE_UNDECIDED, ROUTE_BUFFER, ROUTE_SINK };
@@ -33,6 +34,12 @@ enum sink_state { SINK_OPEN, SINK_FINISHING, SINK_DONE, SINK_FAILED };
 struct buf {
     char *data;
     size_t len, cap;
+};
+
+/* The send buffer of a streamed body: a ring of cap bytes, len of them from head on. */
+struct ring {
+    char *data;
+    size_t cap, head, len;
 };
 
 /* A header line as received: offsets into the request's raw header bytes. */
@@ -59,6 +66,8 @@ struct http_request {
     http_engine *engine;
     http_request *prev, *next;  /* in the engine's running or finished list */
     int has_body, has_content_type;
+    long long body_size;        /* a string body's length */
+    unsigned long long resp_bytes;  /* body bytes of the current response taken so far */
     size_t max_body, max_headers, header_bytes;
     int headers_done;           /* the blank line ending the last response's headers came */
     enum abort_reason aborted;
@@ -71,6 +80,14 @@ struct http_request {
     int streaming;              /* pause while max_buffered bytes of output wait */
     int paused;                 /* the write callback returned CURL_WRITEFUNC_PAUSE */
     int backlog;                /* the sink holds work back */
+    /* a streamed request body */
+    int body_stream;
+    int body_ended;             /* the writer said the body is complete */
+    int body_asked;             /* libcurl has called the read callback */
+    int send_paused;            /* the read callback returned CURL_READFUNC_PAUSE */
+    long long body_length;      /* -1: unknown */
+    unsigned long long body_written, body_taken;  /* bytes in from the writer, out to libcurl */
+    struct ring send;
     /* the response */
     struct buf body;
     struct buf raw_bytes;
@@ -121,6 +138,7 @@ const char *http_kind_name(enum http_kind kind)
     case HTTP_TOO_LARGE: return "too_large";
     case HTTP_CANCELLED: return "cancelled";
     case HTTP_DECRYPT: return "decrypt";
+    case HTTP_BODY: return "body";
     case HTTP_OTHER: break;
     }
     return "other";
@@ -235,13 +253,26 @@ static void free_request_headers(http_request *r)
     r->headers = NULL;
 }
 
-/* Ends the transfer side of a request: the easy handle and its request headers. */
+/* A streamed body may be personal data: wiped before it goes back to the allocator. */
+static void free_send_buffer(http_request *r)
+{
+    if (r->send.data != NULL) {
+        OPENSSL_cleanse(r->send.data, r->send.cap);
+        free(r->send.data);
+    }
+    r->send.data = NULL;
+    r->send.cap = r->send.head = r->send.len = 0;
+}
+
+/* Ends the transfer side of a request: the easy handle, its request headers and the send
+ * buffer of a streamed body. */
 static void release_transfer(http_request *r)
 {
     if (r->easy != NULL && owned(r->pid))
         curl_easy_cleanup(r->easy);
     r->easy = NULL;
     free_request_headers(r);
+    free_send_buffer(r);
 }
 
 static void free_raw_headers(http_request *r)
@@ -326,28 +357,120 @@ static size_t sink_body(http_request *r, const char *p, size_t len)
     return len;
 }
 
+/* Over HTTP/2, libcurl 7.88 keeps a transfer open after the server's complete answer while
+ * the request body is not all sent, waiting for flow-control window the server will never
+ * give (curl issues 10433 and 15316, fixed in later releases): an early error answer (401,
+ * 413) would hang until the timeout. So once the final answer is complete by its
+ * content-length and the upload is not, the transfer ends here with that answer. HTTP/1.1
+ * needs none of this: libcurl stops sending on an error answer by itself. */
+static int answered_early(http_request *r)
+{
+    long version = 0, status = 0;
+    curl_off_t length = -1, sent = 0;
+    long long total;
+
+    if (!r->has_body || !r->headers_done || r->easy == NULL)
+        return 0;
+    if (curl_easy_getinfo(r->easy, CURLINFO_HTTP_VERSION, &version) != CURLE_OK
+        || version != CURL_HTTP_VERSION_2_0
+        || curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK || status < 200
+        || curl_easy_getinfo(r->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) != CURLE_OK)
+        return 0;
+    if (status == 204 || status == 304)
+        length = 0;  /* never a body */
+    if (length < 0 || r->resp_bytes < (unsigned long long)length)
+        return 0;
+    if (r->body_stream)
+        total = r->body_length >= 0 ? r->body_length
+              : r->body_ended ? (long long)r->body_written : -1;
+    else
+        total = r->body_size;
+    if (curl_easy_getinfo(r->easy, CURLINFO_SIZE_UPLOAD_T, &sent) != CURLE_OK)
+        return 0;
+    if (total >= 0 && sent >= total)
+        return 0;  /* the upload is done: libcurl ends the transfer itself */
+    r->aborted = ABORT_ANSWERED;
+    return 1;
+}
+
 static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
     http_request *r = ud;
-    size_t len = size * n;
+    size_t len = size * n, taken;
 
     if (r->route == ROUTE_UNDECIDED && decide_route(r) != 0) {
         r->aborted = ABORT_SINK;
         return 0;
     }
-    if (r->route == ROUTE_SINK)
-        return sink_body(r, p, len);
-    if (len > r->max_body - r->body.len) {
-        r->aborted = ABORT_BODY;
-        return 0;
+    if (r->route == ROUTE_SINK) {
+        taken = sink_body(r, p, len);
+    } else {
+        if (len > r->max_body - r->body.len) {
+            r->aborted = ABORT_BODY;
+            return 0;
+        }
+        if (buf_reserve(&r->body, len, r->max_body) != 0) {
+            r->aborted = ABORT_NOMEM;
+            return 0;
+        }
+        memcpy(r->body.data + r->body.len, p, len);
+        r->body.len += len;
+        taken = len;
     }
-    if (buf_reserve(&r->body, len, r->max_body) != 0) {
-        r->aborted = ABORT_NOMEM;
-        return 0;
+    if (taken == len && len > 0) {
+        r->resp_bytes += len;
+        if (answered_early(r))
+            return 0;  /* the chunk is kept: complete() takes the answer as it is */
     }
-    memcpy(r->body.data + r->body.len, p, len);
-    r->body.len += len;
-    return len;
+    return taken;
+}
+
+/* Tells libcurl which directions stay paused: receiving while the sink waits for its
+ * consumer, sending while a streamed body waits for its writer. */
+static void update_pause(http_request *r)
+{
+    if (r->state == REQ_RUNNING && r->easy != NULL && owned(r->pid))
+        curl_easy_pause(r->easy, (r->paused ? CURLPAUSE_RECV : 0)
+                                 | (r->send_paused ? CURLPAUSE_SEND : 0));
+}
+
+/* libcurl wants body bytes: from the send buffer; none there, the upload pauses until the
+ * writer adds some or ends the body. */
+static size_t on_read(char *p, size_t size, size_t n, void *ud)
+{
+    http_request *r = ud;
+    size_t want = size * n, k, first;
+    struct ring *b = &r->send;
+
+    r->body_asked = 1;
+    if (r->body_length >= 0 && r->body_taken >= (unsigned long long)r->body_length)
+        return 0;  /* all of it went: libcurl does not ask again, but never hang if it does */
+    if (b->len == 0) {
+        if (r->body_ended)
+            return 0;
+        r->send_paused = 1;
+        return CURL_READFUNC_PAUSE;
+    }
+    k = want < b->len ? want : b->len;
+    first = b->cap - b->head < k ? b->cap - b->head : k;
+    memcpy(p, b->data + b->head, first);
+    memcpy(p + first, b->data, k - first);
+    b->head = (b->head + k) % b->cap;
+    b->len -= k;
+    if (b->len == 0)
+        b->head = 0;
+    r->body_taken += k;
+    return k;
+}
+
+/* libcurl rewinds a body it must send again (a redirect, a resend on a new connection).
+ * Only a body none of which has been taken yet can start again: the rest is gone. */
+static int on_seek(void *ud, curl_off_t offset, int origin)
+{
+    http_request *r = ud;
+
+    return offset == 0 && origin == SEEK_SET && r->body_taken == 0 ? CURL_SEEKFUNC_OK
+                                                                   : CURL_SEEKFUNC_CANTSEEK;
 }
 
 static int is_space(char c)
@@ -441,13 +564,16 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
         r->raw_bytes.len = 0;
         r->headers_done = 0;
         r->route = ROUTE_UNDECIDED;
+        r->resp_bytes = 0;
         return len;
     }
     while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n'))
         len--;
-    if (len == 0)
+    if (len == 0) {
         r->headers_done = 1;
-    else if (add_header_line(r, p, len) != 0) {
+        if (answered_early(r))  /* an answer without a body (content-length: 0) */
+            return 0;
+    } else if (add_header_line(r, p, len) != 0) {
         r->aborted = ABORT_NOMEM;
         return 0;
     }
@@ -560,6 +686,8 @@ static void complete(http_request *r, CURLcode rc)
 {
     long version = 0;
 
+    if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_ANSWERED)
+        rc = CURLE_OK;  /* the answer is complete: see answered_early */
     if (rc == CURLE_OK) {
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
         /* libcurl 7.88 takes a connection closed in the middle of the headers for a
@@ -732,6 +860,8 @@ void http_options_init(struct http_options *o)
     o->max_body = HTTP_DEFAULT_MAX_BODY;
     o->max_headers = HTTP_DEFAULT_MAX_HEADERS;
     o->max_buffered = HTTP_DEFAULT_MAX_BUFFERED;
+    o->body_length = -1;
+    o->body_buffer = HTTP_DEFAULT_BODY_BUFFER;
 }
 
 /* An HTTP method is a token (RFC 9110 5.6.2). */
@@ -763,12 +893,26 @@ static CURLcode set_method(http_request *r, const struct http_options *o)
         SETOPT(CURLOPT_NOBODY, 1L);
         return CURLE_OK;
     }
+    if (o->body_stream) {
+        /* the read callback feeds it; an unknown length (-1) goes chunked over HTTP/1.1 */
+        SETOPT(CURLOPT_POST, 1L);
+        SETOPT(CURLOPT_READFUNCTION, on_read);
+        SETOPT(CURLOPT_READDATA, r);
+        SETOPT(CURLOPT_SEEKFUNCTION, on_seek);
+        SETOPT(CURLOPT_SEEKDATA, r);
+        SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(o->body_length >= 0 ? o->body_length : -1));
+        r->has_body = 1;
+        if (!is_post)
+            SETOPT(CURLOPT_CUSTOMREQUEST, m);
+        return CURLE_OK;
+    }
     /* POST, PUT and PATCH without a body still say "content-length: 0" (servers may
      * answer 411 otherwise); other methods without a body send none. */
     if (o->body != NULL || is_post || strcmp(m, "PUT") == 0 || strcmp(m, "PATCH") == 0) {
         /* the size first: COPYPOSTFIELDS then copies that many bytes, NULs included */
         SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(o->body ? o->body_len : 0));
         SETOPT(CURLOPT_COPYPOSTFIELDS, o->body ? o->body : "");
+        r->body_size = o->body ? (long long)o->body_len : 0;
         r->has_body = 1;
         if (!is_post)
             SETOPT(CURLOPT_CUSTOMREQUEST, m);
@@ -800,6 +944,18 @@ http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLE
         set_err(err, "a HEAD request has no body to pipe");
         return NULL;
     }
+    if (o->body_stream && (strcmp(o->method, "HEAD") == 0 || strcmp(o->method, "GET") == 0)) {
+        set_err(err, "a GET or HEAD request cannot stream a body");
+        return NULL;
+    }
+    if (o->body_stream && o->body != NULL) {
+        set_err(err, "a body and a streamed body together");
+        return NULL;
+    }
+    if (o->body_stream && o->body_length < -1) {
+        set_err(err, "invalid body_length");
+        return NULL;
+    }
     r = calloc(1, sizeof *r);
     if (r == NULL || (r->easy = curl_easy_init()) == NULL
         || (r->headers = curl_slist_append(NULL, "Expect:")) == NULL) {
@@ -818,6 +974,18 @@ http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLE
         r->sink = *o->sink;
         r->max_buffered = o->max_buffered > 0 ? o->max_buffered : HTTP_DEFAULT_MAX_BUFFERED;
         r->streaming = o->stream;
+    }
+    if (o->body_stream) {
+        r->body_stream = 1;
+        r->body_length = o->body_length;
+        r->send.cap = o->body_buffer > 0 ? o->body_buffer : HTTP_DEFAULT_BODY_BUFFER;
+        r->send.data = malloc(r->send.cap);
+        if (r->send.data == NULL) {
+            r->send.cap = 0;
+            set_err(err, "out of memory");
+            http_request_free(r);
+            return NULL;
+        }
     }
 
     SETOPT(CURLOPT_PRIVATE, (char *)r);
@@ -1092,9 +1260,114 @@ int http_request_pump(http_request *r, int all)
         && owned(r->pid)) {
         r->paused = 0;
         /* may call on_body at once with the chunk it held; that can pause again */
-        curl_easy_pause(r->easy, CURLPAUSE_CONT);
+        update_pause(r);
     }
     return r->aborted == ABORT_SINK ? -1 : 0;
+}
+
+/* ---- streamed request bodies ---- */
+
+/* Ends a request whose streamed body broke its contract, at once: out of the multi handle and
+ * onto the engine's finished list, reported by http_engine_next_finished as any other. */
+static void fail_body(http_request *r, const char *msg)
+{
+    http_engine *e = r->engine;
+
+    r->kind = HTTP_BODY;
+    snprintf(r->message, sizeof r->message, "%s", msg);
+    if (r->state == REQ_RUNNING) {
+        if (owned(e->pid))
+            curl_multi_remove_handle(e->multi, r->easy);
+        list_unlink(&e->running, r);
+        r->state = REQ_FINISHED;
+        list_push(&e->finished, r);
+    } else {
+        r->state = REQ_DONE;
+    }
+    release_transfer(r);
+    http_request_drop_response(r);
+}
+
+int http_request_has_body_stream(const http_request *r)
+{
+    return r->body_stream;
+}
+
+int http_request_body_open(const http_request *r)
+{
+    return r->body_stream && !r->body_ended;
+}
+
+int http_request_write(http_request *r, const char *p, size_t n, size_t *taken)
+{
+    struct ring *b = &r->send;
+    size_t k, tail, first;
+    char msg[HTTP_ERRLEN];
+
+    *taken = 0;
+    if (http_request_done(r))
+        return -1;
+    if (r->body_length >= 0 && n > (unsigned long long)r->body_length - r->body_written) {
+        snprintf(msg, sizeof msg, "the streamed body is longer than its body_length (%lld bytes)",
+                 r->body_length);
+        fail_body(r, msg);
+        return -1;
+    }
+    k = b->cap - b->len < n ? b->cap - b->len : n;
+    if (k == 0)
+        return 0;
+    tail = (b->head + b->len) % b->cap;
+    first = b->cap - tail < k ? b->cap - tail : k;
+    memcpy(b->data + tail, p, first);
+    memcpy(b->data, p + first, k - first);
+    b->len += k;
+    r->body_written += k;
+    *taken = k;
+    if (r->send_paused) {
+        r->send_paused = 0;
+        update_pause(r);
+    }
+    return 0;
+}
+
+int http_request_finish_body(http_request *r)
+{
+    char msg[HTTP_ERRLEN];
+
+    if (http_request_done(r))
+        return -1;
+    if (r->body_length >= 0 && r->body_written < (unsigned long long)r->body_length) {
+        snprintf(msg, sizeof msg, "the streamed body ended after %llu of its %lld bytes (body_length)",
+                 r->body_written, r->body_length);
+        fail_body(r, msg);
+        return -1;
+    }
+    r->body_ended = 1;
+    if (r->send_paused) {
+        r->send_paused = 0;
+        update_pause(r);
+    }
+    return 0;
+}
+
+size_t http_request_body_room(const http_request *r)
+{
+    if (!http_request_body_open(r) || http_request_done(r))
+        return 0;
+    return r->send.cap - r->send.len;
+}
+
+size_t http_request_body_ready(const http_request *r)
+{
+    size_t room = http_request_body_room(r);
+
+    if (!r->body_asked || room == 0)
+        return 0;
+    if (room >= r->send.cap / 4)
+        return room;
+    if (r->body_length >= 0 && room >= (unsigned long long)r->body_length - r->body_written)
+        return room;
+    return 0;
 }
 
 #ifdef DIGIME_FUZZ

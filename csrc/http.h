@@ -18,6 +18,7 @@
 #define HTTP_DEFAULT_MAX_BODY           ((size_t)64 * 1024 * 1024)
 #define HTTP_DEFAULT_MAX_HEADERS        ((size_t)256 * 1024)
 #define HTTP_DEFAULT_MAX_BUFFERED       ((size_t)1024 * 1024)
+#define HTTP_DEFAULT_BODY_BUFFER        ((size_t)1024 * 1024)
 #define HTTP_ERRLEN                     256
 
 typedef struct http_engine http_engine;
@@ -34,6 +35,8 @@ enum http_kind {
     HTTP_TOO_LARGE, /* max_body or max_headers exceeded */
     HTTP_CANCELLED,
     HTTP_DECRYPT,   /* the sink refused the body (a file that does not decrypt or inflate) */
+    HTTP_BODY,      /* a streamed request body broke its contract (shorter or longer than
+                     * body_length) */
     HTTP_OTHER
 };
 
@@ -58,6 +61,11 @@ struct http_options {
     const char *url;
     const char *body;          /* NULL: no body */
     size_t body_len;
+    int body_stream;           /* the body is written while the transfer runs (http_request_write);
+                                * not with body, nor for GET or HEAD */
+    long long body_length;     /* with body_stream: its exact length (content-length), or -1:
+                                * unknown (chunked over HTTP/1.1) */
+    size_t body_buffer;        /* with body_stream: bytes of body held in C at most */
     long timeout_ms;           /* whole transfer; 0 = none */
     long connect_timeout_ms;   /* 0 = libcurl's default */
     int verify;                /* TLS peer and host name verification */
@@ -133,6 +141,29 @@ int http_request_piped(const http_request *r);
  * output. The first call with all = 0 turns pausing on. Returns 0, or -1 when the request
  * has failed (kind and message then say why, also while it is still running). */
 int http_request_pump(http_request *r, int all);
+
+/* Streamed request bodies (body_stream). The body goes through a bounded buffer of
+ * body_buffer bytes that libcurl's read callback drains; when it finds the buffer empty and
+ * the body not ended, the upload pauses (CURL_READFUNC_PAUSE) until the next write or finish.
+ * Nothing here calls out of C: the writer learns of room through http_request_body_ready.
+ *
+ * write: copies up to n bytes and sets *taken (0 when the buffer is full). Returns 0, or -1
+ *   when no more body can go: the request has ended (kind and message say how; HTTP_OK when
+ *   the server answered before taking the whole body), or these bytes would pass body_length,
+ *   which ends the request at once with HTTP_BODY (it is then reported finished).
+ * finish: the body is complete. Returns 0, or -1 as write; a body shorter than body_length
+ *   ends the request with HTTP_BODY.
+ * Both need body_stream and a body not yet finished (the caller checks: http_request_body_open). */
+int http_request_write(http_request *r, const char *p, size_t n, size_t *taken);
+int http_request_finish_body(http_request *r);
+int http_request_has_body_stream(const http_request *r);
+int http_request_body_open(const http_request *r);   /* body_stream and not yet finished */
+/* Free bytes in the send buffer while the body is open and the request not done; else 0. */
+size_t http_request_body_room(const http_request *r);
+/* What a writer waiting for room needs: the room, once libcurl has asked for the body at least
+ * once (a request that never reaches the server never asks) and at least a quarter of the
+ * buffer, or all that body_length still lacks, is free; else 0. */
+size_t http_request_body_ready(const http_request *r);
 
 #ifdef DIGIME_FUZZ
 /* Test hooks for csrc/fuzz/fuzz_http_headers.c, compiled only with -DDIGIME_FUZZ (never into

@@ -12,10 +12,12 @@ local function now() return socket.gettime() end
 -- Under valgrind or ASan (scripts/run-specs.sh) time bounds stretch.
 local SLOW = os.getenv("DIGIME_SANITIZED") and 5 or 1
 
--- Starts tiny_server.lua in the background; returns its pid, port and output file.
-local function start_server(dir, name, args)
+-- Starts tiny_server.lua (or another server script) in the background; returns its pid, port
+-- and output file.
+local function start_server(dir, name, args, script)
   local out = dir .. "/" .. name .. ".out"
-  local inner = ("exec lua5.4 spec/support/tiny_server.lua %s >%s 2>&1"):format(args or "", q(out))
+  local inner = ("exec lua5.4 %s %s >%s 2>&1"):format(q(script or "spec/support/tiny_server.lua"),
+                                                      args or "", q(out))
   local p = assert(io.popen("sh -c " .. q(inner) .. " & echo $!"))
   local pid = assert(tonumber(p:read("*l")), "no pid")
   p:close()
@@ -70,6 +72,210 @@ local function fetch(engine, t)
   local r = engine:add(opts(t))
   drive(engine, { r })
   return r:result()
+end
+
+-- A loopback server for streamed request bodies, written out and run like tiny_server.lua
+-- (tiny_server reads content-length bodies only, and always whole).
+local BODY_SERVER = [==[
+-- A loopback server for streamed request bodies (HTTP/1.1, one coroutine per connection).
+-- Prints its port, then serves until killed or its ttl (60 s) runs out.
+--   POST /echo[?delay_ms=N&piece=K]   reads the body (content-length or chunked; K bytes at a
+--        time, N ms apart), answers 200 with it and x-size, x-chunked, x-content-length
+--   POST /early?code=N   answers N at once (connection: close) without reading the body,
+--        then drains what comes until the client closes
+--   POST /cut?after=N    reads N bytes of the body, then closes without an answer
+local socket = require "socket"
+local ttl = tonumber(arg[1]) or 60
+local server = assert(socket.bind("127.0.0.1", 0))
+server:settimeout(0)
+io.stdout:write(select(2, server:getsockname()), "\n")
+io.stdout:flush()
+
+local function wait(err, conn)
+  if err == "timeout" then coroutine.yield("r", conn) else error({ closed = err }) end
+end
+local function receive(conn, pattern)
+  local partial = ""
+  while true do
+    local data, err, part = conn:receive(pattern, partial)
+    if data then return data end
+    partial = part or ""
+    wait(err, conn)
+  end
+end
+local function send(conn, data)
+  local i = 1
+  while i <= #data do
+    local last, err, lastpart = conn:send(data, i)
+    if last then return end
+    i = (lastpart or i - 1) + 1
+    if err ~= "timeout" then error({ closed = err }) end
+    coroutine.yield("w", conn)
+  end
+end
+local function sleep(s) coroutine.yield("sleep", socket.gettime() + s) end
+
+-- The body, piece by piece: calls each(piece) until its end.
+local function read_body(conn, req, piece, each)
+  if req.headers["transfer-encoding"] == "chunked" then
+    while true do
+      local size = tonumber(receive(conn, "*l"):match("^%x+"), 16)
+      if size == 0 then
+        while receive(conn, "*l") ~= "" do end
+        return
+      end
+      while size > 0 do
+        local n = math.min(size, piece)
+        each(receive(conn, n))
+        size = size - n
+      end
+      receive(conn, "*l")
+    end
+  end
+  local left = tonumber(req.headers["content-length"] or 0)
+  while left > 0 do
+    local n = math.min(left, piece)
+    each(receive(conn, n))
+    left = left - n
+  end
+end
+
+local function answer(conn, status, headers, body)
+  local lines = { ("HTTP/1.1 %d X\r\n"):format(status) }
+  for k, v in pairs(headers) do lines[#lines + 1] = k .. ": " .. v .. "\r\n" end
+  lines[#lines + 1] = "Content-Length: " .. #body .. "\r\n\r\n" .. body
+  send(conn, table.concat(lines))
+end
+
+local function handle(conn)
+  conn:settimeout(0)
+  while true do
+    local line = receive(conn, "*l")
+    local method, path = line:match("^(%S+) (%S+) HTTP/1%.%d$")
+    local req = { method = method, path = path, headers = {}, query = {} }
+    for k, v in (path:match("%?(.*)") or ""):gmatch("([^&=]+)=([^&]*)") do req.query[k] = tonumber(v) or v end
+    while true do
+      local h = receive(conn, "*l")
+      if h == "" then break end
+      local name, value = h:match("^([^:]+):%s*(.-)%s*$")
+      req.headers[name:lower()] = value
+    end
+    local route = path:match("^/(%w+)")
+    if route == "early" then
+      answer(conn, req.query.code or 413, { Connection = "close" }, "refused early")
+      pcall(read_body, conn, req, 65536, function() end)
+      return
+    elseif route == "cut" then
+      local got = 0
+      pcall(read_body, conn, req, 1, function(p)
+        got = got + #p
+        if got >= req.query.after then error({ closed = "cut" }) end
+      end)
+      return
+    else
+      local parts, size = {}, 0
+      read_body(conn, req, req.query.piece or 65536, function(p)
+        parts[#parts + 1] = p
+        size = size + #p
+        if req.query.delay_ms then sleep(req.query.delay_ms / 1000) end
+      end)
+      answer(conn, 200, { ["X-Size"] = size, ["X-Chunked"] = tostring(req.headers["transfer-encoding"] == "chunked"),
+        ["X-Content-Length"] = req.headers["content-length"] or "none", ["X-Method"] = method },
+        table.concat(parts))
+    end
+  end
+end
+
+local waiting, deadline = {}, socket.gettime() + ttl
+local function resume(co)
+  local ok, what, x = coroutine.resume(co)
+  if not ok then
+    if type(what) ~= "table" then io.stderr:write("body_server: ", tostring(what), "\n") end
+    waiting[co] = nil
+  elseif coroutine.status(co) == "dead" then waiting[co] = nil
+  else waiting[co] = { what, x } end
+end
+while socket.gettime() < deadline do
+  local recvt, sendt, by, ready, timeout, now = { server }, {}, {}, {}, 1, socket.gettime()
+  for co, w in pairs(waiting) do
+    if w[1] == "sleep" then
+      if w[2] <= now then ready[#ready + 1] = co else timeout = math.min(timeout, w[2] - now) end
+    else
+      by[w[2]] = co
+      local l = w[1] == "r" and recvt or sendt
+      l[#l + 1] = w[2]
+    end
+  end
+  if #ready > 0 then timeout = 0 end
+  local r, w = socket.select(recvt, sendt, timeout)
+  for _, s in ipairs(r) do
+    if s == server then
+      local c = server:accept()
+      if c then
+        local co = coroutine.create(function() local ok = pcall(handle, c); c:close() end)
+        resume(co)
+      end
+    elseif by[s] then ready[#ready + 1] = by[s] end
+  end
+  for _, s in ipairs(w) do if by[s] then ready[#ready + 1] = by[s] end end
+  local done = {}
+  for _, co in ipairs(ready) do
+    if not done[co] and waiting[co] then done[co] = true; resume(co) end
+  end
+end
+]==]
+
+-- Streams pieces into a new request with body_stream, driving the engine. A piece goes when
+-- progress() says there is room (o.eager: whenever, so that write() meets a full buffer);
+-- o.gap seconds pass between pieces (a slow writer); o.finish = false leaves the body open;
+-- Returns the request and a log: full (writes
+-- refused for a full buffer), closed ({ message, kind } when write said no more body can
+-- go), finish (finish_body's results), first_ready (progress() before anything was done).
+local function stream(engine, t, pieces, o)
+  o = o or {}
+  local r = engine:add(opts(t))
+  local log = { full = 0, first_ready = { r:progress() } }
+  local i, pos, closed, done, next_at = 1, 1, false, false, 0
+  local deadline = now() + (o.seconds or 20) * SLOW
+  while not done do
+    engine:perform()
+    for _, d in ipairs(engine:finished()) do
+      if d == r then done = true end
+    end
+    -- a writer that heeds progress() writes once per round; an eager one until refused
+    local again = not done
+    while again and not closed and now() >= next_at and (o.eager or r:progress() > 0) do
+      again = o.eager
+      if pieces[i] then
+        local n, msg, kind = r:write(pieces[i], pos)
+        if n == nil then
+          closed, log.closed = true, { msg, kind }
+        elseif n == false then
+          log.full, again = log.full + 1, false
+        else
+          pos = pos + n
+          if pos > #pieces[i] then
+            i, pos, next_at = i + 1, 1, now() + (o.gap or 0)
+          end
+        end
+      elseif o.finish ~= false then
+        log.finish = { r:finish_body() }
+        closed = true
+      end
+    end
+    if not done then
+      assert(now() < deadline, "the streamed request did not end in time")
+      engine:poll(o.gap and 5 or 20)
+    end
+  end
+  return r, log
+end
+
+-- s cut in n-byte pieces.
+local function pieces_of(s, n)
+  local t = {}
+  for i = 1, #s, n do t[#t + 1] = s:sub(i, i + n - 1) end
+  return t
 end
 
 describe("http engine", function()
@@ -389,13 +595,19 @@ events { worker_connections 64; }
 http {
   access_log off;
   client_body_temp_path %s/nginx-body;
+  proxy_temp_path %s/nginx-proxy;
+  client_max_body_size 100m;
+  # nginx's workers may not write to the spec's temporary directory: bodies stay in memory
+  client_body_buffer_size 4m;
+  proxy_buffering off;
   server {
     listen 127.0.0.1:%d ssl http2;
     ssl_certificate %s/srv.pem;
     ssl_certificate_key %s/srv.key;
     location / { add_header X-Multi one; add_header X-Multi two; return 200 "h2 ok"; }
+    location /echo { proxy_pass http://127.0.0.1:%d; }
   }
-}]]):format(dir, dir, dir, port, dir, dir))
+}]]):format(dir, dir, dir, dir, port, dir, dir, plain.port))
       local p = assert(io.popen(("sh -c %s & echo $!"):format(q(("exec nginx -p %s -c %s -e %s >/dev/null 2>&1")
         :format(q(dir), q(conf), q(dir .. "/nginx-error.log"))))))
       local pid = tonumber(p:read("*l"))
@@ -412,6 +624,26 @@ http {
         { res.status, res.http_version, res.body, res.headers["x-multi"] })
       res = assert(fetch(engine, { url = url, cafile = dir .. "/ca.pem", http2 = false }))
       assert.same({ 200, "1.1", "h2 ok" }, { res.status, res.http_version, res.body })
+      -- Streamed bodies over HTTP/2 (DATA frames, no chunked coding), known length or not:
+      -- read by nginx (which passes them on to tiny_server's /echo) from a writer slow enough
+      -- that the upload pauses between pieces; and answered by nginx before it reads them
+      -- (`return`), which libcurl 7.88 alone would wait on until the timeout.
+      local data = core.random_bytes(300000)
+      for _, length in ipairs{ #data, false } do
+        local r = stream(engine, { method = "POST", url = url .. "echo", cafile = dir .. "/ca.pem",
+                                   body_stream = true, body_length = length or nil, body_buffer = 16384 },
+                         pieces_of(data, 30000), { gap = 0.01 })
+        res = assert(r:result())
+        assert.same({ 200, "2" }, { res.status, res.http_version }, res.body)
+        assert.is_true(cjson.decode(res.body).body == data)
+        local t0 = now()
+        r = stream(engine, { method = "POST", url = url, cafile = dir .. "/ca.pem", body_stream = true,
+                             body_length = length and 8 * #data or nil, body_buffer = 16384 },
+                   pieces_of(data:rep(8), 65536), { eager = true, seconds = 5 })
+        res = assert(r:result())
+        assert.same({ 200, "2", "h2 ok" }, { res.status, res.http_version, res.body })
+        assert.is_true(now() - t0 < 2 * SLOW)
+      end
     end)
   end)
 
@@ -539,6 +771,335 @@ http {
       assert.has_error(function() r.result(engine) end)
       drive(engine, { r })
       assert.equal(200, assert(r:result()).status)
+    end)
+  end)
+
+  describe("streamed request bodies", function()
+    local body_srv, bbase
+
+    setup(function()
+      sh.write(dir .. "/body_server.lua", BODY_SERVER)
+      body_srv = start_server(dir, "body", "300", dir .. "/body_server.lua")
+      bbase = "http://127.0.0.1:" .. body_srv.port
+    end)
+
+    teardown(function() stop(body_srv and body_srv.pid) end)
+
+    it("sends a known length with content-length, binary bytes unchanged", function()
+      local data = core.random_bytes(300000) .. "\0\r\n0\r\n\r\n"
+      local r, log = stream(engine, { method = "POST", url = bbase .. "/echo", body_stream = true,
+                                      body_length = #data }, pieces_of(data, 7000))
+      assert.same({ true }, log.finish)
+      local res = assert(r:result())
+      assert.equal(200, res.status)
+      assert.equal(tostring(#data), res.headers["x-content-length"])
+      assert.equal("false", res.headers["x-chunked"])
+      assert.is_true(res.body == data)
+      assert.equal("POST", res.headers["x-method"])
+    end)
+
+    it("sends an unknown length chunked, and other methods as given", function()
+      local data = core.random_bytes(100000)
+      local r = stream(engine, { method = "PUT", url = bbase .. "/echo", body_stream = true },
+                       pieces_of(data, 3000))
+      local res = assert(r:result())
+      assert.same({ "true", "none", "PUT" },
+        { res.headers["x-chunked"], res.headers["x-content-length"], res.headers["x-method"] })
+      assert.is_true(res.body == data)
+    end)
+
+    it("sends empty bodies: a length of 0, and an unknown length that ends at once", function()
+      local r = stream(engine, { method = "POST", url = bbase .. "/echo", body_stream = true,
+                                 body_length = 0 }, {})
+      local res = assert(r:result())
+      assert.same({ "0", "false", "" }, { res.headers["x-content-length"], res.headers["x-chunked"], res.body })
+      r = stream(engine, { method = "PATCH", url = bbase .. "/echo", body_stream = true }, {})
+      res = assert(r:result())
+      assert.same({ "none", "true", "0", "" },
+        { res.headers["x-content-length"], res.headers["x-chunked"], res.headers["x-size"], res.body })
+    end)
+
+    it("reports room only once libcurl asks for the body, and never against a closed port", function()
+      local r = engine:add(opts{ method = "POST", url = bbase .. "/echo", body_stream = true,
+                                 body_buffer = 4096 })
+      assert.same({ 0, false, 4096 }, { r:progress() })
+      -- a writer may still fill the buffer early
+      assert.equal(3, r:write("abc"))
+      assert.same({ 0, false, 4093 }, { r:progress() })
+      local deadline = now() + 5 * SLOW
+      repeat
+        engine:perform()
+        engine:poll(10)
+        assert(now() < deadline, "libcurl never asked for the body")
+      until r:progress() > 0
+      assert.same({ true }, { r:finish_body() })
+      drive(engine, { r })
+      assert.equal("abc", assert(r:result()).body)
+
+      local lost = engine:add(opts{ method = "POST", url = "http://127.0.0.1:" .. closed_port() .. "/",
+                                    body_stream = true })
+      deadline = now() + 5 * SLOW
+      local done = false
+      while not done do
+        engine:perform()
+        for _, d in ipairs(engine:finished()) do done = done or d == lost end
+        assert.equal(0, (lost:progress()))
+        assert(now() < deadline)
+        if not done then engine:poll(10) end
+      end
+      assert.equal("connect", select(3, lost:result()))
+    end)
+
+    it("pauses for a slow writer and resumes on each write, known length and chunked #timing", function()
+      for _, length in ipairs{ 10 * 1000, false } do
+        local data = core.random_bytes(10 * 1000)
+        local t0 = now()
+        local r = stream(engine, { method = "POST", url = bbase .. "/echo", body_stream = true,
+                                   body_length = length or nil, body_buffer = 1024 },
+                         pieces_of(data, 1000), { gap = 0.03 })
+        local res = assert(r:result())
+        assert.is_true(res.body == data)
+        assert.is_true(now() - t0 >= 0.27, "the request did not wait for its writer")
+      end
+    end)
+
+    it("holds a writer at the buffer's size while the server reads slowly", function()
+      local data = core.random_bytes(4 * 1024 * 1024)
+      local r, log = stream(engine, { method = "POST", url = bbase .. "/echo?piece=65536&delay_ms=5",
+                                      body_stream = true, body_length = #data, body_buffer = 65536 },
+                            pieces_of(data, 50000), { eager = true })
+      assert.is_true(log.full > 0, "write() never found the buffer full")
+      assert.is_true(assert(r:result()).body == data)
+    end)
+
+    it("fails a body longer or shorter than body_length at once, with kind body", function()
+      local r, log = stream(engine, { method = "POST", url = bbase .. "/echo", body_stream = true,
+                                      body_length = 10 }, { "0123456", "789ab" })
+      assert.equal("body", log.closed[2])
+      assert.matches("longer than its body_length (10 bytes)", log.closed[1], 1, true)
+      local res, err, kind = r:result()
+      assert.same({ nil, "body" }, { res, kind })
+      assert.equal(log.closed[1], err)
+      assert.equal(0, engine:count())
+
+      r, log = stream(engine, { method = "POST", url = bbase .. "/echo", body_stream = true,
+                                body_length = 10 }, { "0123" })
+      assert.same({ nil, "the streamed body ended after 4 of its 10 bytes (body_length)", "body" }, log.finish)
+      assert.same({ nil, "body" }, { (r:result()), select(3, r:result()) })
+      assert.equal(0, engine:count())
+    end)
+
+    it("cancels in the middle of a body; later writes say so", function()
+      local r = engine:add(opts{ method = "POST", url = bbase .. "/echo", body_stream = true,
+                                 body_length = 100 })
+      assert.equal(10, r:write(("x"):rep(10)))
+      engine:perform()
+      assert.is_true(r:cancel())
+      assert.same({ nil, "request cancelled", "cancelled" }, { r:write("more") })
+      assert.same({ nil, "request cancelled", "cancelled" }, { r:finish_body() })
+      assert.equal("cancelled", select(3, r:result()))
+      assert.equal(0, engine:count())
+    end)
+
+    it("returns an error answer that comes before the body is all sent", function()
+      local data = core.random_bytes(8 * 1024 * 1024)
+      for _, length in ipairs{ #data, false } do
+        local r, log = stream(engine, { method = "POST", url = bbase .. "/early?code=413", body_stream = true,
+                                        body_length = length or nil, body_buffer = 65536 },
+                              pieces_of(data, 65536), { eager = true })
+        local res = assert(r:result())
+        assert.same({ 413, "refused early" }, { res.status, res.body })
+        assert.is_nil(log.finish)
+        if log.closed then assert.equal("ended", log.closed[2]) end
+      end
+    end)
+
+    it("reports a transfer that fails while the writer still has data", function()
+      local data = core.random_bytes(4 * 1024 * 1024)
+      local r, log = stream(engine, { method = "POST", url = bbase .. "/cut?after=100000", body_stream = true,
+                                      body_length = #data, body_buffer = 65536 },
+                            pieces_of(data, 65536), { eager = true })
+      local res, _, kind = r:result()
+      assert.is_nil(res)
+      assert.equal("reset", kind)
+      assert.is_nil(log.finish)
+      if log.closed then assert.equal("reset", log.closed[2]) end
+    end)
+
+    it("refuses misuse", function()
+      local function raises(t, pattern)
+        local ok, err = pcall(engine.add, engine, opts(t))
+        assert.is_false(ok)
+        assert.matches(pattern, tostring(err), 1, true)
+      end
+      raises({ url = bbase, method = "POST", body = "x", body_stream = true },
+             "option 'body' cannot be given with body_stream")
+      raises({ url = bbase, method = "POST", body_length = 3 }, "option 'body_length' needs body_stream")
+      raises({ url = bbase, method = "POST", body_buffer = 3 }, "option 'body_buffer' needs body_stream")
+      raises({ url = bbase, method = "POST", body_stream = true, body_length = -1 }, "option 'body_length'")
+      raises({ url = bbase, method = "POST", body_stream = true, body_length = 1.5 }, "must be an integer")
+      raises({ url = bbase, method = "POST", body_stream = true, body_buffer = 0 }, "option 'body_buffer'")
+      raises({ url = bbase, method = "POST", body_stream = "yes" }, "option 'body_stream' must be a boolean")
+      raises({ url = bbase, body_stream = true }, "a GET or HEAD request cannot stream a body")
+      raises({ url = bbase, method = "HEAD", body_stream = true }, "a GET or HEAD request cannot stream a body")
+      assert.equal(0, engine:count())
+      local plain_req = engine:add(opts{ url = bbase .. "/echo", method = "POST", body = "x" })
+      assert.has_error(function() plain_req:write("x") end, "http request has no streamed body (body_stream)")
+      assert.has_error(function() plain_req:finish_body() end)
+      local r = engine:add(opts{ url = bbase .. "/echo", method = "POST", body_stream = true })
+      assert.has_error(function() r:write(5) end)
+      assert.has_error(function() r:write("abc", 0) end)
+      assert.has_error(function() r:write("abc", 5) end)
+      assert.equal(0, r:write("abc", 4))
+      assert.equal(2, r:write("abc", 2))
+      assert.is_true(r:write(nil))
+      assert.has_error(function() r:write("x") end, "the streamed body is already finished")
+      assert.has_error(function() r:finish_body() end, "the streamed body is already finished")
+      drive(engine, { plain_req, r })
+      assert.equal("bc", assert(r:result()).body)
+      assert.same({ nil, "the request ended before its body was all sent", "ended" }, { r:write(nil) })
+    end)
+
+    it("frees a request collected with its body half written", function()
+      for _ = 1, 3 do
+        (function()
+          local r = engine:add(opts{ method = "POST", url = bbase .. "/echo", body_stream = true,
+                                     body_length = 1000 })
+          r:write(("y"):rep(500))
+          engine:perform()
+        end)()
+      end
+      engine:close()
+      collectgarbage()
+      collectgarbage()
+    end)
+  end)
+
+  describe("curl transport with a reader body", function()
+    local curl = require "digime.transport.curl"
+    local digime = require "digime"
+    local scheduler = require "digime.scheduler"
+    local body_srv, bbase, transport
+
+    setup(function()
+      sh.write(dir .. "/body_server2.lua", BODY_SERVER)
+      body_srv = start_server(dir, "body2", "300", dir .. "/body_server2.lua")
+      bbase = "http://127.0.0.1:" .. body_srv.port
+      transport = curl.new{ tls = { verify = true }, limits = { body = 2 ^ 30, headers = 256 * 1024 },
+                            timeout = 20 * SLOW, proxy = { http = "", https = "" } }
+    end)
+
+    teardown(function() stop(body_srv and body_srv.pid) end)
+
+    -- A reader over pieces that counts its calls (and may sleep through the scheduler).
+    local function reader(pieces, pause)
+      local r = { calls = 0 }
+      local i = 0
+      r.read = function()
+        r.calls = r.calls + 1
+        if pause then scheduler.sleep(pause) end
+        i = i + 1
+        return pieces[i]
+      end
+      return r
+    end
+
+    it("sends a reader's chunks with body_length, or chunked without; \"\" is skipped", function()
+      local data = core.random_bytes(3 * 1024 * 1024 + 5)
+      local p = pieces_of(data, 100000)
+      table.insert(p, 2, "")
+      local rd = reader(p)
+      local res = assert(transport:request{ method = "POST", url = bbase .. "/echo", body = rd.read,
+                                            body_length = #data })
+      assert.same({ 200, tostring(#data), "false" },
+        { res.status, res.headers["x-content-length"], res.headers["x-chunked"] })
+      assert.is_true(res.body == data)
+      assert.equal(#p + 1, rd.calls)   -- and not once more after the nil
+      res = assert(transport:request{ method = "PUT", url = bbase .. "/echo", body = reader(p).read })
+      assert.same({ "true", "PUT" }, { res.headers["x-chunked"], res.headers["x-method"] })
+      assert.is_true(res.body == data)
+      res = assert(transport:request{ method = "POST", url = bbase .. "/echo", body = "as a string" })
+      assert.same({ "11", "as a string" }, { res.headers["x-content-length"], res.body })
+    end)
+
+    it("runs readers that yield side by side inside digime.run #timing", function()
+      local t0 = now()
+      local bodies = digime.run(function()
+        local tasks = {}
+        for k = 1, 3 do
+          tasks[k] = digime.spawn(function()
+            local res = assert(transport:request{ method = "POST", url = bbase .. "/echo",
+              body = reader({ "a", "b", "c", "d", tostring(k) }, 0.05).read })
+            return res.body
+          end)
+        end
+        local out = {}
+        for k = 1, 3 do out[k] = tasks[k]:wait() end
+        return out
+      end)
+      assert.same({ "abcd1", "abcd2", "abcd3" }, bodies)
+      assert.is_true(now() - t0 < 0.6 * SLOW, "the readers did not run side by side")
+    end)
+
+    it("aborts with kind body when the reader fails, and never calls it again", function()
+      for _, case in ipairs{
+        { function() return nil, "disk on fire" end, "the body reader failed: disk on fire" },
+        { function() error("boom", 0) end, "the body reader failed: it raised: boom" },
+        { function() return 42 end, "the body reader failed: it returned a number, not a string" },
+      } do
+        local calls, first = 0, true
+        local read = function()
+          calls = calls + 1
+          if first then
+            first = false
+            return ("z"):rep(1000)
+          end
+          return case[1]()
+        end
+        local res, err, kind = transport:request{ method = "POST", url = bbase .. "/echo", body = read }
+        assert.same({ nil, case[2], "body" }, { res, err, kind })
+        assert.equal(2, calls)
+      end
+    end)
+
+    it("fails a reader that breaks body_length with kind body", function()
+      local res, err, kind = transport:request{ method = "POST", url = bbase .. "/echo",
+        body = reader{ "0123" }.read, body_length = 10 }
+      assert.same({ nil, "body" }, { res, kind })
+      assert.matches("ended after 4 of its 10 bytes", err, 1, true)
+      res, err, kind = transport:request{ method = "POST", url = bbase .. "/echo",
+        body = reader{ "0123456789", "x" }.read, body_length = 10 }
+      assert.same({ nil, "body" }, { res, kind })
+      assert.matches("longer than its body_length", err, 1, true)
+    end)
+
+    it("leaves the reader untouched when the request never reaches the server", function()
+      local rd = reader{ "never" }
+      local res, _, kind = transport:request{ method = "POST", body = rd.read,
+                                              url = "http://127.0.0.1:" .. closed_port() .. "/" }
+      assert.same({ nil, "connect", 0 }, { res, kind, rd.calls })
+    end)
+
+    it("returns an answer that comes before the body is all sent; the reader stops", function()
+      local block = core.random_bytes(65536)
+      local calls = 0
+      local res = assert(transport:request{ method = "POST", url = bbase .. "/early?code=401",
+        body = function()
+          calls = calls + 1
+          if calls <= 256 then return block end
+        end })
+      assert.same({ 401, "refused early" }, { res.status, res.body })
+      assert.is_true(calls < 256, "the reader was read to its end")
+    end)
+
+    it("refuses a reader with decrypt, and a reader on a GET", function()
+      local _, err, kind = transport:request{ method = "POST", url = bbase .. "/echo", body = reader{}.read,
+                                              decrypt = { key = "k", choose = function() end } }
+      assert.equal("other", kind)
+      assert.matches("streamed body with decrypt", err, 1, true)
+      _, err, kind = transport:request{ method = "GET", url = bbase .. "/echo", body = reader{}.read }
+      assert.equal("other", kind)
+      assert.matches("cannot stream a body", err, 1, true)
     end)
   end)
 end)

@@ -356,6 +356,109 @@ describe("writing and managing", function()
     end)
   end)
 
+  describe("push_data streams its data", function()
+    local curl = require "digime.transport.curl"
+
+    -- An sdk whose transport notes what each push body was (type, body_length).
+    local function noting_sdk()
+      local seen, inner = {}, nil
+      local s = assert(flow.sdk(sb, { transport = { request = function(_, req)
+        if req.url:match("permission%-access/import$") then
+          seen[#seen + 1] = { body = type(req.body), length = req.body_length }
+        end
+        return inner:request(req)
+      end } }))
+      inner = curl.new(s.config)
+      return s, seen
+    end
+
+    it("sends strings and handles with their length, readers chunked, all unchanged", function()
+      local s, seen = noting_sdk()
+      local token = flow.login(s)
+      local data = core.random_bytes(700 * 1024 + 3)
+      local path = os.tmpname()
+      local f = assert(io.open(path, "wb"))
+      f:write("head" .. data)
+      f:close()
+      f = assert(io.open(path, "rb"))
+      f:seek("set", 4)
+      local pos = 1
+      for _, source in ipairs{ data, f, function()
+        if pos > #data then return nil end
+        local chunk = data:sub(pos, pos + 65535)
+        pos = pos + 65536
+        return chunk
+      end } do
+        local res, err = s:push_data{ contract = flow.contract(), user_access_token = token,
+          type = "library", data = { file_data = source, file_name = "p.bin", file_descriptor = descriptor() } }
+        assert.is_nil(err)
+        token = res.user_access_token
+      end
+      f:close()
+      os.remove(path)
+      assert.are.same({ { body = "function", length = #data }, { body = "function", length = #data },
+                        { body = "function" } }, seen)
+      local pushes = assert(sb:control("GET", "pushes"))
+      assert.are.equal(3, #pushes)
+      for _, p in ipairs(pushes) do assert.are.equal(hex(core.sha256(data)), p.sha256) end
+    end)
+
+    it("rewinds a file handle of many chunks for the resend after a token refresh", function()
+      local token = flow.login(sdk)
+      sb:expire("access")
+      local data = core.random_bytes(900 * 1024)
+      local path = os.tmpname()
+      local f = assert(io.open(path, "w+b"))
+      f:write("skip" .. data)
+      f:seek("set", 4)
+      local res, err = sdk:push_data{ contract = flow.contract(), user_access_token = token,
+        type = "library", data = { file_data = f, file_name = "r.bin", file_descriptor = descriptor() } }
+      f:close()
+      os.remove(path)
+      assert.is_nil(err)
+      assert.are_not.equal(token.access_token.value, res.user_access_token.access_token.value)
+      local pushes = assert(sb:control("GET", "pushes"))
+      assert.are.equal(1, #pushes)
+      assert.are.equal(hex(core.sha256(data)), pushes[1].sha256)
+    end)
+
+    it("stops on a reader that fails mid-way, with the reader's error, pushing nothing", function()
+      local token = flow.login(sdk)
+      local n = 0
+      local res, err = sdk:push_data{ contract = flow.contract(), user_access_token = token,
+        type = "library", data = { file_name = "x", file_descriptor = descriptor(), file_data = function()
+          n = n + 1
+          if n <= 30 then return ("q"):rep(65536) end
+          error("sensor unplugged", 0)
+        end } }
+      assert.is_nil(res)
+      assert.are.same({ "DigiMeSDKError", "SinkError" }, { err.kind, err.code })
+      assert.matches("sensor unplugged", err.message, 1, true)
+      assert.is_table(err.user_access_token)
+      assert.are.equal(31, n)
+      assert.are.same({}, assert(sb:control("GET", "pushes")))
+    end)
+
+    it("holds memory bounded: 8 MiB and 48 MiB pushes peak at about the same RSS #slow", function()
+      local function peak_kb(mib)
+        local lua = rawget(_G, "jit") and "luajit" or "lua5.4"
+        local q = flow.sandbox.sh_quote
+        local p = assert(io.popen(("%s bench/upload.lua %s %s %s push %d reader 2>&1"):format(lua,
+          q(sb.base_url), q(sb.onboard_url), q(sb.cloud_base_url or "-"), mib)))
+        local out = p:read("*a")
+        p:close()
+        local bytes, _, hwm = out:match("RESULT (%d+) ([%d.]+) (%d+)")
+        assert(bytes, "bench/upload.lua failed: " .. out)
+        return tonumber(hwm)
+      end
+      local small, big = peak_kb(8), peak_kb(48)
+      assert.is_true(big - small < 8 * 1024, ("peak RSS %d kB for 8 MiB, %d kB for 48 MiB"):format(small, big))
+      local sizes = {}
+      for _, p in ipairs(assert(sb:control("GET", "pushes"))) do sizes[p.size] = true end
+      assert.is_true(sizes[8 * 1048576] and sizes[48 * 1048576])
+    end)
+  end)
+
   it("never lets a secret into an error or a log line", function()
     flow.assert_no_secrets()
   end)

@@ -9,8 +9,9 @@ local request = require "digime.request"
 local user_call = require "digime.user_call"
 local contract_call = require "digime.contract_call"
 local read = require "digime.read"
+local write = require "digime.write"
 
-local type, ipairs, pcall, tostring = type, ipairs, pcall, tostring
+local type, ipairs = type, ipairs
 local concat, floor = table.concat, math.floor
 local find, sub, lower, gsub = string.find, string.sub, string.lower, string.gsub
 
@@ -159,44 +160,38 @@ function _M.list_storage_files(sdk, opts)
 end
 
 -- The upload body: the plaintext from a string, a file handle or a reader function, encrypted
--- in C as it is read (the encryptor always writes the key and IV, so an empty file is a valid
--- object). The encrypted object is then sent whole: the engine takes string bodies only.
-local function encrypt_source(key, data, limit)
-  local enc = core.file_encryptor(key)
-  local out, size = {}, 0
-  local function add(chunk)
-    size = size + #chunk
-    if size > limit then return nil, errors.validation("file_data", "is larger than limits.body") end
-    out[#out + 1] = enc:update(chunk)
-    return true
-  end
-  if type(data) == "string" then
-    local ok, err = add(data)
-    if not ok then return nil, err end
-  elseif type(data) == "function" then
-    while true do
-      local ok, chunk = pcall(data)
-      if not ok then return nil, errors.sdk("SinkError", "the reader raised: " .. tostring(chunk)) end
-      if chunk == nil or chunk == "" then break end
-      if type(chunk) ~= "string" then
-        return nil, errors.validation("file_data", "reader returned a " .. type(chunk))
+-- in C chunk by chunk as the request takes it (write.data_source, write.streamed_body), so an
+-- upload of any size holds about a chunk and the engine's send buffer in memory. The
+-- encryptor always writes the key and IV, so an empty file is a valid object.
+local function encrypting(key)
+  return function(next_plain)
+    local enc = core.file_encryptor(key)
+    local ended = false
+    local function close() enc:close() end
+    return function()
+      while not ended do
+        local chunk, err = next_plain()
+        if chunk == nil then
+          if err ~= nil then return nil, err end
+          ended = true
+          local last = enc:finish()
+          close()
+          return last
+        end
+        local out = enc:update(chunk)
+        if out ~= "" then return out end
       end
-      local aok, aerr = add(chunk)
-      if not aok then return nil, aerr end
-    end
-  else
-    while true do
-      local ok, chunk = pcall(data.read, data, 65536)
-      if not ok then return nil, errors.sdk("SinkError", "reading file_data failed: " .. tostring(chunk)) end
-      if chunk == nil then break end
-      local aok, aerr = add(chunk)
-      if not aok then return nil, aerr end
-    end
+      return nil
+    end, close
   end
-  out[#out + 1] = enc:finish()
-  enc:close()
-  return concat(out)
 end
+
+-- The encrypted size of n bytes of plaintext: the key segment, the IV and the PKCS#7-padded
+-- AES-CBC data (always at least one block).
+local function encrypted_size(key, n)
+  return key:size() + 16 + (floor(n / 16) + 1) * 16
+end
+_M.encrypted_size = encrypted_size
 
 local is_data_source = validate.is_data_source
 
@@ -221,15 +216,18 @@ function _M.upload_file_to_storage(sdk, opts)
   end
   local key, kerr = jwt.contract_key(opts.contract)
   if not key then return nil, kerr end
-  local body, berr = encrypt_source(key, opts.file_data, sdk.config.limits.body)
-  if not body then return nil, berr end
+  local src, serr = write.data_source(opts.file_data, "file_data", sdk.config.limits.body)
+  if not src then return nil, serr end
+  local body = write.streamed_body(src, encrypting(key))
   local res, rerr = cloud_send(sdk, opts.contract, {
     method = "POST",
     url = files_url(sdk, opts.storage_id) .. encode_path(lead_trail(opts.path)) .. seg(opts.file_name),
     headers = { ["content-type"] = "application/octet-stream", accept = "application/json" },
-    body = body, what = "storage upload",
+    body = body.read, body_length = src.length and encrypted_size(key, src.length),
+    on_attempt = body.on_attempt, what = "storage upload",
   })
-  if not res then return nil, rerr end
+  body.close()
+  if not res then return nil, write.body_error(body, rerr) end
   return { uploaded = true, status = res.status }
 end
 
