@@ -59,6 +59,7 @@ describe("the ngx transport #nginx", function()
         location = /bigfile { content_by_lua_block { require("ngx_app").bigfile() } }
         location = /iterate { content_by_lua_block { require("ngx_app").iterate() } }
         location = /fuzz { content_by_lua_block { require("ngx_app").fuzz() } }
+        location = /storage { content_by_lua_block { require("ngx_app").storage() } }
         location = /curl_login { content_by_lua_block {
           local app = require "ngx_app"
           local sdk = assert(require("digime").init{ application_id = app.sdk.config.application_id,
@@ -193,6 +194,12 @@ describe("the ngx transport #nginx", function()
     assert.equal(sb:control("GET", "manifest").files["big.bin"], sha)
     local grew = doc.rss_after_kib - doc.rss_before_kib
     assert.is_true(grew < 16 * 1024, "the worker grew by " .. grew .. " KiB for a 64 MiB file")
+  end)
+
+  it("streams uploads (content-length and chunked) and downloads of cloud storage", function()
+    local status, doc = get_json(n, "/storage", 60)
+    assert.equal(200, status, cjson.encode(doc))
+    assert.are.same({ ["string.bin"] = true, ["reader.bin"] = true, ["empty.bin"] = true }, doc)
   end)
 
   it("runs the sdk:files iterator in a handler", function()

@@ -150,6 +150,33 @@ function _M.small()
   return _M.reply(200, { ok = true })
 end
 
+-- /storage: cloud storage round trips through the ngx transport: 3 MiB from a string
+-- (content-length), 3 MiB from a reader of unknown length (chunked), an empty file.
+function _M.storage()
+  local sdk, c = _M.sdk, _M.contract
+  local st, err = sdk:create_provisional_storage{ contract = c }
+  if not st then return _M.reply(500, { step = "create", error = error_view(err) }) end
+  local id = st.storage.id
+  local data = core.random_bytes(3 * 1024 * 1024)
+  local pos = 1
+  local function reader()
+    if pos > #data then return nil end
+    local piece = data:sub(pos, pos + 100000 - 1)
+    pos = pos + #piece
+    return piece
+  end
+  local out = {}
+  for name, source in pairs{ ["string.bin"] = data, ["reader.bin"] = reader, ["empty.bin"] = "" } do
+    local up, uerr = sdk:upload_file_to_storage{ contract = c, storage_id = id, path = "/t",
+                                                file_name = name, file_data = source }
+    if not up then return _M.reply(500, { step = "upload " .. name, error = error_view(uerr) }) end
+    local back, berr = sdk:download_storage_file{ contract = c, storage_id = id, path = "/t/" .. name }
+    if not back then return _M.reply(500, { step = "download " .. name, error = error_view(berr) }) end
+    out[name] = back.file_data == (name == "empty.bin" and "" or data)
+  end
+  return _M.reply(200, out)
+end
+
 -- Benchmarks (bench/ngx.lua) ----------------------------------------------------------------
 
 -- /bench/auth?n=N: N logins in a row; their times in ms, sorted.
