@@ -1018,6 +1018,9 @@ http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLE
                      o->http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
     SETOPT(CURLOPT_FOLLOWLOCATION, o->follow ? 1L : 0L);
     SETOPT(CURLOPT_FRESH_CONNECT, o->fresh_connect ? 1L : 0L);
+    /* A connection that will never be reused is closed when its transfer ends, not left
+     * in libcurl's cache (up to 4 x the transfers in flight: hundreds of idle sockets). */
+    SETOPT(CURLOPT_FORBID_REUSE, o->fresh_connect ? 1L : 0L);
     SETOPT(CURLOPT_MAXREDIRS, MAX_REDIRECTS);
     /* Fails early on a declared content-length; on_body enforces the limit in any case.
      * Not for HEAD, whose content-length describes a body that never comes, nor with a

@@ -8,6 +8,7 @@
 --   sb:expire("both", user_id); sb:consent("decline", "UserCancelled")
 --   sb:call("POST", "oauth/authorize", { claims = {...}, body = {...} })   -- signed API call
 --   local code = sb:stop()                       -- SIGTERM; the exit code
+--   sb:restart()                                 -- stop, start again on the same port (in place)
 --
 -- It works under Lua 5.4 and LuaJIT (the child is always lua5.4 through bin/digime-sandbox).
 -- HTTP here is plain blocking luasocket/luasec: the sandbox specs must not depend on the SDK
@@ -173,6 +174,8 @@ function _M.start(opts)
     self[k] = v
   end
   self.origin = self.base_url:match("^(https?://[^/]+)")
+  self.port = tonumber(self.origin:match(":(%d+)$"))
+  self.opts = opts
   running[self] = true
   return self
 end
@@ -236,6 +239,38 @@ function Sandbox:stop()
   self.exit_status = rc or -1
   self:cleanup()
   return self.exit_status
+end
+
+-- Stops the sandbox (SIGTERM, unless it has ended already) and starts it again on the same
+-- port with the same options; opts.args (extra arguments) and opts.timeout add to them. The
+-- object is updated in place (pid, URLs, ...). The new process remembers nothing: users,
+-- tokens, sessions and faults are in memory, and its JWKS signing key is new.
+function Sandbox:restart(opts)
+  opts = opts or {}
+  self:stop()
+  local o = {}
+  for k, v in pairs(self.opts or {}) do o[k] = v end
+  local args, old = {}, self.opts and self.opts.args or {}
+  local i = 1
+  while i <= #old do
+    if old[i] == "--port" then
+      i = i + 2
+    else
+      args[#args + 1] = old[i]
+      i = i + 1
+    end
+  end
+  for _, a in ipairs(opts.args or {}) do args[#args + 1] = a end
+  args[#args + 1] = "--port"
+  args[#args + 1] = tostring(self.port)
+  o.args = args
+  o.timeout = opts.timeout or o.timeout
+  local fresh = _M.start(o)
+  running[fresh] = nil
+  for k in pairs(self) do self[k] = nil end
+  for k, v in pairs(fresh) do self[k] = v end   -- opts too: the same, with --port
+  running[self] = true
+  return self
 end
 
 function _M.stop_all()

@@ -23,6 +23,31 @@
 --                                        (tokens.lua lists them; "jku" overrides the URL of
 --                                        foreign_jku/lookalike_jku); the request itself is
 --                                        processed normally
+--   POST   /sandbox/fault    {"method"?, "path", "match"?, "probability": 0.1, "seed"?,
+--                             "by"?: "path"|"sequence", "count"?, "actions": [{"action",
+--                             "weight"?: 1, "status"?, "body"?, "headers"?, "ms"?,
+--                             "after"?}, ...]}  -> {"id": n, "seed": s}
+--                             Random faults: each matching request fails with the given
+--                             probability, with one of the actions (any but token; its fields
+--                             as above; chosen in proportion to weight). Without "actions" the
+--                             fault's own action fields make the one action. "count": the most
+--                             faults it injects (none: no limit). The choice is a pure function
+--                             of the seed (an integer or a string; a random one when absent,
+--                             returned so a run can be replayed) and of which request this is:
+--                               by "path" (default): key = METHOD .. " " .. the path after the
+--                                 rule's prefix ("" with match exact), n = 1 for the first
+--                                 request with that key, 2 for the second, ...; so the same
+--                                 seed fails the same attempts of the same files whatever
+--                                 order concurrent requests arrive in
+--                               by "sequence": key = "", n = the rule's n-th matching request
+--                             h = sha256(seed .. "\n" .. key .. "\n" .. n); u = h's first 4
+--                             bytes (big-endian) / 2^32, v = the next 4 so; the request fails
+--                             when u < probability, with the first action whose running sum of
+--                             weights exceeds v * (sum of weights). A request the rule lets
+--                             through goes on to the faults after it. The rule stays listed
+--                             (until DELETE /sandbox/faults or reset) with its record:
+--                             "matched", "applied", "applied_by" (per action), and by path
+--                             "seen" and "faulted" ({key: requests}).
 --   GET    /sandbox/faults   -> [{"id", "count" (uses left), ...}]
 --   DELETE /sandbox/faults   -> {"cleared": n}
 --   GET    /sandbox/stats    -> {"requests", "jwks_fetches", "foreign_jwks_fetches", "by_path",
@@ -71,6 +96,7 @@ local wire = require "digime.sandbox.wire"
 local api = require "digime.sandbox.api"
 local library = require "digime.sandbox.library"
 local storage = require "digime.sandbox.storage"
+local core = require "digime.core"
 
 local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
 local math_floor = math.floor
@@ -119,12 +145,125 @@ handlers["POST expire"] = function(app, body)
   return ok{ expired = app.state:expire(what, user) }
 end
 
+-- Checks the fields of one action (status, body, headers, ms, token, jku, after) from `spec`
+-- into f: -> f | nil, message
+local function parse_action(spec, f, random)
+  if not actions[spec.action] or (random and spec.action == "token") then
+    return nil, random and "action must be one of status, reset, delay, truncate, hang (a token "
+                           .. "fault is never random)"
+                or "action must be one of status, reset, delay, truncate, hang, token"
+  end
+  f.action = spec.action
+  if f.action == "status" then
+    f.status = spec.status or 500
+    if not is_count(f.status, 100) or f.status > 599 then
+      return nil, "status must be an HTTP status"
+    end
+    f.status = math_floor(f.status)
+    if spec.body ~= nil and type(spec.body) ~= "string" and type(spec.body) ~= "table" then
+      return nil, "body must be a string or a JSON value"
+    end
+    f.body = spec.body
+    if spec.headers ~= nil then
+      if type(spec.headers) ~= "table" then
+        return nil, "headers must be an object"
+      end
+      for k, v in pairs(spec.headers) do
+        if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
+          return nil, "headers must map names to strings"
+        end
+      end
+    end
+    f.headers = spec.headers
+  elseif f.action == "delay" then
+    f.ms = spec.ms or 1000
+    if not is_count(f.ms, 0) then
+      return nil, "ms must be a number of milliseconds"
+    end
+  elseif f.action == "hang" then
+    if spec.ms ~= nil and not is_count(spec.ms, 0) then
+      return nil, "ms must be a number of milliseconds"
+    end
+    f.ms = spec.ms
+  elseif f.action == "token" then
+    if not tokens.is_hostile_kind(spec.token) then
+      return nil, "token must be one of " .. table.concat(tokens.hostile_kinds, ", ")
+    end
+    f.token = spec.token
+    if spec.jku ~= nil and type(spec.jku) ~= "string" then
+      return nil, "jku must be a string"
+    end
+    f.jku = spec.jku
+  end
+  if spec.after ~= nil then
+    if f.action ~= "reset" or type(spec.after) ~= "boolean" then
+      return nil, "after (boolean) goes with action reset only"
+    end
+    f.after = spec.after
+  end
+  return f
+end
+
+-- The random part of a fault (probability, seed, by, actions): -> f | nil, message
+local function parse_random(body, f)
+  local p = body.probability
+  if type(p) ~= "number" or not (p >= 0 and p <= 1) then
+    return nil, "probability must be a number from 0 to 1"
+  end
+  f.probability = p
+  if body.seed == nil then
+    f.seed = core.random_alnum(12)
+  elseif type(body.seed) == "string" or is_count(body.seed, 0) then
+    f.seed = type(body.seed) == "string" and body.seed or string.format("%d", body.seed)
+  else
+    return nil, "seed must be a non-negative integer or a string"
+  end
+  f.by = body.by or "path"
+  if f.by ~= "path" and f.by ~= "sequence" then
+    return nil, "by must be path or sequence"
+  end
+  local list = body.actions
+  if list == nil then
+    list = { body }          -- one action, given with the fault's own fields
+  elseif type(list) ~= "table" or list[1] == nil then
+    return nil, "actions must be a non-empty array of actions"
+  end
+  f.actions = {}
+  local total = 0
+  for i, spec in ipairs(list) do
+    if type(spec) ~= "table" then
+      return nil, "actions[" .. i .. "] must be an object"
+    end
+    local w = spec.weight or 1
+    if type(w) ~= "number" or not (w > 0 and w < 2 ^ 31) then
+      return nil, "actions[" .. i .. "].weight must be a positive number"
+    end
+    local a, err = parse_action(spec, {}, true)
+    if not a then
+      return nil, "actions[" .. i .. "]: " .. err
+    end
+    a.weight = w
+    f.actions[i] = a
+    total = total + w
+  end
+  f.total_weight = total
+  if body.count ~= nil then
+    if not is_count(body.count, 0) then
+      return nil, "count must be a non-negative integer"
+    end
+    f.count = math_floor(body.count)
+  end
+  f.matched, f.applied = 0, 0
+  f.applied_by = {}
+  for i = 1, #f.actions do
+    f.applied_by[i] = 0
+  end
+  f.seen, f.faulted = {}, {}
+  return f
+end
+
 handlers["POST fault"] = function(app, body)
   local f = {}
-  if not actions[body.action] then
-    return bad("action must be one of status, reset, delay, truncate, hang, token")
-  end
-  f.action = body.action
   if body.method ~= nil then
     if type(body.method) ~= "string" then
       return bad("method must be a string")
@@ -142,57 +281,22 @@ handlers["POST fault"] = function(app, body)
   if f.match ~= "prefix" and f.match ~= "exact" then
     return bad("match must be prefix or exact")
   end
+  local err
+  if body.probability ~= nil then
+    f, err = parse_random(body, f)
+    if not f then
+      return bad(err)
+    end
+    return ok{ id = app.state:add_fault(f), seed = f.seed }
+  end
   f.count = body.count or 1
   if not is_count(f.count, 1) then
     return bad("count must be a positive integer")
   end
   f.count = math_floor(f.count)
-  if f.action == "status" then
-    f.status = body.status or 500
-    if not is_count(f.status, 100) or f.status > 599 then
-      return bad("status must be an HTTP status")
-    end
-    f.status = math_floor(f.status)
-    if body.body ~= nil and type(body.body) ~= "string" and type(body.body) ~= "table" then
-      return bad("body must be a string or a JSON value")
-    end
-    f.body = body.body
-    if body.headers ~= nil then
-      if type(body.headers) ~= "table" then
-        return bad("headers must be an object")
-      end
-      for k, v in pairs(body.headers) do
-        if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
-          return bad("headers must map names to strings")
-        end
-      end
-    end
-    f.headers = body.headers
-  elseif f.action == "delay" then
-    f.ms = body.ms or 1000
-    if not is_count(f.ms, 0) then
-      return bad("ms must be a number of milliseconds")
-    end
-  elseif f.action == "hang" then
-    if body.ms ~= nil and not is_count(body.ms, 0) then
-      return bad("ms must be a number of milliseconds")
-    end
-    f.ms = body.ms
-  elseif f.action == "token" then
-    if not tokens.is_hostile_kind(body.token) then
-      return bad("token must be one of " .. table.concat(tokens.hostile_kinds, ", "))
-    end
-    f.token = body.token
-    if body.jku ~= nil and type(body.jku) ~= "string" then
-      return bad("jku must be a string")
-    end
-    f.jku = body.jku
-  end
-  if body.after ~= nil then
-    if f.action ~= "reset" or type(body.after) ~= "boolean" then
-      return bad("after (boolean) goes with action reset only")
-    end
-    f.after = body.after
+  f, err = parse_action(body, f)
+  if not f then
+    return bad(err)
   end
   return ok{ id = app.state:add_fault(f) }
 end

@@ -8,7 +8,7 @@
 local core = require "digime.core"
 
 local os_time = os.time
-local pairs, type = pairs, type
+local pairs, ipairs, type = pairs, ipairs, type
 local table_remove = table.remove
 
 local _M = {}
@@ -212,6 +212,9 @@ end
 function _M:add_fault(f)
   self.fault_seq = self.fault_seq + 1
   f.id = self.fault_seq
+  for _, a in ipairs(f.actions or {}) do
+    a.id = f.id            -- the action a random fault applies carries the fault's id
+  end
   self.faults[#self.faults + 1] = f
   return f.id
 end
@@ -226,17 +229,77 @@ local function fault_matches(f, method, path)
   return path:sub(1, #f.path) == f.path
 end
 
+-- A random fault's draw for one request (control.lua documents it): u = the first 4 bytes of
+-- sha256(seed "\n" key "\n" n) as a big-endian integer / 2^32, v = the next 4 bytes so.
+-- The request fails when u < probability, with the action whose weight interval holds
+-- v * (sum of weights). -> the chosen action | nil
+local function draw(f, key, n)
+  local h = core.sha256(f.seed .. "\n" .. key .. "\n" .. n)
+  local b1, b2, b3, b4, b5, b6, b7, b8 = h:byte(1, 8)
+  local u = (((b1 * 256 + b2) * 256 + b3) * 256 + b4) / 4294967296
+  if u >= f.probability then
+    return nil
+  end
+  local v = (((b5 * 256 + b6) * 256 + b7) * 256 + b8) / 4294967296 * f.total_weight
+  local acc = 0
+  for i, a in ipairs(f.actions) do
+    acc = acc + a.weight
+    if v < acc or i == #f.actions then
+      return a, i
+    end
+  end
+end
+
+-- One matching request for a random fault: -> the action to apply | nil
+local function take_random(f, method, path)
+  if f.count and f.count <= 0 then
+    return nil
+  end
+  f.matched = f.matched + 1
+  local key, n
+  if f.by == "sequence" then
+    key, n = "", f.matched
+  else
+    key = method .. " " .. (f.match == "exact" and "" or path:sub(#f.path + 1))
+    n = (f.seen[key] or 0) + 1
+    f.seen[key] = n
+  end
+  local a, i = draw(f, key, n)
+  if not a then
+    return nil
+  end
+  f.applied = f.applied + 1
+  f.applied_by[i] = f.applied_by[i] + 1
+  if f.by ~= "sequence" then
+    f.faulted[key] = (f.faulted[key] or 0) + 1
+  end
+  if f.count then
+    f.count = f.count - 1
+  end
+  return a
+end
+
 -- Takes one use of the first fault that matches: token faults (`token` true) only when a
--- token is being answered, the others when a request arrives.
+-- token is being answered, the others when a request arrives. A random fault (one with a
+-- probability) that does not fire lets the request on to the faults after it, and stays
+-- listed when its count is used up (its record stays readable).
 function _M:take_fault(method, path, token)
   for i, f in ipairs(self.faults) do
     if (f.action == "token") == (token == true) and fault_matches(f, method, path) then
-      f.count = f.count - 1
-      if f.count <= 0 then
-        table_remove(self.faults, i)
+      local a
+      if f.probability then
+        a = take_random(f, method, path)
+      else
+        a = f
+        f.count = f.count - 1
+        if f.count <= 0 then
+          table_remove(self.faults, i)
+        end
       end
-      self.stats.faults_applied = self.stats.faults_applied + 1
-      return f
+      if a then
+        self.stats.faults_applied = self.stats.faults_applied + 1
+        return a
+      end
     end
   end
   return nil
