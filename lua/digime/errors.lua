@@ -5,7 +5,7 @@
 local json = require "digime.json"
 
 local type, tostring, setmetatable, getmetatable = type, tostring, setmetatable, getmetatable
-local format, concat = string.format, table.concat
+local format, concat, match = string.format, table.concat, string.match
 
 local _M = {}
 
@@ -37,8 +37,21 @@ function _M.is_error(v)
   return type(v) == "table" and getmetatable(v) == error_mt
 end
 
+-- A field name as error text. Names come from option tables, and a caller who puts a key PEM
+-- or a token where an option name goes (`opts[pem] = true`) must not see it echoed: a part
+-- that is neither an index nor a plausible option name (letters and _, no digits: random
+-- strings have digits) is replaced by its length.
+local function field_name(field)
+  return (tostring(field):gsub("[^%.%[%]]+", function(part)
+    if not (match(part, "^%d+$") or (#part <= 48 and match(part, "^[%a_]+$"))) then
+      return "<" .. #part .. "-byte key>"
+    end
+  end))
+end
+
 --- A TypeValidationError naming the field: `validation("contract.id", "must be a non-empty string")`.
 function _M.validation(field, problem)
+  field = field_name(field)
   return _M.new("TypeValidationError", "TypeValidationError", field .. " " .. problem,
                 { field = field })
 end
@@ -57,6 +70,8 @@ function _M.invalid_response(what, message)
 end
 
 local reasons = {
+  [301] = "Moved Permanently", [302] = "Found", [303] = "See Other", [304] = "Not Modified",
+  [307] = "Temporary Redirect", [308] = "Permanent Redirect",
   [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden", [404] = "Not Found",
   [405] = "Method Not Allowed", [406] = "Not Acceptable", [408] = "Request Timeout",
   [409] = "Conflict", [410] = "Gone", [413] = "Payload Too Large", [429] = "Too Many Requests",
@@ -65,8 +80,10 @@ local reasons = {
 }
 _M.reasons = reasons
 
+-- A server-provided string, kept when short; control characters (a CR/LF that would forge a
+-- log line) become spaces.
 local function short_string(v)
-  if type(v) == "string" and v ~= "" and #v <= 1024 then return v end
+  if type(v) == "string" and v ~= "" and #v <= 1024 then return (v:gsub("%c", " ")) end
 end
 
 --- Reads an error answer: code, message, reference from the JSON body (API shape
@@ -104,6 +121,12 @@ function _M.from_response(res)
     reference = reference,
     retryable = status == 429 or status == 502 or status == 503 or status == 504,
   }
+  if status >= 300 and status < 400 and not message then
+    -- Redirects are never followed (an API answer that points elsewhere is refused, and its
+    -- Location is not repeated here: it may carry anything).
+    message = format("HTTP %d %s: a redirect, which the SDK does not follow", status,
+                     reasons[status] or "Redirect")
+  end
   if code == "SDKInvalid" or code == "SDKVersionInvalid" then
     return _M.new("SDKInvalidError", code, message or "Invalid SDK version", fields)
   end

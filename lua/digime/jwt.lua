@@ -6,7 +6,7 @@ local errors = require "digime.errors"
 local request = require "digime.request"
 local scheduler = require "digime.scheduler"
 
-local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable
+local type, pairs, ipairs, setmetatable = type, pairs, ipairs, setmetatable
 local match, format = string.match, string.format
 
 local _M = {}
@@ -57,6 +57,14 @@ end
 function _M.now_ms()
   local t = core.time()
   return t * 1000 - (t * 1000) % 1
+end
+
+-- An attacker-chosen header value as error text: short, printable, one line (a kid may be
+-- 40 KiB of anything, newlines included).
+local function shown(v)
+  if type(v) ~= "string" then return "<" .. type(v) .. ">" end
+  local s = v:sub(1, 40):gsub("[^\32-\126]", "?")
+  return '"' .. s .. '"' .. (#v > 40 and format("... (%d bytes)", #v) or "")
 end
 
 local function token_error(message)
@@ -186,7 +194,7 @@ local function decode_segment(seg, what)
   local raw, err = core.b64url_decode(seg)
   if not raw then return nil, token_error(what .. " is not base64url: " .. err) end
   local v, jerr = json.decode(raw)
-  if type(v) ~= "table" then
+  if type(v) ~= "table" or v[1] ~= nil then    -- an object, not an array
     return nil, token_error(what .. " is not a JSON object" .. (jerr and (": " .. jerr) or ""))
   end
   return v
@@ -239,7 +247,7 @@ function _M.verify_server_token(sdk, token)
   local header, err = decode_segment(h64, "the token header")
   if not header then return nil, err end
   if header.alg ~= "PS512" then
-    return nil, token_error(format("algorithm %q is not accepted (PS512 only)", tostring(header.alg)))
+    return nil, token_error(format("algorithm %s is not accepted (PS512 only)", shown(header.alg)))
   end
   if type(header.kid) ~= "string" or type(header.jku) ~= "string" then
     return nil, token_error("the token header has no kid or jku")

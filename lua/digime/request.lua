@@ -96,7 +96,9 @@ function _M.send(sdk, spec)
     local res, msg, kind = sdk.transport:request{
       method = method, url = spec.url, headers = headers, body = spec.body,
       body_length = spec.body_length,
-      timeout = spec.timeout, max_body = spec.max_body,
+      timeout = spec.timeout,
+      -- a JSON answer is capped at its parse limit while it downloads, not after
+      max_body = spec.max_body or (spec.json and min(cfg.limits.body, spec.max_json or cfg.limits.json)) or nil,
       -- Every attempt gets a connection of its own: on a reused keep-alive connection that
       -- dies before answering, libcurl resends the request by itself, unchanged (same JWT,
       -- same nonce), once per pooled connection it tries. That would replay a token exchange,
