@@ -399,7 +399,13 @@ local function connect(c, u, o, fresh)
     left = remaining(c)
     if left <= 0 then return nil, "the request timed out", "timeout" end
     sock:settimeout(max(1, floor(left * 1000)))
-    local sess, herr = sock:sslhandshake(sessions[pool] or nil, u.host, verify)
+    -- lua-resty-core 0.1.25 (Debian's) can raise "assertion failed!" when nginx finishes a
+    -- failed verification at once (lua-resty-core#499, fixed upstream): that is a failed
+    -- handshake too, whose reason nginx has written to its error log.
+    local ok_call, sess, herr = pcall(sock.sslhandshake, sock, sessions[pool] or nil, u.host, verify)
+    if not ok_call then
+      sess, herr = nil, "certificate verification failed (OpenSSL's reason is in nginx's error log)"
+    end
     if not sess then
       return nil, format("TLS handshake with %s failed: %s (nginx verifies against "
         .. "lua_ssl_trusted_certificate)", u.host, tostring(herr)), "tls"
