@@ -9,10 +9,34 @@ local user_call = require "digime.user_call"
 local contract_call = require "digime.contract_call"
 
 local type = type
+local find = string.find
 
 local _M = {}
 
 local seg = request.encode_segment
+
+-- Numbers that go into a URL as digits: urls.number prints integers with %d, which has no
+-- representation for math.huge or values past 2^63 (Lua 5.4 raises, LuaJIT prints garbage).
+local MAX_URL_NUMBER = 2 ^ 53
+
+--- A non-empty string that is sent as a header value: CR, LF and NUL are refused here, as a
+-- TypeValidationError, instead of failing later as a network error.
+local function header_string(v, field)
+  local ok, err = validate.string(v, field)
+  if not ok then return nil, err end
+  if find(v, "[\r\n]") or find(v, "\0", 1, true) then
+    return nil, errors.validation(field, "must not contain CR, LF or NUL (it is sent as a header)")
+  end
+  return true
+end
+
+--- A non-negative integer that goes into a URL path.
+local function url_integer(v, field)
+  if not validate.is_integer(v) or v < 0 or v > MAX_URL_NUMBER then
+    return nil, errors.validation(field, "must be a non-negative integer")
+  end
+  return true
+end
 
 local check_all = validate.all
 local function user_checks(opts, allowed, name, more)
@@ -42,7 +66,7 @@ end
 --- sdk:delete_account{ contract, user_access_token, account_id } -> { deleted = true, status }
 function _M.delete_account(sdk, opts)
   local ok, err = user_checks(opts, validate.set{ "contract", "user_access_token", "account_id" },
-    "delete_account", { { validate.string, opts and opts.account_id, "account_id" } })
+    "delete_account", { { header_string, opts and opts.account_id, "account_id" } })
   if not ok then return nil, err end
   return user_call.send(sdk, opts.contract, opts.user_access_token, {
     method = "DELETE", url = sdk.config.base_url .. "permission-access/service/h:accountId",
@@ -63,8 +87,8 @@ function _M.get_portability_report(sdk, opts)
   local ok, err = user_checks(opts, REPORT_OPTS, "get_portability_report", {
     { validate.string, opts and opts.format, "format" },
     { validate.string, opts and opts.service_type, "service_type" },
-    { validate.number, opts and opts.from, "from", true, 0 },
-    { validate.number, opts and opts.to, "to", true, 0 },
+    { validate.number, opts and opts.from, "from", true, 0, MAX_URL_NUMBER },
+    { validate.number, opts and opts.to, "to", true, 0, MAX_URL_NUMBER },
   })
   if not ok then return nil, err end
   local url = urls.build(sdk.config.base_url .. "export/" .. seg(opts.service_type) .. "/report",
@@ -87,7 +111,7 @@ function _M.get_service_sample_data_sets(sdk, opts)
   if not ok then return nil, err end
   ok, err = check_all{
     { validate.contract, opts.contract },
-    { validate.number, opts.source_id, "source_id", false, 0 },
+    { url_integer, opts.source_id, "source_id" },
   }
   if not ok then return nil, err end
   local res, rerr = contract_call.send(sdk, opts.contract, {

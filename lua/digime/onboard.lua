@@ -9,11 +9,24 @@ local auth = require "digime.auth"
 local user_call = require "digime.user_call"
 
 local type = type
+local find = string.find
 
 local _M = {}
 
 local check_all = validate.all
 local invalid_response = errors.invalid_response
+
+--- A non-empty string that is sent as a header value: CR, LF and NUL are refused here, as a
+-- TypeValidationError, instead of failing later as a network error.
+local function header_string(v, field)
+  local ok, err = validate.string(v, field)
+  if not ok then return nil, err end
+  if find(v, "[\r\n]") or find(v, "\0", 1, true) then
+    return nil, errors.validation(field, "must not contain CR, LF or NUL (it is sent as a header)")
+  end
+  return true
+end
+
 -- POST oauth/token/reference with claims built per attempt for the current token; returns
 -- { code, session } (the verified reference_code and the session), as a user call.
 local function reference_call(sdk, opts, body, claims_for, finish)
@@ -137,8 +150,8 @@ function _M.get_revoke_account_permission_url(sdk, opts)
   ok, err = check_all{
     { validate.contract, opts.contract },
     { validate.user_access_token, opts.user_access_token, "user_access_token" },
-    { validate.string, opts.account_id, "account_id" },
-    { validate.string, opts.redirect_uri, "redirect_uri" },
+    { header_string, opts.account_id, "account_id" },
+    { header_string, opts.redirect_uri, "redirect_uri" },
   }
   if not ok then return nil, err end
   return user_call.send(sdk, opts.contract, opts.user_access_token, {

@@ -38,12 +38,12 @@ local function check_include(params, field)
   return true
 end
 
-local function post(sdk, contract, path, params)
+local function post(sdk, contract, path, params, params_key)
   local body
   if params ~= nil then
     local err
     body, err = json.encode(params)
-    if not body then return nil, errors.validation("params", "cannot be encoded as JSON: " .. err) end
+    if not body then return nil, errors.validation(params_key, "cannot be encoded as JSON: " .. err) end
   end
   local res, rerr = contract_call.send(sdk, contract, {
     method = "POST", url = sdk.config.base_url .. path, idempotent = true,
@@ -74,7 +74,7 @@ local function make(name, path, params_key, add_defaults)
       if not ok then return nil, err end
     end
     if add_defaults then params = add_defaults(deep_copy(params or {})) end
-    return post(sdk, opts.contract, path, params)
+    return post(sdk, opts.contract, path, params, params_key)
   end
 end
 
