@@ -1095,10 +1095,10 @@ http {
     it("refuses a reader with decrypt, and a reader on a GET", function()
       local _, err, kind = transport:request{ method = "POST", url = bbase .. "/echo", body = reader{}.read,
                                               decrypt = { key = "k", choose = function() end } }
-      assert.equal("other", kind)
+      assert.equal("request", kind)
       assert.matches("streamed body with decrypt", err, 1, true)
       _, err, kind = transport:request{ method = "GET", url = bbase .. "/echo", body = reader{}.read }
-      assert.equal("other", kind)
+      assert.equal("request", kind)
       assert.matches("cannot stream a body", err, 1, true)
     end)
   end)

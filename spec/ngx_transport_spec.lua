@@ -269,7 +269,7 @@ describe("the ngx transport #nginx", function()
       r = transport{ url = fixture("/fixture/chunked"), max_body = 4096 }[1]
       assert.equal("too_large", r.kind)
       r = transport{ url = fixture("/fixture/big"), header = "a\r\nx-injected: 1" }[1]
-      assert.equal("other", r.kind)
+      assert.equal("request", r.kind)
       assert.matches("line break", r.err)
     end)
 

@@ -723,6 +723,8 @@ describe("write/manage/storage calls under faults", function()
               file_descriptor = { mimeType = "a", accounts = {}, tags = { 5 } } } } },
           { "data.fileName", { data = { file_data = "x", fileName = "a", file_descriptor = descriptor() } } },
           { "push_data.account", { account = "acc" } },
+          { "data.file_descriptor", { data = { file_data = "x", file_name = "a",
+              file_descriptor = { mimeType = "a", accounts = {}, extra = print } } } },
         } },
       ["push_data (provider)"] = { call = "push_data", user = true,
         base = function()
@@ -735,7 +737,7 @@ describe("write/manage/storage calls under faults", function()
           { "version", { version = NONE } }, { "version", { version = "4.0.1" } },
           { "standard", { standard = NONE } }, { "standard", { standard = "hl7" } },
           { "account_id", { account_id = NONE } }, { "account_id", { account_id = 5 } },
-          { "account_id", { account_id = "" } },
+          { "account_id", { account_id = "" } }, { "account_id", { account_id = "a\r\nx-b: c" } },
           { "push_data.accountId", { accountId = "acc" } },
         } },
       delete_user = { user = true, base = function() return {} end,
@@ -890,10 +892,6 @@ describe("write/manage/storage calls under faults", function()
       end)
     end
   end)
-
-  -- Known gaps in files this spec does not own (write.lua), reported with issue 5.
-  pending("push_data (provider): an account_id with CR/LF is a TypeValidationError (now a retryable NetworkError)")
-  pending("push_data (library): a file_descriptor value JSON cannot carry is a TypeValidationError (now JWTError)")
 
   it("never lets a secret into an error or a log line", function()
     flow.assert_no_secrets()

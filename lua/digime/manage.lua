@@ -9,7 +9,6 @@ local user_call = require "digime.user_call"
 local contract_call = require "digime.contract_call"
 
 local type = type
-local find = string.find
 
 local _M = {}
 
@@ -19,16 +18,7 @@ local seg = request.encode_segment
 -- representation for math.huge or values past 2^63 (Lua 5.4 raises, LuaJIT prints garbage).
 local MAX_URL_NUMBER = 2 ^ 53
 
---- A non-empty string that is sent as a header value: CR, LF and NUL are refused here, as a
--- TypeValidationError, instead of failing later as a network error.
-local function header_string(v, field)
-  local ok, err = validate.string(v, field)
-  if not ok then return nil, err end
-  if find(v, "[\r\n]") or find(v, "\0", 1, true) then
-    return nil, errors.validation(field, "must not contain CR, LF or NUL (it is sent as a header)")
-  end
-  return true
-end
+local header_string = validate.header_string
 
 --- A non-negative integer that goes into a URL path.
 local function url_integer(v, field)

@@ -9,23 +9,13 @@ local auth = require "digime.auth"
 local user_call = require "digime.user_call"
 
 local type = type
-local find = string.find
 
 local _M = {}
 
 local check_all = validate.all
 local invalid_response = errors.invalid_response
 
---- A non-empty string that is sent as a header value: CR, LF and NUL are refused here, as a
--- TypeValidationError, instead of failing later as a network error.
-local function header_string(v, field)
-  local ok, err = validate.string(v, field)
-  if not ok then return nil, err end
-  if find(v, "[\r\n]") or find(v, "\0", 1, true) then
-    return nil, errors.validation(field, "must not contain CR, LF or NUL (it is sent as a header)")
-  end
-  return true
-end
+local header_string = validate.header_string
 
 -- POST oauth/token/reference with claims built per attempt for the current token; returns
 -- { code, session } (the verified reference_code and the session), as a user call.

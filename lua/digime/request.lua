@@ -45,9 +45,12 @@ local function log(sdk, level, message, fields)
   end
 end
 
+-- Exponential, capped at max_backoff, with up to a quarter more at random so that clients
+-- that failed together do not retry together (the jitter scales with the delay: a caller who
+-- asks for 10 ms backoffs gets 10-12.5 ms, not 10 ms plus a fixed 100 ms).
 local function backoff(ro, attempt)
-  local d = ro.backoff * 2 ^ (attempt - 1)
-  return min(d, ro.max_backoff) + random() * 0.1
+  local d = min(ro.backoff * 2 ^ (attempt - 1), ro.max_backoff)
+  return d * (1 + 0.25 * random())
 end
 
 local function path_of(url)
@@ -115,6 +118,10 @@ function _M.send(sdk, spec)
 
     if not res and kind == "unavailable" then
       return nil, errors.sdk("TransportUnavailable", tostring(msg))
+    elseif not res and kind == "request" then
+      -- The transport would not send it (a header value with a line break, a bad URL): the
+      -- same request would be refused again, and nothing reached the server.
+      return nil, errors.sdk("RequestNotSent", tostring(msg), { attempts = attempt })
     elseif not res and kind == "cancelled" then
       return nil, errors.network(format("%s %s was cancelled", method, path_of(spec.url)), kind)
     elseif not res and (kind == "decrypt" or kind == "sink") then

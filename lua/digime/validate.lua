@@ -4,6 +4,7 @@ local errors = require "digime.errors"
 
 local type, pairs, ipairs, tostring, next, pcall = type, pairs, ipairs, tostring, next, pcall
 local sort, concat = table.sort, table.concat
+local find = string.find
 local floor = math.floor
 
 local _M = {}
@@ -85,6 +86,18 @@ function _M.string(v, field, optional)
   if v == nil and optional then return true end
   if not _M.is_non_empty_string(v) then
     return nil, invalid(field, "must be a non-empty string")
+  end
+  return true
+end
+
+--- A non-empty string that is sent as a header value: CR, LF and NUL are refused here, as a
+-- TypeValidationError, instead of failing later as a network error.
+function _M.header_string(v, field, optional)
+  if v == nil and optional then return true end
+  local ok, err = _M.string(v, field)
+  if not ok then return nil, err end
+  if find(v, "[\r\n%z]") then
+    return nil, invalid(field, "must not contain CR, LF or NUL (it is sent as a header)")
   end
   return true
 end

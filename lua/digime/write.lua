@@ -231,6 +231,8 @@ local function push_library(sdk, opts)
   if not ok then return nil, err end
   ok, err = check_descriptor(data.file_descriptor)
   if not ok then return nil, err end
+  local _, jerr = json.encode(data.file_descriptor)
+  if jerr then return nil, invalid("data.file_descriptor", "cannot be sent as JSON: " .. tostring(jerr)) end
   local key, kerr = jwt.contract_key(opts.contract)
   if not key then return nil, kerr end
   -- FILEDESC: the descriptor as given, signed once per push (api doc §3.2).
@@ -265,7 +267,7 @@ local function push_provider(sdk, opts)
     return nil, invalid("version", 'must be "stu3" or "3.0.2"')
   end
   if opts.standard ~= "fhir" then return nil, invalid("standard", 'must be "fhir"') end
-  local ok, err = validate.string(opts.account_id, "account_id")
+  local ok, err = validate.header_string(opts.account_id, "account_id")
   if not ok then return nil, err end
   local body, jerr = json.encode(opts.data)
   if not body then return nil, invalid("data", "cannot be encoded as JSON: " .. jerr) end

@@ -172,7 +172,7 @@ function _M:request(req)
   local read = req.body
   if type(read) ~= "function" then read = nil end
   if read and req.decrypt then
-    return nil, "cannot start the request: a streamed body with decrypt", "other"
+    return nil, "cannot start the request: a streamed body with decrypt", "request"
   end
   local add_opts = {
     method = req.method,
@@ -204,7 +204,7 @@ function _M:request(req)
   local engine = scheduler.engine()
   local ok, handle = pcall(engine.add, engine, add_opts)
   if not ok then
-    return nil, "cannot start the request: " .. tostring(handle), "other"
+    return nil, "cannot start the request: " .. tostring(handle), "request"
   end
   -- A caller may ask to be able to cancel what is in flight (a sync that is stopped).
   local cancel = req.cancel

@@ -448,7 +448,7 @@ local function exchange(self, req, u, fresh)
     body_length = 0
   end
   local head, herr = request_head(req, u, body_length, chunked)
-  if not head then return fail(herr, "other") end
+  if not head then return fail(herr, "request") end
   if body == nil or (type(body) == "string" and #body <= PIECE) then
     ok, err, kind = send_all(c, body and head .. body or head)
   else
@@ -519,7 +519,7 @@ function _M:request(req)
   local ok, perr = _M.available()
   if not ok then return nil, perr, "unavailable" end
   local u, uerr = parse_url(req.url)
-  if not u then return nil, "cannot request " .. tostring(req.url) .. ": " .. uerr, "other" end
+  if not u then return nil, "cannot request " .. tostring(req.url) .. ": " .. uerr, "request" end
   local method = req.method or "GET"
   local may_repeat = (IDEMPOTENT[method] or req.idempotent == true) and type(req.body) ~= "function"
   -- What must not be repeated gets a connection of its own (see the top of this file).
