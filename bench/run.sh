@@ -12,7 +12,7 @@ openssl speed -seconds 3 rsa2048 2>/dev/null | tail -2
 dir=$(mktemp -d)
 bin/digime-sandbox > "$dir/out" 2> "$dir/err" &
 pid=$!
-trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $pid 2>/dev/null; rm -rf "$dir"; true' EXIT
 until [ -s "$dir/out" ]; do sleep 0.1; done
 line=$(head -1 "$dir/out")
 url() { printf '%s' "$line" | sed -e "s/.*\"$1\":\"\([^\"]*\)\".*/\1/" -e 's#\\/#/#g'; }

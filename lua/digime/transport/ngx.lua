@@ -270,6 +270,18 @@ local function read_head(c, cap)
   end
 end
 
+-- Passes the next n bytes of the answer to emit, piece by piece.
+local function pass(c, n, emit)
+  while n > 0 do
+    local piece, err, kind = c:take(min(n, PIECE))
+    if not piece then return nil, err, kind end
+    n = n - #piece
+    local ok, eerr, ekind = emit(piece)
+    if not ok then return nil, eerr, ekind end
+  end
+  return true
+end
+
 -- Calls emit(piece) for each piece of the body as framed by the headers; returns true when
 -- the body ended where its framing says (the connection may then be reused).
 local function read_body(c, status, headers, method, emit)  -- luacheck: ignore 561
@@ -286,13 +298,8 @@ local function read_body(c, status, headers, method, emit)  -- luacheck: ignore 
       if not hex or #hex > 12 then return nil, "a malformed chunk-size line", "other" end
       local size = tonumber(hex, 16)
       if size == 0 then break end
-      while size > 0 do
-        local piece, perr, pkind = c:take(min(size, PIECE))
-        if not piece then return nil, perr, pkind end
-        size = size - #piece
-        local ok, eerr, ekind = emit(piece)
-        if not ok then return nil, eerr, ekind end
-      end
+      local ok, perr, pkind = pass(c, size, emit)
+      if not ok then return nil, perr, pkind end
       local crlf, cerr, ckind = c:until_delim("\r\n", 2, "a chunk's end")
       if not crlf then return nil, cerr, ckind end
       if crlf ~= "" then return nil, "a chunk does not end with CRLF", "other" end
@@ -311,15 +318,7 @@ local function read_body(c, status, headers, method, emit)  -- luacheck: ignore 
     if not match(cl, "^%d+$") or #cl > 15 then
       return nil, "a malformed content-length: " .. cl, "other"
     end
-    local left = tonumber(cl)
-    while left > 0 do
-      local piece, err, kind = c:take(min(left, PIECE))
-      if not piece then return nil, err, kind end
-      left = left - #piece
-      local ok, eerr, ekind = emit(piece)
-      if not ok then return nil, eerr, ekind end
-    end
-    return true
+    return pass(c, tonumber(cl), emit)
   end
   -- no framing: the body ends when the server closes
   while true do
