@@ -35,3 +35,15 @@ for what in "library --generate 500:4k:mixed" "big --big-file 512m"; do
 done
 echo "== inside nginx (one worker, ngx transport)"
 lua5.4 bench/ngx.lua 30
+echo "== streamed uploads (sandbox --storage-limit 1g)"
+bin/digime-sandbox --storage-limit 1g > "$dir/out3" 2> "$dir/err3" &
+pid=$!
+until [ -s "$dir/out3" ]; do sleep 0.1; done
+line=$(head -1 "$dir/out3")
+for it in "lua5.4 storage 256 reader" "lua5.4 storage 256 file" "luajit storage 256 reader" "lua5.4 push 60 reader"; do
+  set -- $it
+  "$1" bench/upload.lua "$(url base_url)" "$(url onboard_url)" "$(url cloud_base_url)" "$2" "$3" "$4"
+done
+kill $pid; wait $pid 2>/dev/null || true
+echo "== the OpenResty example app under wrk"
+DURATION=10s sh bench/openresty.sh
