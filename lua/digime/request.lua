@@ -64,7 +64,8 @@ end
 --           decrypt = { key, max_output, choose }, on_data = function(chunk) -> ok, err,
 --           on_attempt = function() (called before each attempt, e.g. to reset a buffer),
 --           sink_once = bool (on_data cannot take the data twice: no retry once it had some) }
--- Returns the response (plus `json` when asked and the body is JSON) for a 2xx answer,
+-- Returns the response (plus `json` when asked and the body is JSON) for a 2xx answer, and
+-- for a DELETE answered 404 after an attempt whose answer was lost (`gone_before` set);
 -- otherwise nil and an error object.
 function _M.send(sdk, spec)
   local cfg = sdk.config
@@ -74,6 +75,7 @@ function _M.send(sdk, spec)
   local started = core.monotonic()
   local attempt = 0
   local last_err
+  local maybe_done = false   -- an earlier attempt may have been carried out by the server
   local delivered = 0
   local on_data = spec.on_data
   if on_data then
@@ -137,6 +139,7 @@ function _M.send(sdk, spec)
       log(sdk, "warn", "request failed", { method = method, path = path_of(spec.url),
                                             attempt = attempt, error = kind, ms = elapsed * 1000 })
       retry = RETRY_NET[kind] and (idempotent or NEVER_SENT[kind])
+      maybe_done = maybe_done or not NEVER_SENT[kind]
       if retry and spec.sink_once and delivered > 0 then
         -- Part of the file is already in the caller's sink: a new download would repeat it.
         last_err.message = last_err.message .. " (after " .. delivered .. " bytes went to the sink)"
@@ -163,7 +166,16 @@ function _M.send(sdk, spec)
         res.attempts = attempt
         return res
       end
+      if status == 404 and method == "DELETE" and maybe_done then
+        -- An earlier attempt's answer was lost after it may have been carried out: what it
+        -- was to delete is gone, which is what a DELETE asks for.
+        log(sdk, "info", "DELETE found nothing after an attempt whose answer was lost: done",
+            { method = method, path = path_of(spec.url), attempt = attempt })
+        res.attempts, res.gone_before = attempt, true
+        return res
+      end
       last_err = errors.from_response(res)
+      if status >= 500 then maybe_done = true end
       if RETRY_STATUS[status] then
         retry = idempotent
       elseif status >= 500 and status ~= 501 then
