@@ -148,7 +148,8 @@ function _M.init(opts)
   -- A lua_shared_dict exists only inside nginx; elsewhere the cache is the SDK object's own.
   if cfg.jwks.shared_dict and in_nginx() then
     local serr
-    shared, serr = require("digime.ngx_shared").new(cfg.jwks.shared_dict)
+    -- a lock covers one request and its retry: a holder gone longer than that has died
+    shared, serr = require("digime.ngx_shared").new(cfg.jwks.shared_dict, cfg.timeout * 2 + 5)
     if not shared then return nil, errors.validation("jwks.shared_dict", serr) end
   end
   return setmetatable({

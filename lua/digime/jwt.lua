@@ -146,8 +146,8 @@ end
 -- A fetch once for all workers: the lock holder fetches and shares; the others read its copy.
 local function fetch_shared(sdk, jku)
   local cfg = sdk.config.jwks
-  local lock = sdk.shared:lock("jwks:" .. jku, sdk.config.timeout * 2 + 5)
-  local ok, waited = lock:acquire(sdk.config.timeout * 2 + 5)
+  local lock = sdk.shared:lock("jwks:" .. jku)
+  local ok, waited = lock:acquire()
   if ok and waited then
     from_shared(sdk, jku)
     local entry = sdk.jwks_cache[jku]

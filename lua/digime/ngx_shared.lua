@@ -18,12 +18,13 @@ local mt = { __index = _M }
 local holder_seq = 0
 
 --- The shared store for a dict name, or nil and a message (the dict is not declared).
-function _M.new(name)
+-- hold: seconds a lock is held at most (a holder that died frees it then) and waited for.
+function _M.new(name, hold)
   local dict = ngx.shared[name]
   if not dict then
     return nil, "no lua_shared_dict named " .. tostring(name) .. " is declared in nginx.conf"
   end
-  return setmetatable({ dict = dict, name = name }, mt)
+  return setmetatable({ dict = dict, name = name, hold = hold }, mt)
 end
 
 --- The cached JWKS body for jku and when it was fetched (epoch seconds), or nil.
@@ -43,16 +44,17 @@ end
 local lock_mt = {}
 lock_mt.__index = lock_mt
 
---- A lock shared by the workers. `ttl` bounds how long a holder that died keeps it.
-function _M:lock(name, ttl)
+--- A lock shared by the workers, held for at most the store's `hold` seconds.
+function _M:lock(name)
   holder_seq = holder_seq + 1
-  return setmetatable({ dict = self.dict, key = "digime:lock:" .. name, ttl = ttl,
+  return setmetatable({ dict = self.dict, key = "digime:lock:" .. name, ttl = self.hold,
     id = ngx.worker.pid() .. ":" .. holder_seq }, lock_mt)
 end
 
---- Waits up to `timeout` seconds for the lock. true when held, or nil and a message;
+--- Waits up to `hold` seconds for the lock. true when held, or nil and a message;
 -- `waited` (second value) is true when another holder had it first.
-function lock_mt:acquire(timeout)
+function lock_mt:acquire()
+  local timeout = self.ttl
   local dict, key = self.dict, self.key
   local ok, err = dict:add(key, self.id, self.ttl)
   if ok then return true, false end

@@ -91,8 +91,8 @@ function _M.refresh(sdk, contract, token, reuse)
     -- and take the token it left (refresh tokens rotate: a second refresh would fail).
     local shared, lock = sdk.shared, nil
     if shared then
-      lock = shared:lock(flight_key, sdk.config.timeout * 2 + 5)
-      local ok, waited = lock:acquire(sdk.config.timeout * 2 + 5)
+      lock = shared:lock(flight_key)
+      local ok, waited = lock:acquire()
       if not ok then
         return nil, errors.sdk("RefreshLockTimeout", "another worker's refresh of this token did "
           .. "not finish in time: " .. tostring(waited))
