@@ -14,6 +14,7 @@
 -- with digime.core's own engine (redirects not followed) so that the Location header, the
 -- callback with success/state/code, can be read.
 local sandbox = require "sandbox"
+local shell = require "shell"
 local cjson = require "cjson"
 local socket = require "socket"
 local core = require "digime.core"
@@ -493,10 +494,6 @@ end
 local Capture = {}
 Capture.__index = Capture
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
 -- Starts the capture proxy in front of sb (or with no upstream when sb is nil).
 function _M.capture(sb)
   -- the script goes to a temporary file, removed once the child has read it (it has when
@@ -505,28 +502,10 @@ function _M.capture(sb)
   local src = assert(io.open(source_file, "wb"))
   src:write(CAPTURE_SOURCE)
   src:close()
-  local out = os.tmpname()
-  local upstream = sb and sb.origin or "-"
-  local inner = ("exec lua5.4 %s %s 120 >%s 2>&1"):format(q(source_file), q(upstream), q(out))
-  local p = assert(io.popen("sh -c " .. q(inner) .. " & echo $!"))
-  local pid = assert(tonumber(p:read("*l")), "no pid")
-  p:close()
-  local port
-  local deadline = _M.now() + 10
-  repeat
-    local f = io.open(out, "rb")
-    port = f and tonumber(f:read("*l"))
-    if f then f:close() end
-    if not port then socket.sleep(0.02) end
-  until port or _M.now() > deadline
+  local ok, pid, port, out = pcall(shell.spawn_port_script, source_file,
+                                   { sb and sb.origin or "-", 120 }, "capture proxy")
   os.remove(source_file)
-  if not port then
-    local f = io.open(out, "rb")
-    local text = f and f:read("*a") or ""
-    if f then f:close() end
-    os.execute("kill " .. pid .. " 2>/dev/null")
-    error("capture proxy did not start: " .. text)
-  end
+  if not ok then error(pid, 0) end
   local origin = "http://127.0.0.1:" .. port
   return setmetatable({ pid = pid, port = port, out = out, origin = origin,
                         base_url = origin .. "/v1.7/",

@@ -1,7 +1,6 @@
 -- Helpers of spec/security_spec.lua: scripted loopback servers, a secrets ledger that scans
 -- error texts and log lines for leaks, JWT forging with keys the spec holds, and test PKI
 -- made with the openssl command line.
-local socket = require "socket"
 local cjson = require "cjson"
 local core = require "digime.core"
 local sandbox = require "sandbox"
@@ -24,26 +23,8 @@ Server.__index = Server
 
 --- Starts spec/support/security_server.lua: -> server { origin, port, pid }
 function _M.server(ttl)
-  local out = os.tmpname()
-  local src = script_dir() .. "/security_server.lua"
-  local inner = ("exec lua5.4 %s %d >%s 2>&1"):format(q(src), ttl or 900, q(out))
-  local p = assert(io.popen("sh -c " .. q(inner) .. " & echo $!"))
-  local pid = assert(tonumber(p:read("*l")), "no pid")
-  p:close()
-  local port
-  local deadline = socket.gettime() + 10
-  repeat
-    local f = io.open(out, "rb")
-    port = f and tonumber(f:read("*l"))
-    if f then f:close() end
-    if not port then socket.sleep(0.02) end
-  until port or socket.gettime() > deadline
-  if not port then
-    local text = shell.read(out)
-    os.execute("kill " .. pid .. " 2>/dev/null")
-    os.remove(out)
-    error("security_server did not start: " .. text)
-  end
+  local pid, port, out = shell.spawn_port_script(script_dir() .. "/security_server.lua",
+                                                 { ttl or 900 }, "security_server")
   return setmetatable({ pid = pid, port = port, out = out,
                         origin = "http://127.0.0.1:" .. port }, Server)
 end

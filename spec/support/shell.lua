@@ -39,4 +39,34 @@ function _M.rmdir(dir)
   if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. _M.quote(dir)) end
 end
 
+--- Starts `lua5.4 script args...` in the background, for a loopback server that prints its
+-- port as its first line; waits up to 10 s for it. -> pid, port, out (the file that has
+-- the child's output), or raises with that output, naming the server `what`.
+function _M.spawn_port_script(script, args, what)
+  local socket = require "socket"
+  local out = os.tmpname()
+  local quoted = {}
+  for i, a in ipairs(args or {}) do quoted[i] = _M.quote(a) end
+  local inner = ("exec lua5.4 %s %s >%s 2>&1"):format(_M.quote(script), table.concat(quoted, " "),
+                                                      _M.quote(out))
+  local p = assert(io.popen("sh -c " .. _M.quote(inner) .. " & echo $!"))
+  local pid = assert(tonumber(p:read("*l")), "no pid")
+  p:close()
+  local port
+  local deadline = socket.gettime() + 10
+  repeat
+    local f = io.open(out, "rb")
+    port = f and tonumber(f:read("*l"))
+    if f then f:close() end
+    if not port then socket.sleep(0.02) end
+  until port or socket.gettime() > deadline
+  if not port then
+    local text = _M.read(out)
+    os.execute("kill " .. pid .. " 2>/dev/null")
+    os.remove(out)
+    error(what .. " did not start: " .. text)
+  end
+  return pid, port, out
+end
+
 return _M
