@@ -136,11 +136,6 @@ function _M.in_task()
   return true
 end
 
---- Cancels a request of the ngx transport (its reader stops at its next step).
-function _M.cancel(handle)
-  handle:cancel()
-end
-
 local loop_mt = {}
 loop_mt.__index = loop_mt
 
