@@ -31,13 +31,14 @@ struct request_ud {
 enum {
     O_METHOD, O_URL, O_HEADERS, O_BODY, O_TIMEOUT, O_CONNECT_TIMEOUT, O_VERIFY, O_CAFILE,
     O_CAPATH, O_PROXY, O_NO_PROXY, O_HTTP2, O_MAX_BODY, O_MAX_HEADERS, O_FOLLOW, O_PIPELINE,
-    O_MAX_BUFFERED, O_FRESH_CONNECT, O_BODY_STREAM, O_BODY_LENGTH, O_BODY_BUFFER, O_COUNT
+    O_MAX_BUFFERED, O_FRESH_CONNECT, O_BODY_STREAM, O_BODY_LENGTH, O_BODY_BUFFER, O_MAX_IDLE,
+    O_COUNT
 };
 
 static const char *const option_names[O_COUNT] = {
     "method", "url", "headers", "body", "timeout", "connect_timeout", "verify", "cafile",
     "capath", "proxy", "no_proxy", "http2", "max_body", "max_headers", "follow", "pipeline",
-    "max_buffered", "fresh_connect", "body_stream", "body_length", "body_buffer"
+    "max_buffered", "fresh_connect", "body_stream", "body_length", "body_buffer", "max_idle"
 };
 
 static int option_error(lua_State *L, int opt, const char *what)
@@ -213,6 +214,12 @@ static void read_options(lua_State *L, int base, struct http_options *o)
     o->max_headers = opt_size(L, base, O_MAX_HEADERS, o->max_headers);
     o->follow = opt_bool(L, base, O_FOLLOW, o->follow);
     o->fresh_connect = opt_bool(L, base, O_FRESH_CONNECT, o->fresh_connect);
+    if (!lua_isnil(L, base + O_MAX_IDLE)) {
+        size_t secs = opt_size(L, base, O_MAX_IDLE, 0);
+        if (secs < 1 || secs > 86400)
+            option_error(L, O_MAX_IDLE, "must be between 1 and 86400 seconds");
+        o->max_idle_s = (long)secs;
+    }
     if (!lua_isnil(L, base + O_MAX_BUFFERED)) {
         o->max_buffered = opt_size(L, base, O_MAX_BUFFERED, o->max_buffered);
         if (o->max_buffered == 0)
@@ -514,6 +521,8 @@ static void push_response(lua_State *L, http_request *r, dm_pipeline *pipe)
     lua_setfield(L, -2, "http_version");
     lua_pushnumber(L, http_request_time(r));
     lua_setfield(L, -2, "time");
+    lua_pushinteger(L, (lua_Integer)http_request_connects(r));
+    lua_setfield(L, -2, "connects");
 }
 
 static int push_failure(lua_State *L, http_request *r)

@@ -23,7 +23,8 @@ enum req_state {
 
 /* Why a callback stopped the transfer (libcurl then reports CURLE_WRITE_ERROR). */
 enum abort_reason { ABORT_NONE, ABORT_BODY, ABORT_HEADERS, ABORT_NOMEM, ABORT_SINK,
-                   ABORT_ANSWERED /* a complete answer ended an HTTP/2 upload early */ };
+                   ABORT_ANSWERED, /* a complete answer ended an HTTP/2 upload early */
+                   ABORT_RESEND    /* libcurl was about to send the request a second time */ };
 
 /* Where the current response's body goes: decided at its first byte (or at the end). */
 enum route { ROUTE_UNDECIDED, ROUTE_BUFFER, ROUTE_SINK };
@@ -54,6 +55,7 @@ struct req_list {
 
 struct http_engine {
     CURLM *multi;
+    CURLSH *share;      /* TLS sessions and DNS answers, for every request of the engine */
     pid_t pid;
     struct req_list running, finished;
 };
@@ -70,6 +72,9 @@ struct http_request {
     unsigned long long resp_bytes;  /* body bytes of the current response taken so far */
     size_t max_body, max_headers, header_bytes;
     int headers_done;           /* the blank line ending the last response's headers came */
+    int sends;                  /* times libcurl has put the request on a connection */
+    size_t header_bytes_at_send;
+    long connects;              /* new connections this transfer made (0: a reused one) */
     enum abort_reason aborted;
     /* a sink for 2xx bodies */
     int has_sink;
@@ -139,6 +144,7 @@ const char *http_kind_name(enum http_kind kind)
     case HTTP_CANCELLED: return "cancelled";
     case HTTP_DECRYPT: return "decrypt";
     case HTTP_BODY: return "body";
+    case HTTP_STALE: return "stale";
     case HTTP_OTHER: break;
     }
     return "other";
@@ -473,6 +479,26 @@ static int on_seek(void *ud, curl_off_t offset, int origin)
                                                                    : CURL_SEEKFUNC_CANTSEEK;
 }
 
+/* libcurl puts a request on a new connection by itself, unchanged, when a reused keep-alive
+ * connection dies before any answer comes (RFC 9112 9.3.1 allows that for idempotent
+ * requests only). The caller signs each attempt afresh (a nonce is good once) and counts
+ * it, and some requests must never be repeated: the second sending is refused here and the
+ * transfer ends as HTTP_STALE. A redirect is told apart by the answer that came before it. */
+static int on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip,
+                     int conn_primary_port, int conn_local_port)
+{
+    http_request *r = ud;
+
+    (void)conn_primary_ip; (void)conn_local_ip; (void)conn_primary_port; (void)conn_local_port;
+    if (r->sends > 0 && r->header_bytes == r->header_bytes_at_send) {
+        r->aborted = ABORT_RESEND;
+        return CURL_PREREQFUNC_ABORT;
+    }
+    r->sends++;
+    r->header_bytes_at_send = r->header_bytes;
+    return CURL_PREREQFUNC_OK;
+}
+
 static int is_space(char c)
 {
     return c == ' ' || c == '\t';
@@ -688,6 +714,7 @@ static void complete(http_request *r, CURLcode rc)
 
     if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_ANSWERED)
         rc = CURLE_OK;  /* the answer is complete: see answered_early */
+    curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &r->connects);
     if (rc == CURLE_OK) {
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
         /* libcurl 7.88 takes a connection closed in the middle of the headers for a
@@ -728,6 +755,10 @@ static void complete(http_request *r, CURLcode rc)
     } else if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_SINK) {
         sink_failed(r);
         r->sink_state = SINK_FAILED;
+    } else if (rc == CURLE_ABORTED_BY_CALLBACK && r->aborted == ABORT_RESEND) {
+        r->kind = HTTP_STALE;
+        snprintf(r->message, sizeof r->message,
+                 "the reused connection closed before any answer (not sent again)");
     } else {
         r->kind = classify(rc);
         snprintf(r->message, sizeof r->message, "%s",
@@ -748,11 +779,22 @@ http_engine *http_engine_new(char err[HTTP_ERRLEN])
         return NULL;
     }
     e = calloc(1, sizeof *e);
-    if (e == NULL || (e->multi = curl_multi_init()) == NULL) {
+    if (e == NULL || (e->multi = curl_multi_init()) == NULL
+        || (e->share = curl_share_init()) == NULL) {
+        if (e != NULL && e->multi != NULL)
+            curl_multi_cleanup(e->multi);
         free(e);
         set_err(err, "out of memory");
         return NULL;
     }
+    /* The multi handle already pools connections for all its requests; TLS sessions (for
+     * resumption when a new connection is needed) and DNS answers are shared through the
+     * share handle. One engine is driven by one thread: no lock callbacks needed. */
+    curl_share_setopt(e->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    curl_share_setopt(e->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    /* Idle connections kept: libcurl's default (4 x the transfers in flight) shrinks as a
+     * burst ends and would close connections the next burst needs. */
+    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)HTTP_MAX_IDLE_CONNECTIONS);
     e->pid = getpid();
     return e;
 }
@@ -773,8 +815,10 @@ void http_engine_free(http_engine *e)
         r->engine = NULL;
         r->state = REQ_DONE;
     }
-    if (owned(e->pid))
-        curl_multi_cleanup(e->multi);
+    if (owned(e->pid)) {
+        curl_multi_cleanup(e->multi);   /* closes the pooled connections first */
+        curl_share_cleanup(e->share);
+    }
     free(e);
 }
 
@@ -1019,8 +1063,14 @@ http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLE
     SETOPT(CURLOPT_FOLLOWLOCATION, o->follow ? 1L : 0L);
     SETOPT(CURLOPT_FRESH_CONNECT, o->fresh_connect ? 1L : 0L);
     /* A connection that will never be reused is closed when its transfer ends, not left
-     * in libcurl's cache (up to 4 x the transfers in flight: hundreds of idle sockets). */
+     * in libcurl's cache. */
     SETOPT(CURLOPT_FORBID_REUSE, o->fresh_connect ? 1L : 0L);
+    if (o->max_idle_s > 0)
+        SETOPT(CURLOPT_MAXAGE_CONN, o->max_idle_s);
+    /* Over HTTP/2, wait for a connection that may multiplex rather than open another. */
+    SETOPT(CURLOPT_PIPEWAIT, 1L);
+    SETOPT(CURLOPT_PREREQFUNCTION, on_prereq);
+    SETOPT(CURLOPT_PREREQDATA, r);
     SETOPT(CURLOPT_MAXREDIRS, MAX_REDIRECTS);
     /* Fails early on a declared content-length; on_body enforces the limit in any case.
      * Not for HEAD, whose content-length describes a body that never comes, nor with a
@@ -1097,7 +1147,8 @@ int http_engine_add(http_engine *e, http_request *r, char err[HTTP_ERRLEN])
         r->headers = s;
         r->has_content_type = 1;
     }
-    if (curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK) {
+    if (curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK
+        || curl_easy_setopt(r->easy, CURLOPT_SHARE, e->share) != CURLE_OK) {
         set_err(err, "out of memory");
         return -1;
     }
@@ -1165,6 +1216,11 @@ long http_request_status(const http_request *r)
 const char *http_request_http_version(const http_request *r)
 {
     return r->version ? r->version : "";
+}
+
+long http_request_connects(const http_request *r)
+{
+    return r->connects;
 }
 
 double http_request_time(const http_request *r)

@@ -20,6 +20,7 @@
 #define HTTP_DEFAULT_MAX_BUFFERED       ((size_t)1024 * 1024)
 #define HTTP_DEFAULT_BODY_BUFFER        ((size_t)1024 * 1024)
 #define HTTP_ERRLEN                     256
+#define HTTP_MAX_IDLE_CONNECTIONS       64L   /* idle keep-alive connections an engine keeps */
 
 typedef struct http_engine http_engine;
 typedef struct http_request http_request;
@@ -37,6 +38,9 @@ enum http_kind {
     HTTP_DECRYPT,   /* the sink refused the body (a file that does not decrypt or inflate) */
     HTTP_BODY,      /* a streamed request body broke its contract (shorter or longer than
                      * body_length) */
+    HTTP_STALE,     /* a reused keep-alive connection closed before any answer; the request
+                     * went out on it once and was not sent again (the server may or may not
+                     * have received it) */
     HTTP_OTHER
 };
 
@@ -74,9 +78,10 @@ struct http_options {
     const char *no_proxy;
     int http2;                 /* offer HTTP/2 over TLS through ALPN */
     int follow;                /* follow redirects (at most 10) */
-    int fresh_connect;         /* a new connection: libcurl silently resends a request once when
-                                * a reused connection dies before any answer, which a request
-                                * that must never be replayed cannot allow */
+    int fresh_connect;         /* a new connection, closed after the transfer (no reuse) */
+    long max_idle_s;           /* a pooled connection idle this many seconds or more is not
+                                * reused (keep it below the server's keep-alive timeout);
+                                * 0 = libcurl's default (118 s) */
     size_t max_body;           /* bytes of response body */
     size_t max_headers;        /* bytes of response header lines, all responses of the transfer */
     const struct http_sink *sink;  /* NULL: bodies are buffered; else copied into the request */
@@ -119,6 +124,7 @@ const char *http_request_error(const http_request *r);       /* "" on HTTP_OK */
 long http_request_status(const http_request *r);
 const char *http_request_http_version(const http_request *r);
 double http_request_time(const http_request *r);              /* seconds */
+long http_request_connects(const http_request *r);            /* new connections it made */
 const char *http_request_body(const http_request *r, size_t *len);
 const struct http_header *http_request_headers(const http_request *r, size_t *count);
 void http_request_drop_response(http_request *r);  /* frees body and headers once copied out */

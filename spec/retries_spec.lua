@@ -241,10 +241,12 @@ describe("retries", function()
   end)
 
   describe("of a token POST whose answer was lost", function()
+    -- With a connection of its own (keepalive = false), a token POST that may have reached
+    -- the server is never sent again: a NetworkError says the outcome is unknown.
     for _, f in ipairs{ { action = "reset" }, { action = "reset", after = true }, { action = "truncate" } } do
       local name = f.action .. (f.after and " after processing" or "")
-      it("never replays the code exchange (" .. name .. ")", function()
-        local sdk = assert(flow.sdk(sb))
+      it("never replays the code exchange (" .. name .. ", no keep-alive)", function()
+        local sdk = assert(flow.sdk(sb, { keepalive = false }))
         local code, verifier = flow.code(sdk)
         fault("POST", TOKEN, { action = f.action, after = f.after })
         local res, err = sdk:exchange_code_for_token{ contract = flow.contract(),
@@ -254,9 +256,10 @@ describe("retries", function()
         assert.are.equal(1, flow.count(sb, TOKEN))
       end)
 
-      it("never replays a refresh (" .. name .. ")", function()
+      it("never replays a refresh (" .. name .. ", no keep-alive)", function()
         local calls = 0
-        local sdk = assert(flow.sdk(sb, { on_token_refresh = function() calls = calls + 1 end }))
+        local sdk = assert(flow.sdk(sb, { keepalive = false,
+                                          on_token_refresh = function() calls = calls + 1 end }))
         local token = flow.login(sdk)
         local before = flow.count(sb, TOKEN)
         fault("POST", TOKEN, { action = f.action, after = f.after })
@@ -273,6 +276,89 @@ describe("retries", function()
         end
       end)
     end
+
+    -- On a kept-alive connection that closes without any answer (the server closed it as the
+    -- request left, or acted on it and died), the SDK sends a token POST once more, newly
+    -- signed: the server carries out a code or a refresh token once at most, so the repeat
+    -- either does the work the first did not, or is refused. Never the same JWT twice.
+    local function token_posts(mark)
+      local out = {}
+      for i, e in ipairs(sb:log()) do
+        if i > mark and e.path == TOKEN then out[#out + 1] = e end
+      end
+      return out
+    end
+
+    local function distinct_nonces(entries)
+      local seen = {}
+      for _, e in ipairs(entries) do
+        -- a request dropped before the sandbox read it has no nonce in the log
+        if e.nonce then
+          assert.is_nil(seen[e.nonce], "a JWT presented twice")
+          seen[e.nonce] = true
+        end
+      end
+    end
+
+    it("sends a code exchange again when its kept-alive connection closed before the server read it", function()
+      local sdk = assert(flow.sdk(sb))
+      local code, verifier = flow.code(sdk)       -- leaves a connection in the pool
+      local issued = sb:stats().tokens_issued
+      local mark = #sb:log()
+      fault("POST", TOKEN, { action = "reset" })
+      local res, err = sdk:exchange_code_for_token{ contract = flow.contract(),
+        authorization_code = code, code_verifier = verifier }
+      assert.is_nil(err)
+      assert.is_table(res.access_token)
+      local posts = token_posts(mark)
+      assert.are.equal(2, #posts)
+      distinct_nonces(posts)
+      assert.are.equal(1, sb:stats().tokens_issued - issued)
+    end)
+
+    it("carries out a code exchange once when the server acted on it and closed the kept-alive connection", function()
+      local sdk = assert(flow.sdk(sb))
+      local code, verifier = flow.code(sdk)
+      local issued = sb:stats().tokens_issued
+      local mark = #sb:log()
+      fault("POST", TOKEN, { action = "reset", after = true })
+      local res, err = sdk:exchange_code_for_token{ contract = flow.contract(),
+        authorization_code = code, code_verifier = verifier }
+      assert.is_nil(res)
+      assert.are.equal("ServerError", err.kind)     -- the code was spent by the first
+      local posts = token_posts(mark)
+      assert.are.equal(2, #posts)
+      distinct_nonces(posts)
+      assert.are.equal(1, sb:stats().tokens_issued - issued)
+    end)
+
+    it("refreshes once when the server acted on a refresh and closed the kept-alive connection", function()
+      local calls = 0
+      local sdk = assert(flow.sdk(sb, { on_token_refresh = function() calls = calls + 1 end }))
+      local token = flow.login(sdk)
+      local issued = sb:stats().tokens_issued
+      local mark = #sb:log()
+      fault("POST", TOKEN, { action = "reset", after = true })
+      local res, err = sdk:refresh_token{ contract = flow.contract(), user_access_token = token }
+      assert.is_nil(res)
+      assert.are.equal("InvalidToken", err.code)    -- rotated by the first; its answer was lost
+      local posts = token_posts(mark)
+      assert.are.equal(2, #posts)
+      distinct_nonces(posts)
+      assert.are.equal(1, sb:stats().tokens_issued - issued)
+      assert.are.equal(0, calls)
+    end)
+
+    it("never sends a token POST again once any answer came (truncate)", function()
+      local sdk = assert(flow.sdk(sb))
+      local code, verifier = flow.code(sdk)
+      fault("POST", TOKEN, { action = "truncate" })
+      local res, err = sdk:exchange_code_for_token{ contract = flow.contract(),
+        authorization_code = code, code_verifier = verifier }
+      assert.is_nil(res)
+      assert.are.equal("NetworkError", err.kind)
+      assert.are.equal(1, flow.count(sb, TOKEN))
+    end)
 
     it("does not retry an authorize POST that got a 503 (it reached the server)", function()
       local sdk = assert(flow.sdk(sb))

@@ -238,11 +238,13 @@ describe("token refresh in the read calls", function()
     same_token(token, err.user_access_token, "the error's token")
   end)
 
-  it("does not replay a refresh whose answer was lost, and can refresh later", function()
+  it("does not replay a refresh whose answer was lost, and can refresh later (no keep-alive)", function()
+    -- A connection of its own per attempt: a reset refresh may have reached the server.
+    local fresh_sdk = assert(flow.sdk(sb, { keepalive = false }))
     sb:expire("access")
     sb:fault{ method = "POST", path = TOKEN, match = "exact", action = "reset" }
     local mark = #sb:log()
-    local res, err = calls.read_accounts(token)
+    local res, err = fresh_sdk:read_accounts{ contract = flow.contract(), user_access_token = token }
     assert.is_nil(res)
     assert.are.equal("NetworkError", err.kind)
     local entries = log_since(mark)
@@ -252,6 +254,19 @@ describe("token refresh in the read calls", function()
     res, err = calls.read_accounts(err.user_access_token)
     assert.is_nil(err)
     assert.are_not.equal(token.access_token.value, res.user_access_token.access_token.value)
+  end)
+
+  it("sends a refresh again, newly signed, when its kept-alive connection closed before the server read it", function()
+    -- before_each's login and read_session left a connection in the pool
+    sb:expire("access")
+    sb:fault{ method = "POST", path = TOKEN, match = "exact", action = "reset" }
+    local mark = #sb:log()
+    local res, err = calls.read_accounts(token)
+    assert.is_nil(err)
+    local entries = log_since(mark)
+    assert.are.equal(2, count(entries, "POST", TOKEN), summary(entries))
+    assert.are.equal(1, #refreshed)
+    same_token(refreshed[1].new, res.user_access_token, "the result's token")
   end)
 
   it("answers a dead refresh token with ServerError InvalidToken that carries the token", function()

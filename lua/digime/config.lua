@@ -19,7 +19,7 @@ local DEFAULTS = {
 local TOP = validate.set{
   "application_id", "base_url", "onboard_url", "cloud_base_url", "retry_options", "timeout",
   "connect_timeout", "tls", "proxy", "transport", "jwks", "clock_leeway", "on_token_refresh",
-  "logger", "agent", "limits",
+  "logger", "agent", "limits", "keepalive",
 }
 
 local invalid = errors.validation
@@ -130,6 +130,14 @@ local function check(opts)
     if not ok then return nil, err end
   end
 
+  local ka = opts.keepalive
+  if ka ~= nil and ka ~= false then
+    ok, err = check_table(ka, "keepalive", { "idle" })
+    if not ok then return nil, err end
+    ok, err = validate.number(ka.idle, "keepalive.idle", true, 1, 3600)
+    if not ok then return nil, err end
+  end
+
   ok, err = check_table(opts.limits, "limits", { "json", "headers", "body" })
   if not ok then return nil, err end
   if opts.limits then
@@ -205,6 +213,15 @@ function _M.new(opts)
     shared_dict = j.shared_dict,
     max_size = j.max_size or 1024 * 1024,
   }
+  -- Connections are kept alive and reused; one idle for more than `idle` seconds (whole
+  -- seconds, as libcurl counts them) is not reused, so that it is retired before a server's
+  -- keep-alive timeout closes it under a request (5 s is the shortest common server
+  -- default). `keepalive = false`: a connection of its own for every attempt.
+  if opts.keepalive == false then
+    c.keepalive = false
+  else
+    c.keepalive = { idle = (opts.keepalive or {}).idle or 2 }
+  end
   local l = opts.limits or {}
   c.limits = {
     json = l.json or 16 * 1024 * 1024,

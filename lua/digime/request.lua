@@ -59,7 +59,10 @@ end
 
 --- spec = { method, url, headers, sign = function() -> jwt | nil, err,
 --           body = string | reader function, body_length (see transport/curl.lua),
---           idempotent = bool (POSTs that are safe to repeat), json = bool, max_json,
+--           idempotent = bool (POSTs that are safe to repeat),
+--           single_use = bool (a POST the server refuses to carry out twice: a token exchange
+--             or refresh; sent again when a kept-alive connection closed under it),
+--           json = bool, max_json,
 --           timeout, what = "name for messages",
 --           decrypt = { key, max_output, choose }, on_data = function(chunk) -> ok, err,
 --           on_attempt = function() (called before each attempt, e.g. to reset a buffer),
@@ -104,15 +107,6 @@ function _M.send(sdk, spec)
       timeout = spec.timeout,
       -- a JSON answer is capped at its parse limit while it downloads, not after
       max_body = spec.max_body or (spec.json and min(cfg.limits.body, spec.max_json or cfg.limits.json)) or nil,
-      -- Every attempt gets a connection of its own: on a reused keep-alive connection that
-      -- dies before answering, libcurl resends the request by itself, unchanged (same JWT,
-      -- same nonce), once per pooled connection it tries. That would replay a token exchange,
-      -- present a nonce twice, and hide attempts from retry_options. One attempt is one
-      -- request on the wire; the price is a new connection per call (measured in bench/).
-      fresh_connect = true,
-      -- Whether a transport may repeat this request by itself (the ngx transport does so for
-      -- an idempotent request whose pooled connection was found dead before any answer).
-      idempotent = idempotent,
       decrypt = spec.decrypt, on_data = on_data, cancel = spec.cancel,
     }
     local elapsed = core.monotonic() - t0
@@ -126,6 +120,21 @@ function _M.send(sdk, spec)
       return nil, errors.sdk("RequestNotSent", tostring(msg), { attempts = attempt })
     elseif not res and kind == "cancelled" then
       return nil, errors.network(format("%s %s was cancelled", method, path_of(spec.url)), kind)
+    elseif not res and kind == "stale" then
+      -- The request went out once on a kept-alive connection that then closed without an
+      -- answer: mostly the server had closed it idle as the request left (a keep-alive race),
+      -- rarely a server that acted on it and died. The transport never sends it again by
+      -- itself; here it is sent again, newly signed and counted as an attempt, only when a
+      -- repeat is harmless (idempotent) or refused by the server itself (single_use: an
+      -- authorization code or refresh token is good once), and at once: nothing is wrong with
+      -- the server.
+      last_err = errors.network(format("%s %s failed: %s", method, path_of(spec.url), tostring(msg)), kind)
+      log(sdk, "info", "kept-alive connection closed before answering", { method = method,
+          path = path_of(spec.url), attempt = attempt })
+      retry = idempotent or spec.single_use == true
+      maybe_done = true
+      if retry and spec.sink_once and delivered > 0 then retry = false end
+      wait = 0
     elseif not res and (kind == "decrypt" or kind == "sink") then
       -- The answer came but its content is bad, or the consumer refused it: not a network
       -- fault, and not something a second download would change.
@@ -181,9 +190,8 @@ function _M.send(sdk, spec)
       elseif status >= 500 and status ~= 501 then
         retry = idempotent
       elseif status == 406 and last_err.code == "InvalidRequest" and spec.sign then
-        -- A replayed nonce: libcurl resends an idempotent request once, unchanged, when a
-        -- reused keep-alive connection dies; if the server had processed the first copy it
-        -- refuses the second. A new attempt carries a new JWT.
+        -- A replayed nonce (something between the SDK and the server sent a request twice,
+        -- unchanged): a new attempt carries a new JWT.
         retry = idempotent
       end
       if retry then

@@ -39,11 +39,12 @@ function _M.from_payload(p)
 end
 
 --- POSTs oauth/token with the given claims and returns the verified, formatted token.
--- Never replayed once it may have reached the server (request.send retries POSTs only when
--- the connection was never made).
+-- Not sent again once it may have been carried out, except when a kept-alive connection
+-- closed under it without an answer (single_use: the server refuses a code or a refresh
+-- token the second time, so a repeat can never carry out a second exchange).
 function _M.token_call(sdk, key, claims_fn)
   local res, err = request.send(sdk, {
-    method = "POST", url = sdk.config.base_url .. "oauth/token",
+    method = "POST", url = sdk.config.base_url .. "oauth/token", single_use = true,
     headers = claims_fn.headers, json = true, what = "oauth/token",
     sign = function() return jwt.sign(key, nil, claims_fn.claims()) end,
   })

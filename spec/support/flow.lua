@@ -181,7 +181,8 @@ function _M.sdk(sb, extra)
   }
   for k, v in pairs(extra) do
     if k ~= "logger" then
-      if v == false then opts[k] = nil else opts[k] = v end
+      -- false removes a default here; keepalive = false is an option value of its own
+      if v == false and k ~= "keepalive" then opts[k] = nil else opts[k] = v end
     end
   end
   if type(opts.on_token_refresh) == "function" then

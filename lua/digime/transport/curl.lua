@@ -161,7 +161,7 @@ local function piped(handle, dec, req)
 end
 
 --- req = { method, url, headers, body (string | reader function), body_length, timeout,
---          max_body, fresh_connect,
+--          max_body,
 --          decrypt = { key, max_output, choose = function(status, headers) -> compression },
 --          on_data = function(plaintext_chunk) -> true | nil, err,
 --          cancel = a table the engine request is put in while it runs (keys) }
@@ -190,7 +190,10 @@ function _M:request(req)
     no_proxy = o.proxy and o.proxy.no_proxy,
     max_body = req.max_body or o.limits.body,
     max_headers = o.limits.headers,
-    fresh_connect = req.fresh_connect,
+    -- Kept alive and reused (the engine never sends a request twice on its own: a reused
+    -- connection that dies before answering ends the request with kind "stale").
+    fresh_connect = not o.keepalive or nil,
+    max_idle = o.keepalive and math.floor(o.keepalive.idle) or nil,
   }
   local dec
   if req.decrypt then

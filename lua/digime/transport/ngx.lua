@@ -10,11 +10,10 @@
 -- * A body to decrypt goes, piece by piece as it arrives, through the C decryptor
 --   (core.file_decryptor: decrypt -> inflate); only plaintext reaches on_data.
 --
--- Replays: requests that must not be repeated (POST unless marked idempotent) always go on a
--- new connection, never a pooled one; an idempotent request that finds its pooled connection
--- dead before any byte of an answer is sent once more on a new one (RFC 9110 §9.2.2), which is
--- what a pool of idle connections needs and what libcurl does for every request (see
--- request.lua for why the curl transport cannot allow it).
+-- Replays: every request goes on a pooled connection (unless `keepalive = false`), and none
+-- is ever sent twice here. A request whose pooled connection closes before any byte of an
+-- answer ends with kind "stale", as in the curl transport: request.lua then decides whether
+-- to send it again, newly signed (RFC 9110 9.2.2: only what is safe to repeat).
 local core = require "digime.core"
 local scheduler = require "digime.scheduler"
 
@@ -31,11 +30,9 @@ local mt = { __index = _M }
 
 local PIECE = 64 * 1024          -- bytes asked of the socket per read
 local SLICE = 1                  -- seconds per read wait, so a cancelled request notices
-local KEEPALIVE_IDLE = 30 * 1000 -- ms a pooled connection may idle (a server's limit may be lower)
 local POOL_SIZE = 32             -- connections kept per pool
 local MAX_CHUNK_LINE = 1024      -- bytes of a chunk-size line (hex size and extensions)
 local MAX_TRAILERS = 16 * 1024
-local IDEMPOTENT = { GET = true, HEAD = true, DELETE = true, PUT = true, OPTIONS = true }
 local DEFAULT_PORT = { http = 80, https = 443 }
 
 local YIELDABLE = scheduler.YIELDABLE
@@ -500,7 +497,8 @@ local function exchange(self, req, u, fresh)
   local reusable = framed and not fresh and c.pos > #c.buf and not find(conn_hdr, "close", 1, true)
     and (version == "1.1" or find(conn_hdr, "keep-alive", 1, true))
   if reusable then
-    c.sock:setkeepalive(KEEPALIVE_IDLE, POOL_SIZE)
+    -- Idle at most keepalive.idle: retired before a server's keep-alive timeout.
+    c.sock:setkeepalive(floor(o.keepalive.idle * 1000), POOL_SIZE)
   else
     c.sock:close()
   end
@@ -511,7 +509,7 @@ local function exchange(self, req, u, fresh)
 end
 
 --- req = { method, url, headers, body (string | reader function), body_length, timeout,
---          max_body, idempotent, decrypt = { key, max_output, choose }, on_data, cancel }
+--          max_body, decrypt = { key, max_output, choose }, on_data, cancel }
 -- (the interface of transport/curl.lua). Returns { status, headers, body, piped,
 -- http_version, time } or nil, message, kind.
 function _M:request(req)
@@ -519,20 +517,12 @@ function _M:request(req)
   if not ok then return nil, perr, "unavailable" end
   local u, uerr = parse_url(req.url)
   if not u then return nil, "cannot request " .. tostring(req.url) .. ": " .. uerr, "request" end
-  local method = req.method or "GET"
-  local may_repeat = (IDEMPOTENT[method] or req.idempotent == true) and type(req.body) ~= "function"
-  -- What must not be repeated gets a connection of its own (see the top of this file).
-  local fresh = not may_repeat
-  -- A pooled connection the server had closed fails before any answer: nothing was
-  -- processed, so try again; each try drops one dead connection, the pool is finite.
-  for _ = 1, POOL_SIZE + 1 do
-    local res, err, kind, answered, reused = exchange(self, req, u, fresh)
-    if res then return res end
-    if not (reused and not answered and kind == "reset") then
-      return nil, err, kind
-    end
+  local res, err, kind, answered, reused = exchange(self, req, u, not self.opts.keepalive)
+  if res then return res end
+  if reused and not answered and kind == "reset" then
+    return nil, "the reused connection closed before any answer (" .. tostring(err) .. ")", "stale"
   end
-  return nil, "every pooled connection was closed by the server", "reset"
+  return nil, err, kind
 end
 
 return _M
