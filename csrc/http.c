@@ -755,7 +755,10 @@ static void complete(http_request *r, CURLcode rc)
     } else if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_SINK) {
         sink_failed(r);
         r->sink_state = SINK_FAILED;
-    } else if (rc == CURLE_ABORTED_BY_CALLBACK && r->aborted == ABORT_RESEND) {
+    } else if ((rc == CURLE_ABORTED_BY_CALLBACK && r->aborted == ABORT_RESEND)
+               || (rc == CURLE_SEND_FAIL_REWIND && r->sends == 1
+                   && r->header_bytes == r->header_bytes_at_send)) {
+        /* a streamed body cannot be rewound: libcurl's resend fails before on_prereq */
         r->kind = HTTP_STALE;
         snprintf(r->message, sizeof r->message,
                  "the reused connection closed before any answer (not sent again)");
@@ -1067,8 +1070,10 @@ http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLE
     SETOPT(CURLOPT_FORBID_REUSE, o->fresh_connect ? 1L : 0L);
     if (o->max_idle_s > 0)
         SETOPT(CURLOPT_MAXAGE_CONN, o->max_idle_s);
-    /* Over HTTP/2, wait for a connection that may multiplex rather than open another. */
-    SETOPT(CURLOPT_PIPEWAIT, 1L);
+    /* Over TLS, where ALPN may offer HTTP/2, wait for a connection that may multiplex rather
+     * than open another (libcurl knows after the first handshake; plain http:// stays 1.1). */
+    if (o->http2 && strncmp(o->url, "https://", 8) == 0)
+        SETOPT(CURLOPT_PIPEWAIT, 1L);
     SETOPT(CURLOPT_PREREQFUNCTION, on_prereq);
     SETOPT(CURLOPT_PREREQDATA, r);
     SETOPT(CURLOPT_MAXREDIRS, MAX_REDIRECTS);

@@ -387,13 +387,15 @@ describe("read_all_files", function()
       end
     end)
 
-    it("uses 5 downloads at most by default", function()
+    it("keeps up to 16 downloads in flight by default (enough to fill a long link)", function()
+      assert.are.equal(16, require("digime.sync").DEFAULT_CONCURRENCY)
       local key = session(true)
-      sb:fault{ method = "GET", path = QUERY .. key .. "/", action = "delay", ms = 100, count = 13 }
+      -- every download waits: all 13 files of the library are asked for at once
+      sb:fault{ method = "GET", path = QUERY .. key .. "/", action = "delay", ms = 300, count = 13 }
       local res, err = run_sync(key)
       assert.is_nil(err)
       assert.are.equal(13, res.files)
-      assert.is_true(sb:stats().max_inflight_downloads <= 5)
+      assert.are.equal(13, sb:stats().max_inflight_downloads)
     end)
   end)
 

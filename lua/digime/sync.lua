@@ -14,6 +14,11 @@ local min, concat = math.min, table.concat
 
 local _M = {}
 
+-- Downloads in flight by default. A download is one request and one answer: at a round trip
+-- of 40 ms, 16 of them keep a link busy where 5 left it idle most of the time (bench/network.sh:
+-- figures in bench/RESULTS.md); on loopback more in flight changes little either way.
+_M.DEFAULT_CONCURRENCY = 16
+
 local OPTS = validate.set{
   "contract", "user_access_token", "session_key", "on_file_data", "on_file_error",
   "on_status_change", "sink", "concurrency", "poll_interval", "max_time", "max_unchanged_polls",
@@ -107,8 +112,10 @@ local function fingerprint(res)
   return concat(parts, "\1")
 end
 
-local function download(sdk, opts, sync, item)
-  local entry, file_list = item.entry, item.file_list
+local function download(sdk, opts, sync, entry)
+  -- The newest list, not the one that scheduled this file: a queued file keeps only its own
+  -- entry alive, never a whole superseded list (memory stays ~ one list, however many polls).
+  local file_list = sync.file_list
   local sink
   if opts.sink then
     local ok, s = pcall(opts.sink, entry.name, entry)
@@ -142,11 +149,11 @@ end
 local function worker(sdk, opts, sync, queue)
   while true do
     if sync.stopped then return end   -- stopped: what is still queued is not downloaded
-    local item = queue.first <= queue.last and queue[queue.first]
-    if item then
+    local entry = queue.first <= queue.last and queue[queue.first]
+    if entry then
       queue[queue.first] = nil
       queue.first = queue.first + 1
-      download(sdk, opts, sync, item)
+      download(sdk, opts, sync, entry)
     elseif sync.stopped or sync.listing_done then
       return
     else
@@ -179,7 +186,7 @@ local function run(sdk, opts, hold)
     stopped = false, listing_done = false, in_flight = {}, wake = scheduler.cond(),
   }, sync_mt)
   if hold then hold.sync = sync end
-  local concurrency = opts.concurrency or 5
+  local concurrency = opts.concurrency or _M.DEFAULT_CONCURRENCY
   local poll_interval = opts.poll_interval or 3
   local deadline = core.monotonic() + (opts.max_time or 600)
   local max_unchanged = opts.max_unchanged_polls or 100
@@ -213,12 +220,13 @@ local function run(sdk, opts, hold)
     sync.status = status
     set_state(sync, opts, status.state)
     if sync.stopped then break end
+    sync.file_list = res.fileList or sync.file_list
     for _, f in ipairs(res.fileList or {}) do
       local seen = rawget(handled, f.name)
       if seen == nil or seen < f.updatedDate then
         rawset(handled, f.name, f.updatedDate)
         queue.last = queue.last + 1
-        queue[queue.last] = { entry = f, file_list = res.fileList }
+        queue[queue.last] = f
       end
     end
     sync.wake:signal()

@@ -1,0 +1,199 @@
+-- Connection reuse (plain and TLS): the SDK keeps connections alive for every kind of call,
+-- resumes TLS sessions when it needs a new connection, opens few connections in a sync, and
+-- stays correct when the server closes pooled connections between and during calls: no
+-- token exchange or push carried out twice, no signed JWT presented twice, every attempt
+-- counted by retry_options. The sandbox counts connections and TLS handshakes.
+local flow = require "flow"
+
+local TOKEN = "/v1.7/oauth/token"
+local ACCOUNTS = "/v1.7/permission-access/accounts"
+
+for _, mode in ipairs{ "plain", "tls" } do
+  describe("keep-alive (" .. mode .. ")", function()
+    local sb
+
+    lazy_setup(function()
+      local args = { "--generate", "60:4k:mixed", "--sync-pace", "0" }
+      if mode == "tls" then args[#args + 1] = "--tls" end
+      sb = flow.start{ args = args }
+    end)
+
+    lazy_teardown(function()
+      if sb then sb:stop() end
+    end)
+
+    before_each(function()
+      sb:reset()
+    end)
+
+    local function sdk_for(extra)
+      extra = extra or {}
+      if mode == "tls" then extra.tls = { cafile = sb.ca_file } end
+      return assert(flow.sdk(sb, extra))
+    end
+
+    local function counters()
+      local s = sb:stats()
+      return { connections = s.connections, full = s.tls_handshakes, resumed = s.tls_resumed }
+    end
+
+    local function since(before)
+      local now = counters()
+      return { connections = now.connections - before.connections,
+               full = (now.full or 0) - (before.full or 0),
+               resumed = (now.resumed or 0) - (before.resumed or 0) }
+    end
+
+    -- Closes every idle kept-alive connection of the sandbox now (as a server's keep-alive
+    -- timeout or a restart would).
+    local function close_idle()
+      sb:control("POST", "connections/close", {})
+    end
+
+    local function entries_since(mark, path)
+      local out = {}
+      for i, e in ipairs(sb:log()) do
+        if i > mark and (path == nil or e.path == path) then out[#out + 1] = e end
+      end
+      return out
+    end
+
+    local function assert_distinct_nonces(entries)
+      local seen = {}
+      for _, e in ipairs(entries) do
+        if e.nonce then
+          assert.is_nil(seen[e.nonce], "a signed JWT presented twice")
+          seen[e.nonce] = true
+        end
+      end
+    end
+
+    it("makes every kind of call on one kept-alive connection", function()
+      local sdk = sdk_for()
+      local token = flow.login(sdk)                 -- warms the JWKS cache and the pool
+      local before = counters()
+      local contract = flow.contract()
+      local s = assert(sdk:read_session{ contract = contract, user_access_token = token })
+      local list = assert(sdk:read_file_list{ contract = contract, user_access_token = token,
+                                              session_key = s.session.key })
+      assert(sdk:read_file{ contract = contract, user_access_token = token,
+                            session_key = s.session.key, file_name = list.fileList[1].name })
+      assert(sdk:read_accounts{ contract = contract, user_access_token = token })
+      local fresh = assert(sdk:refresh_token{ contract = contract, user_access_token = token })
+      assert(sdk:push_data{ contract = contract, user_access_token = fresh, type = "library",
+        data = { file_name = "k.json", file_data = "{}",
+                 file_descriptor = { mimeType = "application/json", accounts = {} } } })
+      local auth = assert(sdk:get_authorize_url(flow.authorize_opts()))
+      assert.is_string(auth.url)
+      local d = since(before)
+      assert.are.equal(0, d.connections, "new connections for calls on a warm pool")
+      assert.are.equal(0, d.full)
+    end)
+
+    it("exchanges a code in one round trip on a warm connection with a warm JWKS cache", function()
+      local sdk = sdk_for()
+      flow.login(sdk)
+      local code, verifier = flow.code(sdk)
+      local before = counters()
+      local mark = #sb:log()
+      assert(sdk:exchange_code_for_token{ contract = flow.contract(),
+                                          authorization_code = code, code_verifier = verifier })
+      assert.are.equal(1, #entries_since(mark))     -- the token POST, nothing else
+      assert.are.equal(0, since(before).connections)
+    end)
+
+    it("resumes the TLS session when a new connection is needed", function()
+      if mode ~= "tls" then return end
+      local sdk = sdk_for()
+      local token = flow.login(sdk)
+      close_idle()
+      local before = counters()
+      assert(sdk:read_accounts{ contract = flow.contract(), user_access_token = token })
+      local d = since(before)
+      assert.are.equal(1, d.connections)
+      assert.are.equal(0, d.full)
+      assert.are.equal(1, d.resumed)
+    end)
+
+    it("opens at most concurrency + 2 connections in a sync, and at most concurrency full TLS handshakes", function()
+      local sdk = sdk_for()
+      local token = flow.login(sdk)
+      close_idle()
+      local before = counters()
+      local s = assert(sdk:read_session{ contract = flow.contract(), user_access_token = token })
+      local res = assert(sdk:read_all_files{ contract = flow.contract(), user_access_token = token,
+        session_key = s.session.key, concurrency = 4, poll_interval = 0.05 })
+      assert.are.equal(60, res.files)
+      local d = since(before)
+      assert.is_true(d.connections <= 4 + 2, "connections: " .. d.connections)
+      if mode == "tls" then
+        assert.is_true(d.full <= 4, "full TLS handshakes: " .. d.full)
+        assert.are.equal(d.connections, d.full + d.resumed)
+      end
+    end)
+
+    it("goes on when the server closes idle pooled connections between calls", function()
+      local sdk = sdk_for()
+      local token = flow.login(sdk)
+      local mark = #sb:log()
+      for _ = 1, 5 do
+        close_idle()
+        local res, err = sdk:read_accounts{ contract = flow.contract(), user_access_token = token }
+        assert.is_nil(err)
+        assert.is_table(res.accounts)
+        local code, verifier = flow.code(sdk)
+        close_idle()
+        token = assert(sdk:exchange_code_for_token{ contract = flow.contract(),
+                                                    authorization_code = code, code_verifier = verifier })
+      end
+      local entries = entries_since(mark)
+      assert_distinct_nonces(entries)
+      for _, e in ipairs(entries) do
+        assert.is_true(e.status ~= nil and e.status < 500, "a failed request: " .. tostring(e.path))
+      end
+    end)
+
+    it("sends a GET again, newly signed and counted, when its pooled connection closes under it", function()
+      local sdk = sdk_for()
+      local token = flow.login(sdk)
+      assert(sdk:read_accounts{ contract = flow.contract(), user_access_token = token })
+      local mark = #sb:log()
+      sb:fault{ method = "GET", path = ACCOUNTS, match = "exact", action = "reset", after = true }
+      local res, err = sdk:read_accounts{ contract = flow.contract(), user_access_token = token }
+      assert.is_nil(err)
+      assert.is_table(res.accounts)
+      local entries = entries_since(mark, ACCOUNTS)
+      assert.are.equal(2, #entries)
+      assert_distinct_nonces(entries)
+    end)
+
+    it("never pushes twice when the pooled connection closes under a push", function()
+      local sdk = sdk_for()
+      local token = flow.login(sdk)
+      for _, after in ipairs{ false, true } do
+        assert(sdk:read_accounts{ contract = flow.contract(), user_access_token = token })
+        local pushes = sb:stats().pushes
+        sb:fault{ method = "POST", path = "/v1.7/permission-access/import", action = "reset", after = after }
+        local res, err = sdk:push_data{ contract = flow.contract(), user_access_token = token,
+          type = "library", data = { file_name = "once.json", file_data = "{}",
+            file_descriptor = { mimeType = "application/json", accounts = {} } } }
+        assert.is_nil(res)
+        assert.are.equal("NetworkError", err.kind)
+        assert.are.equal(after and 1 or 0, sb:stats().pushes - pushes)
+      end
+    end)
+
+    it("counts every attempt against retry_options when pooled connections keep dying", function()
+      local sdk = sdk_for{ retry_options = { limit = 1, backoff = 0.01 } }
+      local token = flow.login(sdk)
+      assert(sdk:read_accounts{ contract = flow.contract(), user_access_token = token })
+      local mark = #sb:log()
+      sb:fault{ method = "GET", path = ACCOUNTS, match = "exact", action = "reset", after = true, count = 5 }
+      local res, err = sdk:read_accounts{ contract = flow.contract(), user_access_token = token }
+      assert.is_nil(res)
+      assert.are.equal("NetworkError", err.kind)
+      assert.are.equal(2, err.attempts)
+      assert.are.equal(2, #entries_since(mark, ACCOUNTS))
+    end)
+  end)
+end
