@@ -29,7 +29,7 @@ int dm_oaep_decrypt(EVP_PKEY *key, const unsigned char *in, size_t n,
  * them apart would hand out an oracle on the key wrap and on the CBC padding. */
 #define DM_DECRYPT_FAILED "file decryption failed (wrong key or corrupt data)"
 
-/* The size rule (api doc 3.5, for any key size): total >= keysize + 16 + 16 and
+/* The size rule (doc/protocol.md "The file format", for any key size): total >= keysize + 16 + 16 and
  * (total - keysize - 16) % 16 == 0. */
 int dm_file_size_valid(unsigned long long total, size_t keysize);
 

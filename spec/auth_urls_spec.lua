@@ -1,4 +1,5 @@
--- get_authorize_url and get_reauthorize_url (api doc §3.2, §3.4, §7.0-7.2, §17.4-17.5): the
+-- get_authorize_url and get_reauthorize_url (doc/protocol.md "Request JWTs", "PKCE",
+-- "Authorization and onboarding URLs"): the
 -- PKCE verifier, the URL (origin, path, parameters in order, inclusion rules, the double-encoded
 -- sourcesScope), the request body (agent, actions) and the request JWT, verified here on its
 -- own with the contract's public key. The sandbox logs no JWTs or bodies, so a capture proxy
@@ -68,7 +69,7 @@ describe("authorization URLs", function()
       assert.is_nil(q.service)
     end)
 
-    it("puts every parameter in the order of api doc §7.1", function()
+    it("puts every parameter in the order the Node SDK uses", function()
       local res, err = sdk:get_authorize_url(flow.authorize_opts{
         sources_scope = { dataType = { "gp-data", "vaccinations" }, organizationType = "hospital" },
         trigger_query = true,
@@ -92,7 +93,7 @@ describe("authorization URLs", function()
       assert.are.equal("true", q.triggerQuery)
     end)
 
-    it("follows the inclusion rules of api doc §7.1", function()
+    it("follows the Node SDK's inclusion rules", function()
       local function names(extra)
         local res, err = sdk:get_authorize_url(flow.authorize_opts(extra))
         assert.is_nil(err)
@@ -201,7 +202,7 @@ describe("authorization URLs", function()
       assert.is_table(body.agent)
     end)
 
-    it("signs a request JWT that verifies, with the AUTHZ claims of api doc §3.2", function()
+    it("signs a request JWT that verifies, with the AUTHZ claims", function()
       local t0 = flow.now()
       local res, err = csdk:get_authorize_url(flow.authorize_opts{ state = "user-42" })
       assert.is_nil(err)

@@ -83,7 +83,7 @@ end
 describe("file format", function()
   local dir, keys, brotli_cmd
 
-  -- Encrypts the file at `plain` the way the api doc's reference helper does, with the
+  -- Encrypts the file at `plain` the way the Node SDK's test helper does, with the
   -- openssl command line only; returns the file's bytes.
   local function openssl_file(pub_path, plain, nopad)
     local aes, iv = dir .. "/aes.bin", dir .. "/iv.bin"

@@ -250,7 +250,7 @@ describe("core crypto", function()
       assert.equal(out:match("^(%x+)"), hex)
     end)
 
-    it("reproduces the PKCE worked example of the API doc (§3.4)", function()
+    it("reproduces the PKCE worked example (doc/protocol.md, PKCE)", function()
       local verifier = core.b64url_encode("AbCdEfGhIjKlMnOpQrStUvWxYz012345")
       assert.equal("QWJDZEVmR2hJaktsTW5PcFFyU3RVdld4WXowMTIzNDU", verifier)
       assert.equal("xgldXNRKBKPXZyvsYdm-UEx9blFRAZ_teqEY8jAH3M8",

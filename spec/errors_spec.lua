@@ -1,4 +1,4 @@
--- Error objects (design.md §4 "Results and errors"): nothing is raised for a bad argument, a
+-- Error objects (doc/protocol.md "Errors"): nothing is raised for a bad argument, a
 -- server error or a network fault; every error has kind, code, message (status, reference,
 -- retryable where known); tostring(err) reads well on one log line; and no error text and no
 -- logger line ever carries the private key, a token value or a code verifier.

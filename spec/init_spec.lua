@@ -1,5 +1,5 @@
--- digime.init (design.md §4, api doc §1, §17.1) and the argument checks every call shares
--- (api doc §17.4, §17.5, §17.9): options accepted and refused, URL normalisation, the agent
+-- digime.init (README "`digime.init` options") and the argument checks every call shares
+-- (as the Node SDK's own tests probe them): options accepted and refused, URL normalisation, the agent
 -- the SDK sends, and the STD-INVALID probes of each call. Against the sandbox over loopback.
 local flow = require "flow"
 local cjson = require "cjson"
@@ -14,7 +14,7 @@ local function tmpfile(text)
   return name
 end
 
--- The STD-INVALID probe values of api doc §17 in Lua (nil last: it ends a vararg list).
+-- The STD-INVALID probe values (those the Node SDK's tests refuse) in Lua (nil last: it ends a vararg list).
 local function std_invalid()
   return {
     { "true", true }, { "false", false }, { "{}", {} }, { "an array", { 1, 2 } },
@@ -71,7 +71,7 @@ describe("digime.init", function()
     assert.is_string(digime._VERSION)
   end)
 
-  it("accepts every option of design.md §4 with a valid value, and the SDK then works", function()
+  it("accepts every option of the README with a valid value, and the SDK then works", function()
     local logged, refreshed = 0, 0
     local sdk, err = digime.init{
       application_id = flow.APP_ID,

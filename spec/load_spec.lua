@@ -1,4 +1,4 @@
--- Load in plain Lua (issue 7 "Load"; design.md §4 "Coroutines and concurrency"): 200
+-- Load in plain Lua (doc/architecture.md "Schedulers"): 200
 -- concurrent scheduler tasks (digime.run + digime.spawn), each running the whole flow against
 -- the sandbox: authorize URL, consent (the sandbox consents at once: its onboarding page
 -- answers with a redirect to the callback, fetched here through the SDK's own transport so

@@ -1,5 +1,5 @@
--- read_file and read_file_metadata (design.md §4 "Sinks", "Results and errors"; api doc §3.5,
--- §3.7, §9.3, §9.4, §14.2, §17.12, §17.13, §17.22, §18.7-9, §18.25): files decrypted and
+-- read_file and read_file_metadata (doc/protocol.md "The file format", "Reading a library",
+-- "Errors"; doc/architecture.md "The path of one file"): files decrypted and
 -- decompressed in C while they stream, sinks (functions, file handles, objects with a write
 -- method), bounded memory measured in a child process, every file of the sandbox's libraries
 -- against its manifest, PKCS#1 and PKCS#8 keys, metadata (mapped, raw, unknown enum values),
@@ -159,7 +159,7 @@ describe("read_file", function()
       assert.are.equal(32 * 1024 * 1024, r.bytes)
     end)
 
-    it("retries a file whose first answer was cut short, and returns it whole (§17.12)", function()
+    it("retries a file whose first answer was cut short, and returns it whole", function()
       sb:fault{ method = "GET", path = QUERY .. key .. "/instagram_posts.json", match = "exact",
                 action = "truncate", count = 1 }
       local res, err = read("instagram_posts.json")
@@ -370,7 +370,7 @@ describe("read_file", function()
       end
     end)
 
-    it("decodes mapped metadata (§14.2) and raw metadata", function()
+    it("decodes mapped metadata and raw metadata", function()
       local m = assert(read("instagram_media.json")).file_metadata
       assert.are.same({ objectCount = 4, objectType = "media", serviceGroup = "social", serviceName = "instagram",
                         schema = { standard = "digime", version = "1.0.0" } }, m)
@@ -506,15 +506,15 @@ describe("read_file", function()
       assert.are.equal('{"ok":true}', res.file_data)
     end)
 
-    it("refuses a body that breaks the size rule before decrypting (§3.5)", function()
+    it("refuses a body that breaks the size rule before decrypting", function()
       check("size-300.bin", core.random_bytes(300), xmeta(nil), "File size not valid: 300")
       check("size-0.bin", "", xmeta(nil), "File size not valid: 0")
       check("size-287.bin", core.random_bytes(287), xmeta(nil), "File size not valid: 287")
-      -- a good file with 5 extra bytes (§17.13)
+      -- a good file with 5 extra bytes
       check("extra.json", encrypt('{"a":1}') .. "extra", xmeta(nil), "File size not valid")
     end)
 
-    it("refuses a file encrypted to another contract's key (§17.13)", function()
+    it("refuses a file encrypted to another contract's key", function()
       local raw = assert(cap.sb:request{ path = "/sandbox/raw/notes.txt?client_id=" .. OTHER })
       assert.are.equal(200, raw.status)
       local m = check("wrong-key.txt", raw.body, raw.headers["x-metadata"], "file decryption failed")
@@ -530,7 +530,7 @@ describe("read_file", function()
       assert.are.equal(cap.sb:control("GET", "manifest").files["notes.txt"], sha256_hex(res.file_data))
     end)
 
-    it("refuses bad padding with the same message as a wrong key (no oracle, §18.4)", function()
+    it("refuses bad padding with the same message as a wrong key (no oracle)", function()
       local f = encrypt("0123456789abcdef")       -- one block of data, one block of padding
       assert.are.equal(256 + 16 + 32, #f)
       local i = 256 + 16 + 16                        -- the last byte of the first ciphertext block
@@ -541,7 +541,7 @@ describe("read_file", function()
       check("bad-key-segment.bin", badkey, xmeta(nil), "file decryption failed (wrong key or corrupt data)")
     end)
 
-    it("refuses data labelled gzip or brotli that is not compressed (§17.13)", function()
+    it("refuses data labelled gzip or brotli that is not compressed", function()
       local plain = '{"this":"is plain JSON, not a compressed stream","n":[1,2,3,4,5,6,7,8,9]}'
       check("not-gzip.json", encrypt(plain), xmeta("gzip"), "gzip:")
       check("not-brotli.json", encrypt(plain), xmeta("brotli"), "brotli:")
@@ -564,7 +564,7 @@ describe("read_file", function()
       assert.are.equal(string.rep("some text to compress, over and over. ", 200), res.file_data)
     end)
 
-    it("reads a compression it does not know as none, and metadata with unknown enum values (§3.7, §18.25)", function()
+    it("reads a compression it does not know as none, and metadata with unknown enum values", function()
       local meta = { objectCount = 3, objectType = "hologram", serviceGroup = "tomorrow", serviceName = "futurebook",
                      schema = { standard = "future-standard", version = "9.9.9", id = "x1" }, newField = { 1, 2 } }
       cap:script{ { method = "GET", path = QUERY .. ckey .. "/future.json", status = 200, body = encrypt("as is"),

@@ -1,5 +1,4 @@
--- The read calls apart from file contents (design.md §4; api doc §4, §9.1, §9.2, §9.4, §9.6,
--- §14.1, §17.10, §17.11, §17.14, §17.20, §17.21, §17.24, §18.25, §18.27): read_session,
+-- The read calls apart from file contents (doc/protocol.md "Reading a library"): read_session,
 -- read_file_list, read_file_metadata, read_accounts, and the argument checks of every read call
 -- (read_file, read_all_files and the files iterator included). Against the sandbox over real
 -- HTTP; a capture proxy in front of it shows what goes on the wire and answers what the sandbox
@@ -11,7 +10,7 @@ local QUERY = "/v1.7/permission-access/query/"
 local TRIGGER = "/v1.7/permission-access/trigger"
 local ACCOUNTS = "/v1.7/permission-access/accounts"
 
--- The STD-INVALID probe values of api doc §17 in Lua.
+-- The STD-INVALID probe values (those the Node SDK's tests refuse) in Lua.
 local function std_invalid()
   return {
     { "true", true }, { "false", false }, { "{}", {} }, { "an array", { 1, 2 } },
@@ -102,7 +101,7 @@ describe("read calls", function()
     return sdk[name](sdk, opts)
   end
 
-  -- Nothing is thrown for a bad argument (design.md §4): a raise fails the probe too.
+  -- Nothing is thrown for a bad argument (doc/protocol.md "Errors"): a raise fails the probe too.
   local function probe(name, mutate, field, what)
     local a = valid(name)
     mutate(a)
@@ -229,7 +228,7 @@ describe("read calls", function()
       end
     end)
 
-    it("refuses session_options that are not a table, and the two malformed scopes (§17.10)", function()
+    it("refuses session_options that are not a table, and the two malformed scopes", function()
       for _, p in ipairs(non_object()) do
         probe("read_session", function(a) a.session_options = p[2] end, "session_options",
               "session_options = " .. p[1])
@@ -277,7 +276,7 @@ describe("read calls", function()
     end)
   end)
 
-  describe("read_session (§9.1, §17.10)", function()
+  describe("read_session", function()
     it("starts a session: { session = { expiry, key }, user_access_token }", function()
       local log_before = #sb:log()
       local res, err = sdk:read_session{ contract = flow.contract(), user_access_token = token }
@@ -334,7 +333,7 @@ describe("read calls", function()
       return d.payload, d
     end
 
-    it("sends session_options at the top level with the agent, extra keys unchanged (§17.10)", function()
+    it("sends session_options at the top level with the agent, extra keys unchanged", function()
       local opts = {
         scope = { timeRanges = { { last = "6y" } },
                   serviceGroups = { { id = 1, serviceTypes = { { id = 40, serviceObjectTypes = { { id = 2 } } } } } } },
@@ -369,7 +368,7 @@ describe("read calls", function()
       assert.are.equal(flow.CLIENT_ID, claims.client_id)
     end)
 
-    it("retries a file list that answered 500 once, with a new nonce (§17.11)", function()
+    it("retries a file list that answered 500 once, with a new nonce", function()
       cap:script{ { method = "GET", path = QUERY .. ckey, status = 500, body = "" } }
       local res, err = csdk:read_file_list{ contract = flow.contract(), user_access_token = ctoken,
                                             session_key = ckey }
@@ -382,7 +381,7 @@ describe("read calls", function()
       assert.are.equal(ctoken.access_token.value, b.access_token)
     end)
 
-    it("retries the accounts call that answered 500 once, and reads [] as no accounts (§17.14)", function()
+    it("retries the accounts call that answered 500 once, and reads [] as no accounts", function()
       cap:script{ { method = "GET", path = ACCOUNTS, status = 500, body = "" },
                   { method = "GET", path = ACCOUNTS, status = 200, body = "[]",
                     headers = { ["Content-Type"] = "application/json" } } }
@@ -395,7 +394,7 @@ describe("read calls", function()
       assert.are_not.equal(bearer_claims(reqs[1]).nonce, bearer_claims(reqs[2]).nonce)
     end)
 
-    it("keeps accounts with an unknown type or extra fields (§18.25)", function()
+    it("keeps accounts with an unknown type or extra fields", function()
       local future = { id = "99_Future", reference = "abc", type = "HOLOGRAM", createdDate = 1,
                        serviceGroupId = 1, serviceGroupName = "x", serviceTypeId = 99,
                        serviceTypeName = "Future", serviceTypeReference = "future", sourceId = 9,
@@ -443,7 +442,7 @@ describe("read calls", function()
     end)
   end)
 
-  describe("read_file_list (§9.2, §14.1)", function()
+  describe("read_file_list", function()
     it("goes pending -> running (half the files) -> running (all) -> completed, one step per poll #timing", function()
       local s = assert(sdk:read_session{ contract = flow.contract(), user_access_token = token })
       local seen, lists = {}, {}
@@ -502,7 +501,7 @@ describe("read calls", function()
     end)
   end)
 
-  describe("read_file_metadata (§9.4)", function()
+  describe("read_file_metadata", function()
     it("gives the metadata of a mapped and of a raw file from a HEAD", function()
       local log_before = #sb:log()
       local res, err = sdk:read_file_metadata{ contract = flow.contract(), user_access_token = token,
@@ -542,7 +541,7 @@ describe("read calls", function()
     end)
   end)
 
-  describe("read_accounts (§9.6)", function()
+  describe("read_accounts", function()
     it("lists the library's accounts as the server sends them", function()
       local res, err = sdk:read_accounts{ contract = flow.contract(), user_access_token = token }
       assert.is_nil(err)

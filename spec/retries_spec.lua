@@ -1,5 +1,5 @@
--- Retries, timeouts and error answers (design.md §4 "Retries", "Results and errors"; api doc
--- §2.5, §5.2, §18.19-22) against the sandbox's faults: which requests are retried and which are
+-- Retries, timeouts and error answers (doc/protocol.md "Retries", "Errors") against the
+-- sandbox's faults: which requests are retried and which are
 -- never replayed, a fresh nonce and JWT per attempt, Retry-After, limit and max_time, timeouts
 -- and servers that never answer, the mapping of error answers and of malformed 2xx answers.
 local flow = require "flow"

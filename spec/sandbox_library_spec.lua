@@ -1,4 +1,4 @@
--- The sandbox's user library (api doc §9, design.md §5): trigger, sync progression, file list,
+-- The sandbox's user library (doc/sandbox.md "The library"): trigger, sync progression, file list,
 -- file GET/HEAD in the digi.me file format, accounts, the library flags and the control
 -- entries that go with them. Raw HTTP (luasocket, curl, the core's HTTP engine) and crypto
 -- done here with luaossl and the openssl/gzip/brotli command lines, never the SDK's read code,

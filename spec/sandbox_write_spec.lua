@@ -1,5 +1,5 @@
--- The sandbox's writing and managing endpoints (api doc §6 rows 2-3 and 15-32, §7.3-7.5, §10-13,
--- §16): pushes to the library and to providers, account and user deletion, revoke, the
+-- The sandbox's writing and managing endpoints (doc/protocol.md "Endpoints", "How the server
+-- checks a request"): pushes to the library and to providers, account and user deletion, revoke, the
 -- portability report, sample data sets, contract details, discovery, storage and the cloud
 -- storage API, and the onboarding pages that go with them. Raw HTTP (luasocket, a raw socket
 -- for chunked bodies, curl for Expect: 100-continue) and crypto done here with the core's key
@@ -172,7 +172,7 @@ local function fetch(sb, token, key, name)
   return decrypt(res.body), cjson.decode(text), text
 end
 
--- FileDescriptor JWT (api doc 3.2 FILEDESC).
+-- FileDescriptor JWT (doc/protocol.md "Request JWTs", FILEDESC).
 local function descriptor(metadata, opts)
   opts = opts or {}
   return sandbox.sign({ metadata = metadata }, { header = opts.header or { alg = "PS512", typ = "JWT" },
@@ -261,7 +261,7 @@ local function bearer(_, token)
   return "authorization: Bearer " .. sandbox.sign(sandbox.claims{ access_token = at })
 end
 
--- CLOUD JWT (api doc 3.2): opts.claims (false removes one), opts.header, opts.key.
+-- CLOUD JWT (doc/protocol.md "Request JWTs"): opts.claims (false removes one), opts.header, opts.key.
 local function cloud_jwt(opts)
   opts = opts or {}
   local now = os.time()
@@ -880,7 +880,7 @@ describe("sandbox writing and managing", function()
       assert_error(ccall(sb, "GET", "permission-access/sample/datasets/abc"), 400, "ValidationErrors")
     end)
 
-    it("describes the contract (api doc 11.5)", function()
+    it("describes the contract", function()
       local res = ccall(sb, "GET", "permission-access/contract",
                         { headers = { ["content-type"] = "application/json" } })
       assert.equal(200, res.status, res.body)

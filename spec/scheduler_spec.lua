@@ -1,4 +1,4 @@
--- digime.run / spawn / sleep (design.md §4 "Coroutines and concurrency"): results and errors of
+-- digime.run / spawn / sleep (doc/architecture.md "Schedulers"): results and errors of
 -- tasks, requests that overlap inside run and block outside it, and the single-flight refresh
 -- (refresh tokens rotate: two refreshes with the same token would end the user's session).
 local flow = require "flow"

@@ -1,4 +1,4 @@
--- The security suite (issue 7; SECURITY.md points here). Table-driven, over real HTTP on
+-- The security suite (SECURITY.md points here). Table-driven, over real HTTP on
 -- loopback, against the sandbox and small scripted servers (spec/support/security_server.lua):
 --
 --   1. ATTACKS: every hostile server token, one row each with its expected outcome, tried on

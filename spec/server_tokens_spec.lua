@@ -1,4 +1,4 @@
--- Server tokens (design.md §4 "Server tokens", api doc §3.3, §18.1-3): every hostile token the
+-- Server tokens (doc/protocol.md "Server tokens"): every hostile token the
 -- sandbox can forge is refused with a typed error, never a crash; a jku off the allow-list is
 -- never fetched; broken JWKS answers; the JWKS cache (warm, ttl = 0, unknown kid and cooldown).
 local flow = require "flow"

@@ -1,4 +1,4 @@
--- The fault soak (issue 7 "Faults"; design.md §4 "read_all_files", "Retries"; §5): a sync of a
+-- The fault soak (doc/protocol.md "Reading a library", "Retries"; doc/sandbox.md "Faults"): a sync of a
 -- 500-file library while about 10% of the file-list and file requests fail at random (5xx,
 -- 429 with Retry-After, resets, truncated bodies, delays past the timeout), and a sandbox
 -- stopped and restarted on the same port in the middle of a sync.

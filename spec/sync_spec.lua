@@ -1,5 +1,5 @@
--- read_all_files and the files iterator (design.md §4 "read_all_files", "Sinks"; api doc §9.5,
--- §14.1, §17.13, §18.16, §18.18): polling through pending/running to partial/completed, a
+-- read_all_files and the files iterator (doc/protocol.md "Reading a library"; doc/architecture.md
+-- "The path of one file"): polling through pending/running to partial/completed, a
 -- deadline and a stall limit, new and updated files downloaded by updatedDate, file names as
 -- data, bounded concurrency, callbacks, stop() that cancels downloads in flight, per-file
 -- sinks, per-account problems apart from fatal errors, and faults of every kind mid-sync on
@@ -158,7 +158,7 @@ describe("read_all_files", function()
       assert.is_true(rec.seconds < res.polls * 0.25 + 1.5, string.format("%.2f s", rec.seconds))
     end)
 
-    it("polls once when the list answers completed or partial at once (§17.13)", function()
+    it("polls once when the list answers completed or partial at once", function()
       local key = session(true)
       list_answer(key, '{"status":{"state":"completed"}}')
       local res, err, rec = run_sync(key)
@@ -179,7 +179,7 @@ describe("read_all_files", function()
       assert.are.equal(2, res.polls)
     end)
 
-    it("downloads a file again when its updatedDate grows, and with updatedDate <= 0 (§17.13, §18.18)", function()
+    it("downloads a file again when its updatedDate grows, and with updatedDate <= 0", function()
       local key = session(true)
       local function list(state, date)
         return '{"status":{"state":"' .. state .. '"},"fileList":['

@@ -1,5 +1,5 @@
--- The first-time flow and the reauthorize flow against the sandbox (api doc §7.1, §7.2, §8,
--- §14.7, §17.9; design.md §4 "Tokens"): authorize -> consent -> exchange_code_for_token,
+-- The first-time flow and the reauthorize flow against the sandbox (doc/protocol.md
+-- "Authorization and onboarding URLs", "User access tokens"): authorize -> consent -> exchange_code_for_token,
 -- rotating refresh tokens, on_token_refresh, a dead refresh token -> reauthorize -> consent ->
 -- exchange, a wrong code verifier, a declined consent.
 local flow = require "flow"

@@ -1,5 +1,5 @@
--- Token refresh in the read calls (design.md §4 "Tokens"; api doc §5.4, §8.2, §17.10,
--- §18.16): a 401 InvalidToken refreshes and retries once, an expiry in the past refreshes
+-- Token refresh in the read calls (doc/protocol.md "User access tokens"): a 401 InvalidToken
+-- refreshes and retries once, an expiry in the past refreshes
 -- before the call, refresh is single-flight per token (rotating refresh tokens: a second
 -- refresh with the same token would fail), the new token comes back as user_access_token and
 -- through on_token_refresh, a dead refresh token is a ServerError InvalidToken that carries the

@@ -1,10 +1,10 @@
--- Faults and bad inputs for every write, manage, discovery and cloud storage call (issue 5:
--- "every function above with its bad inputs and the fault kinds of the control endpoint").
+-- Faults and bad inputs for every write, manage, discovery and cloud storage call:
+-- every function with its bad inputs and under the fault kinds of the sandbox's control API.
 --
 -- One sandbox; for each call (a row of ROWS) and each fault action of the control endpoint
 -- (status 500/502/503, 429 with Retry-After, reset, reset after processing, truncate, delay past
--- the per-request timeout, hang, 401 InvalidToken), the documented result (design.md §4
--- "Retries", "Tokens", "Sinks"):
+-- the per-request timeout, hang, 401 InvalidToken), the documented result (doc/protocol.md
+-- "Retries", "User access tokens"; doc/architecture.md "The path of one file"):
 --   * idempotent requests (GET, DELETE, the discovery POSTs) are retried within retry_options:
 --     LIMIT faults and the call succeeds, LIMIT + 1 and it fails with the right kind, code,
 --     status and attempts, the server having seen LIMIT + 1 requests;
@@ -153,7 +153,7 @@ describe("write/manage/storage calls under faults", function()
       ok = function(res) assert.is_true(res.deleted) end,
       -- The user is gone with the first DELETE, whose answer was lost; the retries present a
       -- token of a user that no longer exists (401), and the refresh fails the same way: the
-      -- caller hears InvalidToken although the user was deleted (see the report of issue 5).
+      -- caller hears InvalidToken although the user was deleted.
       lost = function(r)
         assert.is_nil(r.res)
         assert.are.equal("ServerError", r.err.kind)
@@ -337,8 +337,8 @@ describe("write/manage/storage calls under faults", function()
   end
 
   -- A hang ends when the client closes, except on a request with a body the sandbox has not
-  -- read: it takes the unread body for a pipelined request and waits for ever (see the
-  -- report of issue 5). Those hangs end after ms instead, well after the client gave up.
+  -- read: it takes the unread body for a pipelined request and waits for ever.
+  -- Those hangs end after ms instead, well after the client gave up.
   local function hang_limit(row)
     if row.method == "POST" then return math.floor(T * 1000) + 250 end
   end

@@ -14,8 +14,8 @@
 --     transport = require("resty_http_transport").new{ ssl_verify = true },
 --   })
 --
--- The interface a transport implements (the top of lua/digime/transport/curl.lua, design.md
--- "Transports"):
+-- The interface a transport implements (the top of lua/digime/transport/curl.lua, and
+-- doc/architecture.md "The transport contract (as of today)"):
 --
 --   transport:request(req) -> res | nil, message, kind
 --   req = { method, url, headers = { name = value },

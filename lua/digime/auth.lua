@@ -1,5 +1,5 @@
 --- Authorization: the authorize and reauthorize URLs (PKCE), the code exchange, and refresh
--- (api doc §7.1, §7.2, §8.1, §8.2).
+-- (doc/protocol.md "Authorization and onboarding URLs", "User access tokens").
 local core = require "digime.core"
 local json = require "digime.json"
 local errors = require "digime.errors"
@@ -14,7 +14,7 @@ local type = type
 
 local _M = {}
 
---- A PKCE pair (api doc §3.4): verifier = base64url of 32 random alphanumerics (43 chars).
+--- A PKCE pair (doc/protocol.md "PKCE"): verifier = base64url of 32 random alphanumerics (43 chars).
 local function pkce()
   local verifier = core.b64url_encode(core.random_alnum(32))
   return verifier, core.b64url_encode(core.sha256(verifier))
@@ -77,7 +77,7 @@ end
 _M.reference = reference
 _M.check_session = check_session
 
---- The query of the authorize and onboard pages (api doc §7.1, §7.3): the same parameters
+--- The query of the authorize and onboard pages (doc/protocol.md): the same parameters
 -- in the same order; only authorize has a storageRef.
 function _M.service_url(page, code, opts, storage_ref)
   local sample = opts.sample_data

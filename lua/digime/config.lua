@@ -1,4 +1,4 @@
---- `digime.init` options: checked, defaulted, normalised (design.md §4).
+--- `digime.init` options: checked, defaulted, normalised (README, "`digime.init` options").
 local errors = require "digime.errors"
 local validate = require "digime.validate"
 

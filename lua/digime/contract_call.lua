@@ -1,5 +1,5 @@
 --- A contract-scoped API call: signed with the CONTRACT claim set (client_id, nonce,
--- timestamp; api doc §3.2), no user token involved.
+-- timestamp; doc/protocol.md "Request JWTs"), no user token involved.
 local json = require "digime.json"
 local jwt = require "digime.jwt"
 local request = require "digime.request"

@@ -1,4 +1,4 @@
---- Error objects, and the mapping of HTTP error answers to them (api doc §5.2, done better:
+--- Error objects, and the mapping of HTTP error answers to them (doc/protocol.md "Errors":
 -- the JSON body and the `X-Error-*` headers are both read, any body shape is survived).
 -- An error is a table { kind, code, message, status?, reference?, retryable?, cause? } with a
 -- __tostring that reads well in a log line. Messages never carry secrets.

@@ -23,7 +23,7 @@ local rawget, ipairs, pairs, tostring = rawget, ipairs, pairs, tostring
 local _M = {
   _VERSION = config.SDK_VERSION,
   errors = errors,
-  --- Runs fn(...) as the first task of a scheduler; see design.md §4.
+  --- Runs fn(...) as the first task of a scheduler; see doc/architecture.md "Schedulers".
   run = scheduler.run,
   --- Starts a task inside `digime.run`; `task:wait()` returns its results.
   spawn = scheduler.spawn,
@@ -88,7 +88,7 @@ local function in_nginx()
   return type(ngx) == "table" and ngx.get_phase ~= nil
 end
 
--- "curl" outside nginx; "ngx" inside (design.md §4 "Transports"), unless the caller chose.
+-- "curl" outside nginx; "ngx" inside (doc/architecture.md), unless the caller chose.
 local function pick_transport(cfg)
   local t = cfg.transport
   if type(t) == "table" then return t end
@@ -135,7 +135,7 @@ local function ngx_logger()
   end
 end
 
---- Creates an SDK object. Every option is in design.md §4; unknown keys are refused.
+--- Creates an SDK object. Every option is in the README; unknown keys are refused.
 -- @tparam table opts `{ application_id = ..., base_url = ..., ... }`
 -- @return sdk, or nil and a TypeValidationError
 function _M.init(opts)

@@ -1,5 +1,5 @@
 --- Managing users, accounts and the contract: delete_user, delete_account,
--- get_portability_report, get_service_sample_data_sets, get_contract_details (api doc §11).
+-- get_portability_report, get_service_sample_data_sets, get_contract_details (doc/protocol.md).
 -- Results are plain tables of what the caller needs, never transport objects.
 local errors = require "digime.errors"
 local validate = require "digime.validate"

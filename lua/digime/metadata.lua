@@ -1,4 +1,4 @@
---- File metadata from the `x-metadata` header (api doc §9.3): base64url (or base64, padding
+--- File metadata from the `x-metadata` header (doc/protocol.md): base64url (or base64, padding
 -- optional) of JSON `{ "metadata": {...}, "compression": "gzip"|"brotli"|... }`.
 -- Decoding is lenient about enum values (a new schema standard must not break reads) and
 -- strict about shape.

@@ -1,5 +1,5 @@
 --- URLs for an authorized user: onboard another service, reauthorize one account, revoke an
--- account's permission (api doc §7.3-7.5). All refresh the token as the read calls do.
+-- account's permission (doc/protocol.md, onboarding URLs). All refresh the token as the read calls do.
 local json = require "digime.json"
 local errors = require "digime.errors"
 local validate = require "digime.validate"

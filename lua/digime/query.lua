@@ -1,5 +1,5 @@
 --- The source catalogue: query_sources, query_countries, query_platforms, query_categories
--- (api doc §12). Contract-scoped POSTs that only read, so they are retried like GETs.
+-- (doc/protocol.md "Discovery"). Contract-scoped POSTs that only read, so they are retried like GETs.
 local json = require "digime.json"
 local errors = require "digime.errors"
 local validate = require "digime.validate"
@@ -78,7 +78,7 @@ local function make(name, path, params_key, add_defaults)
   end
 end
 
--- querySources' defaults (api doc §12.1): pull sources that are approved, unless asked
+-- querySources' defaults (doc/protocol.md "Discovery"): pull sources that are approved, unless asked
 -- otherwise.
 local function source_defaults(p)
   p.query = p.query or {}

@@ -1,4 +1,4 @@
---- Reading a user's library: sessions, file lists, file metadata, accounts (api doc §9).
+--- Reading a user's library: sessions, file lists, file metadata, accounts (doc/protocol.md).
 local json = require "digime.json"
 local errors = require "digime.errors"
 local validate = require "digime.validate"
@@ -60,7 +60,7 @@ end
 
 local STATES = { pending = true, running = true, partial = true, completed = true }
 
---- Checks a file list answer (api doc §9.2): status.state known, fileList entries with a
+--- Checks a file list answer (doc/protocol.md "Reading a library"): status.state known, fileList entries with a
 -- string name and a numeric updatedDate. Other keys pass through.
 function _M.check_file_list(body)
   local what = "permission-access/query"
@@ -273,7 +273,7 @@ function _M.read_accounts(sdk, opts)
   }, function(res)
     local list = res.json
     if type(list) == "table" and type(list.accounts) == "table" then
-      list = list.accounts  -- the wrapped shape of the docs (api doc §15.13) is read too
+      list = list.accounts  -- the wrapped shape digi.me's docs show is read too
     end
     if type(list) ~= "table" or not (next(list) == nil or validate.is_array(list)) then
       return nil, invalid_response("permission-access/accounts", "not an array of accounts")

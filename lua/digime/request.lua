@@ -1,5 +1,5 @@
 --- One API call: sign (afresh on every attempt), send through the transport, retry what may be
--- retried, and turn the answer into a result or an error object (design.md §4 "Retries").
+-- retried, and turn the answer into a result or an error object (doc/protocol.md "Retries").
 local core = require "digime.core"
 local json = require "digime.json"
 local errors = require "digime.errors"

@@ -1,4 +1,4 @@
---- Cloud storage (api doc §13): a per-application file area, encrypted on the client with
+--- Cloud storage (doc/protocol.md "Cloud storage"): a per-application file area, encrypted on the client with
 -- the contract key (the digi.me file format), opaque to the server.
 local core = require "digime.core"
 local json = require "digime.json"
@@ -43,7 +43,7 @@ local function lead(p)
   return s
 end
 
--- The cloud JWT (api doc §3.2 CLOUD): its own header, bound to the application and contract.
+-- The cloud JWT (doc/protocol.md "Request JWTs", CLOUD): its own header, bound to the application and contract.
 local function cloud_jwt(sdk, key, contract)
   local app = sdk.config.application_id
   local header = '{"alg":"PS512","typ":"at+jwt","kid":' ..
@@ -112,7 +112,7 @@ function _M.get_user_storage(sdk, opts)
   end)
 end
 
--- originalPath/path post-processing of api doc §13.3: the part after "/apps/<id>".
+-- originalPath/path post-processing (doc/protocol.md "Cloud storage"): the part after "/apps/<id>".
 local function strip_marker(value, marker)
   if type(value) ~= "string" then return value end
   local i, j = find(value, marker, 1, true)

@@ -1,7 +1,7 @@
 --- The whole-library sync: poll the file list until the library is done, download new and
 -- updated files with at most `concurrency` in flight, report through callbacks
--- (design.md §4 `read_all_files`; api doc §9.5, done better: a deadline, a stall limit,
--- bounded concurrency, every state reported, file names as data, stop cancels downloads).
+-- (doc/protocol.md "Reading a library"; the Node SDK's readAllFiles done better: a deadline,
+-- a stall limit, bounded concurrency, every state reported, file names as data, stop cancels downloads).
 local core = require "digime.core"
 local errors = require "digime.errors"
 local validate = require "digime.validate"

@@ -16,7 +16,7 @@ local function bad_token(message)
   return errors.sdk("InvalidResponse", "the token answer is malformed: " .. message)
 end
 
---- The SDK's token table from a verified oauth/token payload (api doc §4.2, but strict:
+--- The SDK's token table from a verified oauth/token payload (doc/protocol.md, strict:
 -- a token without values is an error, not a token of empty strings).
 function _M.from_payload(p)
   local at, rt = p.access_token, p.refresh_token

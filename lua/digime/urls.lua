@@ -1,4 +1,4 @@
---- URL building exactly as the Node SDK does it (api doc §7.0): query strings serialised as
+--- URL building exactly as the Node SDK does it (doc/protocol.md): query strings serialised as
 -- application/x-www-form-urlencoded (URLSearchParams), parameters in a fixed order, and the
 -- double-encoded sourcesScope.
 local json = require "digime.json"

@@ -1,4 +1,4 @@
---- A user-scoped API call: signed with the USER claim set (api doc §3.2), wrapped in the token
+--- A user-scoped API call: signed with the USER claim set (doc/protocol.md), wrapped in the token
 -- refresh of tokens.with_token, result carrying the token in force.
 local json = require "digime.json"
 local jwt = require "digime.jwt"

@@ -222,7 +222,7 @@ local function time_range(v, field)
   return _M.any_string(v.last, field .. ".last", true)
 end
 
---- A CA scope (api doc §4.4): timeRanges, serviceGroups, criteria (criteria pass unchecked).
+--- A CA scope (doc/protocol.md "Reading a library"): timeRanges, serviceGroups, criteria (criteria pass unchecked).
 function _M.scope(s, field)
   if not _M.is_record(s) then
     return nil, invalid(field, "must be a table")
@@ -241,7 +241,7 @@ function _M.scope(s, field)
   return true
 end
 
---- Pull session options (api doc §4.4), sent to the server as given.
+--- Pull session options (doc/protocol.md "Reading a library"), sent to the server as given.
 function _M.pull_options(p, field)
   if not _M.is_record(p) then
     return nil, invalid(field, "must be a table")
@@ -278,7 +278,7 @@ function _M.session_options(s, field, optional)
   return true
 end
 
---- sourcesScope (api doc §4.5): { dataType = { ... }, organizationType = "..." }.
+--- sourcesScope (doc/protocol.md, onboarding URLs): { dataType = { ... }, organizationType = "..." }.
 function _M.sources_scope(s, field, optional)
   if s == nil and optional then return true end
   if not _M.is_record(s) then

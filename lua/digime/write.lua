@@ -1,4 +1,4 @@
---- Pushing data: to the user's library, or to a provider (api doc §10). A push is never sent
+--- Pushing data: to the user's library, or to a provider (doc/protocol.md). A push is never sent
 -- twice except after a token refresh, and then only when its data can be sent again.
 local json = require "digime.json"
 local errors = require "digime.errors"
@@ -235,7 +235,7 @@ local function push_library(sdk, opts)
   if jerr then return nil, invalid("data.file_descriptor", "cannot be sent as JSON: " .. tostring(jerr)) end
   local key, kerr = jwt.contract_key(opts.contract)
   if not key then return nil, kerr end
-  -- FILEDESC: the descriptor as given, signed once per push (api doc §3.2).
+  -- FILEDESC: the descriptor as given, signed once per push (doc/protocol.md "Request JWTs").
   local descriptor_jwt, derr = jwt.sign(key, nil, json.object_of("metadata", data.file_descriptor))
   if not descriptor_jwt then return nil, derr end
   -- The data streams from its source into the request: memory stays bounded whatever its size.

@@ -42,7 +42,7 @@ end
 --
 -- Every error an SDK made by flow.sdk returns, and every line it logs, is kept here, and so
 -- is every secret it handled (private keys, token values, code verifiers). assert_no_secrets
--- checks that no error text and no log line carries any of them (design.md §4).
+-- checks that no error text and no log line carries any of them (doc/protocol.md "Errors").
 
 _M.secrets = {}
 _M.errors = {}

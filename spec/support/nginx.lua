@@ -15,7 +15,7 @@
 --   n.url .. "/t"; n.port; n.prefix; n:get("/t") -> status, body, headers
 --   n:error_log() -> text; n:stop()
 --
--- Pitfalls handled here (toolchain.md §4): the ndk module loads first, by absolute path;
+-- Pitfalls of Debian's nginx handled here: the ndk module loads first, by absolute path;
 -- lua_package_path keeps ";;" (resty.core lives in the default path); workers run as root
 -- because the checkout need not be readable by nobody; a full stop, never a HUP, after a
 -- rebuild of the core.

@@ -404,7 +404,7 @@ function _M.sign(claims, opts)
   return input .. "." .. c.b64url_encode(sig)
 end
 
--- PKCE pair as the SDK makes it (api doc 3.4): -> verifier, challenge
+-- PKCE pair as the SDK makes it (doc/protocol.md "PKCE"): -> verifier, challenge
 function _M.pkce()
   local c = core()
   local verifier = c.b64url_encode(c.random_alnum(32))

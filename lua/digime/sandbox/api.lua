@@ -1,4 +1,4 @@
--- The digi.me API under /v1.7/ (api doc §6, §7, §8, §16): JWKS, oauth/authorize,
+-- The digi.me API under /v1.7/ (doc/protocol.md "Endpoints"): JWKS, oauth/authorize,
 -- oauth/token/reference, oauth/token; the Bearer check every other endpoint shares; the agent
 -- check; and the foreign JWKS used to catch clients that fetch a jku off their allow-list.
 --
@@ -66,7 +66,7 @@ local function invalid_token(kind)
 end
 _M.invalid_token = invalid_token
 
--- Bearer check (api doc §16) ----------------------------------------------------------------
+-- Bearer check (doc/protocol.md "How the server checks a request") ---------------------------
 
 local function now_ms()
   -- Whole seconds are precise enough against a window of minutes, and keep the sandbox free
@@ -135,7 +135,7 @@ function _M.authenticate(app, req)
            header = parsed.header }
 end
 
--- Agent check (api doc 7.0): only when the config lists the accepted agents.
+-- Agent check (doc/protocol.md "The agent object"): only when the config lists the accepted agents.
 function _M.check_agent(app, body)
   local agents = app.cfg.agents
   if not agents then
@@ -323,7 +323,7 @@ _M.route("POST", "/v1.7/oauth/authorize", authorize)
 _M.route("POST", "/v1.7/oauth/token/reference", token_reference)
 _M.route("POST", "/v1.7/oauth/token", token)
 
--- Reading (api doc §9, rows 10-14 of §6) -----------------------------------------------------
+-- Reading (doc/protocol.md "Reading a library") ---------------------------------------------
 
 -- The USER claim set: access_token must be a live token this client holds for its user.
 -- -> rec, user | nil, response (401 InvalidToken: the SDK refreshes on exactly that)
@@ -359,7 +359,7 @@ local function is_object(v)
   return type(v) == "table" and (next(v) == nil or v[1] == nil)
 end
 
--- PullSessionOptions (api doc §4.4), as far as their shape goes.
+-- Pull session options (doc/protocol.md "Reading a library"), as far as their shape goes.
 local function pull_options_ok(body)
   if body.scope ~= nil and not is_object(body.scope) then
     return false

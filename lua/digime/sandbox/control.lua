@@ -1,4 +1,4 @@
--- The control API under /sandbox/ (design.md §5): loopback only, JSON in and out. It is how
+-- The control API under /sandbox/ (doc/sandbox.md "Control API"): loopback only, JSON in and out. It is how
 -- tests steer the sandbox (expire tokens, inject faults, read stats and the log); faults
 -- never apply to it and it is left out of the stats and the log.
 --

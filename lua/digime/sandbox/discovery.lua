@@ -1,4 +1,4 @@
--- Discovery (api doc §12, rows 22-25 of §6), CONTRACT claims, over discovery_data.lua:
+-- Discovery (doc/protocol.md "Discovery"), CONTRACT claims, over discovery_data.lua:
 --
 --   POST discovery/sources     {limit?, offset?, sort?: {name|id|publishedDate: "asc"|"desc"},
 --                               query?: {search?, queryString?, include?, filter?}}

@@ -1,4 +1,4 @@
--- The sandbox's discovery catalogue (api doc §12): countries, platforms, categories and the
+-- The sandbox's discovery catalogue (doc/protocol.md "Discovery"): countries, platforms, categories and the
 -- sources that the discovery endpoints (discovery.lua) query and the sample data set endpoint
 -- (manage.lua) reads. Made up, but shaped like the real catalogue: numeric ids, references,
 -- published states, logos, authorisation types, sample data sets. The three sources of the

@@ -1,4 +1,5 @@
--- The user library (design.md §5, api doc §3.5, §3.7, §9, §14.1-14.2): the files a user's
+-- The user library (doc/sandbox.md "The library"; doc/protocol.md "Reading a library", "The
+-- file format"): the files a user's
 -- sync produces, their plaintext, compression and metadata, the accounts they come from, the
 -- progression of a sync, and the encryption of a file per request.
 --
@@ -152,7 +153,7 @@ local function generic_account(id, n)
            sourceId = 9000 + n, group = "imported" }
 end
 
--- The wire shape of an account (api doc §9.6); needs_auth: its source authorization is gone.
+-- The wire shape of an account (doc/protocol.md "Reading a library"); needs_auth: its source authorization is gone.
 local function account_record(a, needs_auth)
   local r = {}
   for _, k in ipairs{ "id", "reference", "type", "createdDate", "updatedDate", "serviceGroupId",
@@ -739,7 +740,7 @@ function _M:manifest_text()
   return concat(lines)
 end
 
--- A file list entry (api doc §9.2).
+-- A file list entry (doc/protocol.md "Reading a library").
 function _M.list_entry(file)
   local e = { name = file.name, updatedDate = file.updated }
   local m = file.metadata
@@ -823,7 +824,7 @@ end
 
 -- Serving ------------------------------------------------------------------------------------
 
--- The length of a file as served to `key` (api doc §3.5).
+-- The length of a file as served to `key` (doc/protocol.md "The file format").
 function _M.served_length(file, key)
   local n = file.big and file.size or #file.packed
   return key:size() + 16 + (n // 16 + 1) * 16

@@ -1,5 +1,5 @@
 -- References, user and account management, the revoke page link, portability reports,
--- sample data sets and contract details (api doc §6 rows 2-3 and 17-21, 26; §7.4, §7.5, §11):
+-- sample data sets and contract details (doc/protocol.md "Endpoints", "Managing ..."):
 --
 --   POST   reference  CONTRACT  {"type": "cloudId"|"accountId", "value": "..."} -> 201 {"id"}
 --          a cloudId must name a storage of the contract (404 StorageNotFound); an accountId
@@ -19,7 +19,7 @@
 --   GET    permission-access/sample/datasets/{sourceId}  CONTRACT -> {"<id>": {"name",
 --          "description"}, ...} for sources with sample data (discovery.lua), {} otherwise;
 --          a sourceId that is not a number -> 400
---   GET    permission-access/contract  CONTRACT -> the contract object of api doc §11.5
+--   GET    permission-access/contract  CONTRACT -> the contract object (doc/protocol.md)
 
 local core = require "digime.core"
 local api = require "digime.sandbox.api"

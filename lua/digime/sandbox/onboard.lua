@@ -1,4 +1,5 @@
--- The SaaS onboarding pages under /apps/saas/ (api doc §14.7): the user "consents" and is
+-- The SaaS onboarding pages under /apps/saas/ (doc/protocol.md "Authorization and onboarding
+-- URLs"): the user "consents" and is
 -- sent back to the application's redirect_uri.
 --
 -- Auto mode (default): consent is given or refused at once, as POST /sandbox/consent last

@@ -1,4 +1,4 @@
--- digime-sandbox: a local digi.me API served with lua-http on cqueues (design.md §5).
+-- digime-sandbox: a local digi.me API served with lua-http on cqueues (doc/sandbox.md).
 --
 -- This file owns the process: flags, keys, the listening socket, the first line on stdout,
 -- signals, and the life of one request (faults, dispatch, writing the answer, stats, log).

@@ -1,4 +1,4 @@
--- Cloud storage (api doc §13, rows 27-32 of §6): a per-application file area identified by a
+-- Cloud storage (doc/protocol.md "Cloud storage"): a per-application file area identified by a
 -- storage id, created provisionally by a contract (and bound later to the user who consents
 -- with its storageRef) or on a user's first GET storage.
 --
@@ -24,7 +24,7 @@
 -- "." and ".." segments and an encoded "/" refused). Paths are case-insensitive (ASCII): a
 -- listing's "path" and "name" are lower-cased, "originalPath" and "originalName" are as
 -- uploaded, and paths include "/apps/<appId>/", so originalPath "/apps/<appId>/folder/" goes
--- with path "/apps/<appid lower-cased>/folder/" (api doc §13.3).
+-- with path "/apps/<appid lower-cased>/folder/".
 -- Objects are stored as sent, never decrypted: up to --storage-limit bytes each (413 past
 -- it), in memory up to 1 MiB (while all objects in memory stay under 64 MiB), in a temporary
 -- file otherwise; temporary files go with their objects, at reset and at exit.

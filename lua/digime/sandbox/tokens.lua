@@ -1,6 +1,6 @@
 -- The sandbox's own JWT code: reading client JWTs, signing server tokens, and forging the
 -- hostile tokens of the "token" fault. It uses digime.core, cjson and luaossl only, never
--- the SDK's Lua (design.md §5: a misunderstanding in the SDK must not be mirrored here).
+-- the SDK's Lua (doc/sandbox.md: a misunderstanding in the SDK must not be mirrored here).
 
 local cjson = require "cjson.safe"
 local core = require "digime.core"

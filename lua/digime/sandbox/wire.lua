@@ -135,7 +135,7 @@ function _M.escape_html(s)
     ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&#39;" }))
 end
 
--- application/x-www-form-urlencoded, as URLSearchParams writes it (api doc 7.0).
+-- application/x-www-form-urlencoded, as URLSearchParams writes it (WHATWG URL Standard).
 function _M.form_escape(s)
   return (tostring(s):gsub("[^%w%*%-%._ ]", function(c)
     return format("%%%02X", byte(c))

@@ -1,4 +1,4 @@
--- Pushes (api doc §10, rows 15-16 of §6), USER claims:
+-- Pushes (doc/protocol.md "Pushing data"), USER claims:
 --
 --   POST permission-access/import                       push to the user's library: raw bytes,
 --        content-type application/octet-stream, a FileDescriptor header (a PS512 JWT signed
@@ -160,7 +160,7 @@ local function copy_list(list)
   return out
 end
 
--- The raw metadata a pushed file is read back with (api doc §10.1, §14.2).
+-- The raw metadata a pushed file is read back with (doc/protocol.md "Pushing data").
 local function raw_metadata(m, contract, created)
   local out = {}
   for k, v in pairs(m) do
