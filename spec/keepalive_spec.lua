@@ -5,7 +5,6 @@
 -- counted by retry_options. The sandbox counts connections and TLS handshakes.
 local flow = require "flow"
 
-local TOKEN = "/v1.7/oauth/token"
 local ACCOUNTS = "/v1.7/permission-access/accounts"
 
 for _, mode in ipairs{ "plain", "tls" } do
