@@ -15,8 +15,20 @@ _M.MAX_TOKEN = 64 * 1024
 
 local API_HEADER = core.b64url_encode('{"alg":"PS512","typ":"JWT"}')
 
--- Parsed contract keys, by PEM text; weak so unused keys go away.
-local key_cache = setmetatable({}, { __mode = "v" })
+-- Parsed contract keys, by PEM text. Held strongly: parsing a PEM and setting up a fresh key
+-- (its Montgomery contexts and RSA blinding) costs twice a signature, and a weak cache loses
+-- its keys at every garbage collection, which a sync triggers many times a second. Bounded:
+-- past KEY_CACHE_SIZE contracts, the one parsed longest ago goes first.
+local KEY_CACHE_SIZE = 32
+local key_cache, key_order = {}, {}
+
+local function remember_key(pem, key)
+  if #key_order >= KEY_CACHE_SIZE then
+    key_cache[table.remove(key_order, 1)] = nil
+  end
+  key_order[#key_order + 1] = pem
+  key_cache[pem] = key
+end
 
 --- The contract's private key object, or nil, TypeValidationError.
 function _M.contract_key(contract)
@@ -30,7 +42,7 @@ function _M.contract_key(contract)
   if k:bits() < 2048 then
     return nil, errors.validation("contract.private_key", "must be an RSA key of at least 2048 bits")
   end
-  key_cache[pem] = k
+  remember_key(pem, k)
   return k
 end
 
