@@ -145,8 +145,9 @@ function _M.close(app, busy, except)
   for rec in pairs(app.net.open) do
     if rec.conn and rec ~= except and (rec.idle or busy) then
       rec.closed_by = "control"
-      -- shutdown() wakes the coroutine waiting for the next request: it sees the end.
-      rec.conn:shutdown()
+      -- Shutting the socket down wakes whatever waits on it (the next request, a hang):
+      -- it sees the end. Not the connection's shutdown: that would answer a request 503.
+      rec.socket:shutdown("rw")
       n = n + 1
     end
   end
