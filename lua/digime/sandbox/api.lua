@@ -127,6 +127,7 @@ function _M.authenticate(app, req)
       .. app.cfg.timestamp_window .. " s around the server time (milliseconds expected)")
   end
   if app.state:nonce_used(nonce) then
+    app.state.stats.nonce_replays = app.state.stats.nonce_replays + 1
     return nil, wire.error(406, "InvalidRequest",
       "The nonce provided in JWT payload (" .. nonce .. ") has already been used")
   end
@@ -310,6 +311,7 @@ end
 -- POST oauth/token: EXCHANGE or REFRESH claims; the SDK sends no body.
 local function token(app, req, auth)
   local grant = auth.claims.grant_type
+  req.log.grant = type(grant) == "string" and grant or nil
   if grant == "authorization_code" then
     return exchange(app, req, auth)
   elseif grant == "refresh_token" then

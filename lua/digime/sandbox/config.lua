@@ -37,6 +37,12 @@ usage: digime-sandbox [options]
                          over 1m are kept in temporary files, not in memory
   --tls                  serve HTTPS with a throw-away CA (its file is reported as ca_file)
   --cert FILE --key FILE with --tls: serve this certificate and key instead
+  --latency MS           act as if MS milliseconds of round trip away: every byte arrives
+                         MS/2 later each way, a new connection's first bytes one MS more (the
+                         TCP handshake); TLS sits behind the delay (default 0: no relay)
+  --bandwidth RATE       with or without --latency: bytes per second each way, shared by all
+                         connections (k/m/g suffixes; default 0: no cap)
+  --keepalive SECONDS    an idle keep-alive connection is closed after this long (default 5)
   --help                 this text
 The first line on stdout is a JSON object with base_url, onboard_url, cloud_base_url,
 control_url (and ca_file with --tls). SIGTERM or SIGINT stops the sandbox.
@@ -66,6 +72,9 @@ local function defaults()
     push_limit = 64 * 1024 * 1024,      -- bytes of a push body (library or provider)
     storage_limit = 256 * 1024 * 1024,  -- bytes of one cloud storage object
     storage_memory = 1024 * 1024,       -- objects over this many bytes go to temporary files
+    latency = 0,             -- ms of round trip (relay.lua)
+    bandwidth = 0,           -- bytes/s each way, 0 = no cap
+    keepalive = 5,           -- seconds an idle connection is kept
   }
 end
 
@@ -140,6 +149,7 @@ local known_keys = {
   timestamp_window = "number", log_size = "number",
   library = "string", generate = "string", big_file = "size", sync_pace = "number",
   partial = "boolean", push_limit = "size", storage_limit = "size", storage_memory = "size",
+  latency = "number", bandwidth = "size", keepalive = "number",
 }
 
 local function check_contract(c, where)
@@ -230,8 +240,31 @@ end
 -- Flags that take a value, and the flags that don't.
 local valued = { host = true, port = true, contract = true, config = true, cert = true, key = true,
                  library = true, generate = true, ["big-file"] = true, ["sync-pace"] = true,
-                 ["push-limit"] = true, ["storage-limit"] = true }
+                 ["push-limit"] = true, ["storage-limit"] = true, latency = true,
+                 bandwidth = true, keepalive = true }
 local switches = { interactive = true, tls = true, help = true, partial = true }
+
+-- latency (ms), bandwidth (a size per second) and keepalive (s), checked and normalized in
+-- place (also for POST /sandbox/latency): -> true | nil, err
+function _M.check_network(t)
+  local ms = t.latency
+  if ms ~= nil and (type(ms) ~= "number" or not (ms >= 0 and ms <= 60000)) then
+    return nil, "latency wants milliseconds 0..60000, got " .. tostring(ms)
+  end
+  if t.bandwidth ~= nil then
+    local rate = parse_size(t.bandwidth)
+    if not rate then
+      return nil, "bandwidth wants bytes per second such as 1m (0 = no cap), got "
+                  .. tostring(t.bandwidth)
+    end
+    t.bandwidth = rate
+  end
+  local ka = t.keepalive
+  if ka ~= nil and (type(ka) ~= "number" or not (ka > 0 and ka <= 3600)) then
+    return nil, "keepalive wants seconds 0..3600 (not 0), got " .. tostring(ka)
+  end
+  return true
+end
 
 function _M.parse(argv)
   local cfg = defaults()
@@ -318,6 +351,10 @@ function _M.parse(argv)
       cfg.push_limit = v
     elseif name == "storage-limit" then
       cfg.storage_limit = v
+    elseif name == "latency" or name == "keepalive" then
+      cfg[name] = tonumber(v) or v
+    elseif name == "bandwidth" then
+      cfg.bandwidth = v
     end
   end
 
@@ -334,6 +371,10 @@ function _M.parse(argv)
       return nil, "--big-file wants a size such as 64m or 2g, got " .. tostring(cfg.big_file)
     end
     cfg.big_file = size
+  end
+  local ok, nerr = _M.check_network(cfg)
+  if not ok then
+    return nil, nerr
   end
   for _, k in ipairs{ "push_limit", "storage_limit", "storage_memory" } do
     local size = parse_size(cfg[k])

@@ -116,7 +116,7 @@ local function is_count(v, min)
 end
 
 local actions = { status = true, reset = true, delay = true, truncate = true, hang = true,
-                  token = true }
+                  token = true, close_after_answer = true }
 
 local function fault_view(f)
   local v = {}
@@ -149,9 +149,10 @@ end
 -- into f: -> f | nil, message
 local function parse_action(spec, f, random)
   if not actions[spec.action] or (random and spec.action == "token") then
-    return nil, random and "action must be one of status, reset, delay, truncate, hang (a token "
-                           .. "fault is never random)"
-                or "action must be one of status, reset, delay, truncate, hang, token"
+    return nil, random and "action must be one of status, reset, delay, truncate, hang, "
+                           .. "close_after_answer (a token fault is never random)"
+                or "action must be one of status, reset, delay, truncate, hang, "
+                   .. "close_after_answer, token"
   end
   f.action = spec.action
   if f.action == "status" then
@@ -482,6 +483,11 @@ handlers["GET info"] = function(app)
   return ok(info)
 end
 
+-- GET/POST latency, GET/POST connections (netctl.lua).
+for k, h in pairs(require("digime.sandbox.netctl").handlers) do
+  handlers[k] = h
+end
+
 local function loopback(ip)
   return type(ip) == "string" and (ip:match("^127%.") or ip == "::1" or ip:match("^::ffff:127%."))
 end
@@ -502,7 +508,7 @@ function _M.handle(app, req)
   if not body then
     return bad("body: " .. tostring(err))
   end
-  return h(app, body)
+  return h(app, body, req)
 end
 
 return _M

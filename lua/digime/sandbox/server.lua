@@ -23,6 +23,9 @@ local library = require "digime.sandbox.library"
 local demo_contract = require "digime.sandbox.demo_contract"
 local bodies = require "digime.sandbox.body"
 local storage = require "digime.sandbox.storage"
+local conns = require "digime.sandbox.conns"
+local relay = require "digime.sandbox.relay"
+local tls_peek = require "digime.sandbox.tls_peek"
 -- Endpoint families that register their routes with api.route:
 require "digime.sandbox.write"
 require "digime.sandbox.manage"
@@ -49,6 +52,7 @@ _M.mounts = {
 }
 
 local finish_body     -- below: what is left of a request body after the answer
+local accept          -- below: a new connection
 
 local function log_err(...)
   stderr:write("digime-sandbox: ", ...)
@@ -139,7 +143,7 @@ function _M.new(cfg)
   if not lib then
     return nil, err
   end
-  return {
+  local app = {
     cfg = cfg,
     contracts = contracts,
     signer = make_signer(),
@@ -147,6 +151,8 @@ function _M.new(cfg)
     library = lib,
     urls = {},
   }
+  conns.init(app)
+  return app
 end
 
 local function set_urls(app, scheme, host, port)
@@ -360,13 +366,19 @@ local function handle(app, stream)
   local method = rh:get(":method")
   local target = rh:get(":path") or "/"
   local path, query = target:match("^([^?]*)%??(.*)$")
-  local _, peer_ip = stream:peername()
+  local crec = conns.of(stream)
+  local peer_ip = crec and crec.peer_ip
+  if not peer_ip then
+    local _
+    _, peer_ip = stream:peername()
+  end
   local req = {
     stream = stream, method = method, path = path, raw_query = query,
     query = wire.parse_query(query), headers = header_table(rh), peer_ip = peer_ip,
     body = read_body,
     -- Never put token values or the Authorization header here.
-    log = { method = method, path = path },
+    log = { method = method, path = path, conn = crec and crec.id,
+            conn_request = crec and crec.requests },
   }
 
   local st = app.state
@@ -404,10 +416,12 @@ local function handle(app, stream)
       outcome = "hang"
     elseif f.action == "truncate" then
       truncate = true
+    elseif f.action == "close_after_answer" then
+      outcome = "closed after answer"
     end
   end
 
-  if outcome == nil and res == nil then
+  if (outcome == nil or outcome == "closed after answer") and res == nil then
     local ok, r = xpcall(dispatch, debug.traceback, app, req)
     if ok and type(r) == "table" and r.status then
       res = r
@@ -443,6 +457,10 @@ local function handle(app, stream)
     if not truncate then
       pcall(finish_body, stream, res, not (wok and ok))
     end
+    if outcome == "closed after answer" then
+      -- No "connection: close": the client finds out on its next request.
+      pcall(drop, stream)
+    end
   end
 
   if not control_req then
@@ -462,6 +480,17 @@ end
 
 -- The process ------------------------------------------------------------------------------
 
+-- A client's connection: served directly, or through the latency relay.
+function accept(app, cq, socket)
+  local _, ip = socket:peername()
+  local rec = { peer_ip = ip }
+  if relay.wanted(app.cfg) then
+    rec.relay = true
+    socket = relay.join(cq, app.cfg, socket)
+  end
+  cq:wrap(conns.serve, app, cq, socket, rec, handle)
+end
+
 -- Listens and returns the running server: -> srv, info | nil, err
 function _M.listen(app)
   local cfg = app.cfg
@@ -474,12 +503,16 @@ function _M.listen(app)
       return nil, err
     end
   end
+  if tls_setup then
+    app.tls_ctx = tls_setup.ctx
+    app.tls_info = tls_peek.new_info(tls_setup.ctx)
+  end
+  -- TLS and the connections are conns.lua's (accept() below): lua-http only accepts.
   local srv, err = http_server.listen{
     host = cfg.host,
     port = cfg.port,
     reuseaddr = true,
-    tls = tls_setup ~= nil,
-    ctx = tls_setup and tls_setup.ctx or nil,
+    tls = false,
     version = 1.1,
     onstream = function(_, stream)
       handle(app, stream)
@@ -497,6 +530,10 @@ function _M.listen(app)
   if not ok then
     return nil, "cannot listen on " .. tostring(cfg.host) .. ":" .. tostring(cfg.port) .. ": "
                 .. tostring(lerr)
+  end
+  srv.add_socket = function(self, socket)
+    accept(app, self.cq, socket)
+    return true
   end
   local _, _, port = srv:localname()
   set_urls(app, tls_setup and "https" or "http", cfg.host, port)

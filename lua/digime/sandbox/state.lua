@@ -29,6 +29,7 @@ function _M:reset()
   -- Requests in flight (a hang, a delay) outlive a reset; keep their count right.
   local inflight = self.stats and self.stats.inflight or 0
   local downloads = self.stats and self.stats.inflight_downloads or 0
+  local open = self.stats and self.stats.connections_open or 0
   self.users = {}        -- id -> { id, identifier, consents = { client_id -> consent_id },
                          --        the library view (library.lua): removed, revoked,
                          --        reauthorized, pushed, pushed_by_name; storages (client_id ->
@@ -57,6 +58,11 @@ function _M:reset()
     faults_applied = 0, tokens_issued = 0, refreshes = 0,
     pushes = 0, provider_pushes = 0, push_bytes = 0,
     storage_uploads = 0, storage_upload_bytes = 0, storage_downloads = 0,
+    -- Connections (conns.lua): accepted, open now (kept over a reset), the most open at once;
+    -- TLS handshakes, full and resumed.
+    connections = 0, connections_open = open, max_connections_open = open,
+    tls_handshakes = 0, tls_resumed = 0,
+    nonce_replays = 0,     -- client JWTs refused because their nonce was used before
   }
 end
 
