@@ -214,7 +214,8 @@ local engine
 function _M.http(t)
   engine = engine or core.http_engine()
   local opts = { method = t.method or "GET", url = t.url, headers = t.headers, body = t.body,
-                 follow = false, proxy = false, timeout = t.timeout or 10 }
+                 follow = false, proxy = false, timeout = t.timeout or 10,
+                 cafile = t.cafile or _M.cafile }
   local req = engine:add(opts)
   local deadline = _M.now() + (t.timeout or 10) + 5
   while true do
@@ -257,6 +258,7 @@ function _M.param_names(url)
 end
 
 -- Follows a consent page URL once: -> { status, location, query } (query of the Location).
+-- Over TLS, set flow.cafile to the sandbox's ca_file first.
 function _M.consent(url)
   local res, err = _M.http{ url = url }
   assert(res, "consent page: " .. tostring(err))
