@@ -33,11 +33,14 @@ echo "== $FILES files x $SIZE (mixed gzip/brotli/none), client $LUA, concurrency
 
 # The client's unavoidable CPU per file, measured here and now.
 rsa_per_s=$(openssl speed -seconds 2 rsa2048 2>/dev/null | awk '/^rsa 2048/ {print $6}')
-aes_k_per_s=$(openssl speed -seconds 2 -evp aes-256-cbc 2>/dev/null | awk '/^aes-256-cbc/ {print $NF}' | tr -d k)
+aes_k_per_s=$(openssl speed -seconds 2 -evp aes-256-cbc 2>/dev/null | awk 'toupper($1) == "AES-256-CBC" {print $NF}' | tr -d k)
 bytes=$(echo "$SIZE" | awk '{n=$1+0; u=substr($1,length($1)); if(u=="k")n*=1024; if(u=="m")n*=1048576; print n}')
 crypto=$(awk -v f="$FILES" -v r="$rsa_per_s" -v a="$aes_k_per_s" -v b="$bytes" \
   'BEGIN { printf "%.2f", f * 2 / r + f * b / (a * 1000) }')
 echo "== RSA-2048 private ops/s: $rsa_per_s; AES-256-CBC: ${aes_k_per_s}k bytes/s; per sync: ${crypto} s"
+
+# CPU seconds a process has used so far (user + system).
+cpu_of() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
 
 field() { printf '%s' "$1" | sed -e "s/.*\"$2\":\"\([^\"]*\)\".*/\1/" -e 's#\\/#/#g'; }
 
@@ -45,6 +48,7 @@ for latency in $LATENCIES; do
   for mode in $TLS_MODES; do
     tls_flag=""
     [ "$mode" = tls ] && tls_flag="--tls"
+    rm -f "$dir/out"   # the last run's first line must not be read for this one's
     bin/digime-sandbox --generate "$FILES:$SIZE:mixed" --sync-pace 0 --latency "$latency" \
       $tls_flag > "$dir/out" 2> "$dir/err" &
     pid=$!
@@ -62,17 +66,24 @@ for latency in $LATENCIES; do
     # The floor: curl, 16 parallel keep-alive transfers of the raw encrypted files.
     curl -s $cacert "${control}manifest.txt" | awk -v c="$control" \
       '{ print "url = \"" c "raw/" $2 "\"\noutput = \"/dev/null\"" }' > "$dir/list.cfg"
+    s0=$(cpu_of "$pid")
     t0=$(date +%s.%N)
-    conns=$(curl -s $cacert -Z --parallel-max $PARALLEL -K "$dir/list.cfg" -w '%{num_connects}\n' \
-      | awk '{ s += $1 } END { print s }')
+    conns=$(curl -s --no-progress-meter $cacert -Z --parallel-max $PARALLEL -K "$dir/list.cfg" \
+      -w '%{num_connects}\n' | awk '{ s += $1 } END { print s }')
     t1=$(date +%s.%N)
+    s1=$(cpu_of "$pid")
     curl_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
     floor=$(awk -v c="$curl_s" -v k="$crypto" 'BEGIN { printf "%.2f", c + k }')
 
     out=$($LUA bench/sync_remote.lua "$base" "$onboard" "$control" "$ca" "$CONCURRENCY" lua-digime)
+    s2=$(cpu_of "$pid")
     wall=$(printf '%s' "$out" | sed 's/.*wall=\([0-9.]*\).*/\1/')
+    cpu=$(printf '%s' "$out" | sed 's/.*cpu=\([0-9.]*\).*/\1/')
     ratio=$(awk -v w="$wall" -v f="$floor" 'BEGIN { printf "%.2f", w / f }')
-    echo "latency ${latency} ms, $mode: floor ${floor} s (curl ${curl_s} s, $conns connections, + ${crypto} s crypto) | $out | ${ratio} x floor"
+    cpu_ratio=$(awk -v c="$cpu" -v k="$crypto" 'BEGIN { printf "%.2f", c / k }')
+    echo "latency ${latency} ms, $mode: floor ${floor} s (curl ${curl_s} s, $conns connections, sandbox cpu $(awk -v a="$s0" -v b="$s1" 'BEGIN{printf "%.2f", b-a}') s; + ${crypto} s crypto)"
+    echo "  $out sandbox_cpu=$(awk -v a="$s1" -v b="$s2" 'BEGIN{printf "%.2f", b-a}')"
+    echo "  => ${ratio} x floor; client cpu ${cpu_ratio} x its RSA + AES cost"
     kill "$pid"; wait "$pid" 2>/dev/null || true
     pid=""
   done
