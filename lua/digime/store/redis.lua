@@ -40,10 +40,11 @@ function _M.new(o)
   local tls = o.tls
   if tls == true then tls = {} end
   local self = {
-    host = o.host or "127.0.0.1", port = o.port or 6379, socket = o.socket,
-    user = o.user, password = o.password, database = o.database or 0,
+    -- integers as text ("6379", not "6379.0": a JSON-decoded option is a float in Lua 5.4)
+    host = o.host or "127.0.0.1", port = floor(o.port or 6379), socket = o.socket,
+    user = o.user, password = o.password, database = floor(o.database or 0),
     connect_timeout = o.connect_timeout or 1, timeout = o.timeout or 1,
-    tls = tls or nil, pool_size = o.pool_size or 32,
+    tls = tls or nil, pool_size = floor(o.pool_size or 32),
   }
   self.where = self.socket and ("unix:" .. self.socket) or (self.host .. ":" .. self.port)
   self.pool = "digime:" .. self.where .. ":" .. self.database .. ":" .. tostring(self.user)
