@@ -152,6 +152,32 @@ describe("hosts sharing a Redis store", function()
     assert.equal(N_USERS, sb:stats().refreshes - before.refreshes)
   end)
 
+  it("never present a token whose refresh another host began and left without an outcome", function()
+    local core = require "digime.core"
+    local host = assert(flow.sdk(sb, { store = store() }))
+    local token = flow.login(host)
+    local name = "refresh:" .. core.b64url_encode(core.sha256(token.refresh_token.value))
+    -- a host took the lock and died: the lock expires, the token may have rotated
+    assert.equal("OK", rd:command("SET", "spec:lock:" .. name, "dead-host", "PX", 300))
+    local before = sb:stats().refreshes
+    local new, err = host:refresh_token{ contract = flow.contract(), user_access_token = token }
+    assert.is_nil(new)
+    assert.equal("StoreError", err.kind)
+    assert.equal("RefreshOutcomeLost", err.code)
+    -- a host whose refresh failed left that: who waited gets the failure, not a second try
+    assert.equal("OK", rd:command("SET", "spec:lock:" .. name, "failing-host", "PX", 300))
+    assert.equal("OK", rd:command("SET", "spec:done:" .. name, '{"failed":"it broke"}', "PX", 5000))
+    new, err = host:refresh_token{ contract = flow.contract(), user_access_token = token }
+    assert.is_nil(new)
+    assert.equal("RefreshFailed", err.code)
+    assert.matches("it broke", err.message)
+    assert.equal(0, sb:stats().refreshes - before)
+    -- the caller tries again, the lock free: the token was never presented, so it works
+    new = assert(host:refresh_token{ contract = flow.contract(), user_access_token = token })
+    assert.equal(1, sb:stats().refreshes - before)
+    assert.are_not.equal(token.refresh_token.value, new.refresh_token.value)
+  end)
+
   it("verify server tokens while Redis is down: the JWKS is fetched locally, with a warning", function()
     local lines = {}
     local down = assert(flow.sdk(sb, { store = store{ port = redis.free_port() },

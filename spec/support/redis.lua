@@ -4,6 +4,7 @@
 --   local redis = require "redis"                -- busted's lpath has ./spec/support/?.lua
 --   local r = redis.start()                      -- r.port, r.pid
 --   r:command("FLUSHALL"); r:stop(); r:start()   -- stop and start again on the same port
+--   r:cli("-n", 3, "GET", "k")                    -- redis-cli against it: -> output
 local socket = require "socket"
 local sh = require "shell"
 
@@ -27,21 +28,29 @@ function Redis:command(...)
   local ok, err = c:connect("127.0.0.1", self.port)
   if not ok then return nil, err end
   c:send(resp.encode{ ... })
-  local v, rerr = resp.read(c)
+  local v, rerr, server = resp.read(c)
   c:close()
-  return v, rerr
+  return v, rerr, server
+end
+
+function Redis:cli(...)
+  local args = {}
+  for i, a in ipairs{ ... } do args[i] = sh.quote(a) end
+  local _, out = sh.run("redis-cli -p " .. self.port .. " " .. table.concat(args, " "))
+  return (out:gsub("%s+$", ""))
 end
 
 function Redis:start()
   self.log = self.log or os.tmpname()
   local inner = ("exec redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no "
-    .. "--daemonize no >>%s 2>&1"):format(self.port, sh.quote(self.log))
+    .. "--daemonize no %s >>%s 2>&1"):format(self.port, self.args or "", sh.quote(self.log))
   local p = assert(io.popen("sh -c " .. sh.quote(inner) .. " & echo $!"))
   self.pid = assert(tonumber(p:read("*l")), "no pid")
   p:close()
   local deadline = socket.gettime() + 10
   while socket.gettime() < deadline do
-    if self:command("PING") == "PONG" then return self end
+    local v, _, server = self:command("PING")
+    if v == "PONG" or server then return self end   -- answered (NOAUTH with requirepass)
     socket.sleep(0.02)
   end
   local text = sh.read(self.log)
@@ -54,13 +63,19 @@ function Redis:stop()
   if not self.pid then return end
   os.execute("kill " .. self.pid .. " 2>/dev/null")
   local deadline = socket.gettime() + 5
-  while socket.gettime() < deadline and self:command("PING") do socket.sleep(0.02) end
+  while socket.gettime() < deadline do
+    local v, _, server = self:command("PING")
+    if not (v or server) then break end
+    socket.sleep(0.02)
+  end
   os.execute("kill -9 " .. self.pid .. " 2>/dev/null")
   self.pid = nil
 end
 
+-- opts.port (default: a free one), opts.args (more redis-server arguments, shell text)
 function _M.start(opts)
-  local self = setmetatable({ port = (opts and opts.port) or free_port() }, Redis)
+  opts = opts or {}
+  local self = setmetatable({ port = opts.port or free_port(), args = opts.args }, Redis)
   return self:start()
 end
 
