@@ -1,4 +1,5 @@
---- Where the SDK keeps the state several tasks, workers or hosts must share (doc/store.md):
+--- Where the SDK keeps the state several tasks, workers or hosts must share (doc/store.md has
+-- the whole story):
 -- the JWKS cache, the lock taken around a token refresh, and the hand-off of a finished
 -- refresh's new token (refresh tokens rotate: two refreshes of one token end a session).
 --
