@@ -12,6 +12,9 @@ local _M = {}
 
 -- A failure is remembered briefly: long enough for those waiting at that moment.
 local FAIL_TTL = 60
+-- Seconds a store that fails is tried again before the refresh fails: a restart of Redis
+-- takes less than that.
+local STORE_GRACE = 2
 
 local function lock_error(err)
   if err.code == "LockTimeout" then
@@ -39,7 +42,7 @@ end
 function _M.run(sdk, name, reuse, done_ttl, refresh)
   local store = sdk.shared
   local lock = store:lock(name)
-  local ok, waited = lock:acquire()
+  local ok, waited = lock:acquire(STORE_GRACE)
   if not ok then return nil, lock_error(waited) end
   local done, derr = store:done_get(name)
   if derr then

@@ -56,24 +56,29 @@ function _M:lock(name)
                         id = core.random_alnum(24) }, lock_mt)
 end
 
---- Waits up to `hold` seconds for the lock (polling, from 5 ms to 100 ms apart).
+--- Waits up to `hold` seconds for the lock (polling, from 5 ms to 100 ms apart). A store
+-- failure is tried again for up to `grace` seconds (default 0: none), so that a restart of
+-- the store does not fail the caller; a lock once seen held still counts as waited for.
 -- -> true, waited (true when another holder had it first) | nil, StoreError
 -- (code StoreError: the store failed; LockTimeout: still held by another at the end).
-function lock_mt:acquire()
-  local ok, err = self.prim:add(self.key, self.id, self.ttl)
-  if ok then return true, false end
-  if ok == nil then return nil, failed("take a lock", err) end
-  local deadline = core.monotonic() + self.ttl
-  local step = 0.005
+function lock_mt:acquire(grace)
+  local start = core.monotonic()
+  local deadline, grace_end = start + self.ttl, start + (grace or 0)
+  local step, waited = 0.005, false
   while true do
-    scheduler.sleep(step)
-    ok, err = self.prim:add(self.key, self.id, self.ttl)
-    if ok then return true, true end
-    if ok == nil then return nil, failed("take a lock", err) end
-    if core.monotonic() >= deadline then
+    local ok, err = self.prim:add(self.key, self.id, self.ttl)
+    if ok then return true, waited end
+    local now = core.monotonic()
+    if ok == nil then
+      if now >= grace_end then return nil, failed("take a lock", err) end
+    else
+      waited = true
+    end
+    if now >= deadline then
       return nil, errors.store("LockTimeout", "another holder kept the lock longer than "
         .. self.ttl .. " s")
     end
+    scheduler.sleep(step)
     step = min(step * 2, 0.1)
   end
 end
