@@ -147,6 +147,55 @@ describe("Redis store", function()
   end)
 end)
 
+-- digime.store.resty_redis against the same Redis, through an object that answers as
+-- lua-resty-redis does (ngx.null for a nil reply; commands as methods with their arguments)
+-- but sends with the project's own client: lua-resty-redis itself is not a Debian package.
+describe("lua-resty-redis adapter", function()
+  local rd, saved_ngx
+  local NULL = setmetatable({}, { __tostring = function() return "ngx.null" end })
+  setup(function()
+    rd = redis.start()
+    saved_ngx = rawget(_G, "ngx")
+    rawset(_G, "ngx", { null = NULL })
+  end)
+  teardown(function()
+    rawset(_G, "ngx", saved_ngx)
+    if rd then rd:stop() end
+  end)
+
+  local pooled, closed = 0, 0
+  local function connect()
+    local conn = require("digime.store.redis").new{ port = rd.port }
+    local function send(...)
+      local v, err = conn:command{ ... }
+      if v == resp.null then return NULL end
+      return v, err
+    end
+    return {
+      get = function(_, k) return send("GET", k) end,
+      set = function(_, ...) return send("SET", ...) end,
+      eval = function(_, ...) return send("EVAL", ...) end,
+      set_keepalive = function() pooled = pooled + 1; conn:close() end,
+      close = function() closed = closed + 1; conn:close() end,
+    }
+  end
+
+  describe("primitives", contract(function()
+    rd:command("FLUSHALL")
+    return assert(require("digime.store.resty_redis").new{ connect = connect })
+  end))
+
+  it("returns connections to the pool, and a connect failure as nil, message", function()
+    assert.is_true(pooled > 0)
+    assert.equal(0, closed)
+    local s = require("digime.store.resty_redis").new{ connect = function() return nil, "refused" end }
+    local v, err = s:get("k")
+    assert.is_nil(v)
+    assert.equal("cannot connect to Redis: refused", err)
+    assert.is_nil(require("digime.store.resty_redis").new{})
+  end)
+end)
+
 describe("Redis store connection options", function()
   local rd, dir
   setup(function()

@@ -1,7 +1,6 @@
---- Where the SDK keeps the state several tasks, workers or hosts must share (doc/store.md has
--- the whole story):
--- the JWKS cache, the lock taken around a token refresh, and the hand-off of a finished
--- refresh's new token (refresh tokens rotate: two refreshes of one token end a session).
+--- Where the SDK keeps the state several tasks, workers or hosts must share: the JWKS cache,
+-- the lock taken around a token refresh, and the hand-off of a finished refresh's new token
+-- (refresh tokens rotate: two refreshes of one token end a session). doc/store.md has more.
 --
 -- A store is any object with four methods; values are strings, ttl is in seconds (> 0):
 --   store:get(key)                -> value | nil (absent)                 | nil, message

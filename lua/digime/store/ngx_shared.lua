@@ -35,8 +35,9 @@ function _M:add(key, value, ttl)
   return nil, "lua_shared_dict " .. self.name .. ": " .. tostring(err)
 end
 
--- A get and a delete: no other worker's write can come between them, since the only writer
--- of a lock key while it exists is its holder (others `add`, which fails).
+-- A get and a delete, not one atomic step: while the key holds this value no other worker
+-- writes it (they `add`, which fails), so only an expiry landing between the two could let
+-- this delete a newer holder's key; the SDK releases well before a lock's expiry.
 function _M:delete_if(key, value)
   if self.dict:get(key) ~= value then return false end
   self.dict:delete(key)
