@@ -24,6 +24,14 @@ local function start(sb, rd, workers)
     server = [[
       location = /fleet { content_by_lua_block { require("ngx_app").fleet() } }
       location = /results { content_by_lua_block { require("ngx_app").results() } }
+      location = /nophase {
+        set_by_lua_block $res {
+          local s = require("digime.store.redis").new{ port = ]] .. rd.port .. [[ }
+          local v, err = s:get("k")
+          return tostring(v) .. ": " .. tostring(err)
+        }
+        return 200 $res;
+      }
     ]],
   }
 end
@@ -94,6 +102,12 @@ describe("two nginx sharing a Redis store #nginx", function()
     -- the JWKS the answers are checked with: once for the two nginx
     assert.equal(1, after.jwks_fetches - before.jwks_fetches)
     assert.equal(1, fetches)
+  end)
+
+  it("never block a worker: no Redis command in a phase without cosockets", function()
+    local status, body = hosts[1]:get("/nophase")
+    assert.equal(200, status)
+    assert.equal("nil: no cosockets in nginx's set phase", body)
   end)
 
   it("fail the refreshes with StoreError while Redis is down, the tokens unused", function()

@@ -2,7 +2,8 @@
 -- project's own RESP client (digime.store.resp), for a fleet of hosts sharing one Redis.
 --
 -- Sockets: inside nginx, in a phase where cosockets work, every command borrows a connection
--- from nginx's keepalive pool (ngx.socket.tcp; a worker is never blocked). Everywhere else,
+-- from nginx's keepalive pool (ngx.socket.tcp; a worker is never blocked; in other phases a
+-- command fails, as the ngx transport's requests do). Outside nginx,
 -- one luasocket connection per store object, used with a timeout: a command is one blocking
 -- round trip (no yield inside it, so the tasks of `digime.run` never interleave on it, and
 -- none waits longer than that round trip, at most `timeout` seconds when Redis hangs).
@@ -28,9 +29,13 @@ local YIELDABLE = { rewrite = true, server_rewrite = true, access = true, conten
                     timer = true, ssl_cert = true, ssl_session_fetch = true,
                     ssl_client_hello = true }
 
+-- Inside nginx: ngx when cosockets work in this phase, or false and the phase; outside: nil.
 local function cosockets()
   local ngx = rawget(_G, "ngx")
-  return type(ngx) == "table" and ngx.get_phase and YIELDABLE[ngx.get_phase()] and ngx or nil
+  if type(ngx) ~= "table" or not ngx.get_phase then return nil end
+  local phase = ngx.get_phase()
+  if YIELDABLE[phase] then return ngx end
+  return false, phase
 end
 
 --- A store for options already checked by digime.store.check:
@@ -170,8 +175,10 @@ end
 
 --- Sends one command: -> reply | nil, message.
 function _M:command(cmd)
-  local ngx = cosockets()
+  local ngx, phase = cosockets()
   if ngx then return command_ngx(self, ngx, cmd) end
+  -- never a blocking socket in an nginx worker
+  if ngx == false then return nil, "no cosockets in nginx's " .. tostring(phase) .. " phase" end
   return command_plain(self, cmd)
 end
 
