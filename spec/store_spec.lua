@@ -196,6 +196,22 @@ describe("lua-resty-redis adapter", function()
   end)
 end)
 
+describe("Redis store against a Redis that hangs", function()
+  it("gives up after `timeout`, and the next command gets a new connection", function()
+    local server = assert(socket.bind("127.0.0.1", 0))   -- listens, never answers
+    local _, port = server:getsockname()
+    local s = require("digime.store.redis").new{ port = tonumber(port), timeout = 0.2 }
+    local t0 = socket.gettime()
+    local v, err = s:set("k", "v", 10)
+    local took = socket.gettime() - t0
+    assert.is_nil(v)
+    assert.matches("timeout", err)
+    assert.is_true(took >= 0.19 and took < 1, "took " .. took .. " s")
+    assert.is_nil(s.sock)
+    server:close()
+  end)
+end)
+
 describe("Redis store connection options", function()
   local rd, dir
   setup(function()
