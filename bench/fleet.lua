@@ -73,6 +73,45 @@ local function control(method, path, body)
   return cjson.decode(req:result().body)
 end
 
+-- Prints the figures from the hosts' outputs and the sandbox's stats before and after.
+local function report(outs, before, after, faults)
+  local refreshes = after.refreshes - before.refreshes
+  local token_posts = (after.by_path["/v1.7/oauth/token"] or 0) - (before.by_path["/v1.7/oauth/token"] or 0)
+  local distinct, calls, ok_calls, ended, errs, jwks = {}, 0, 0, 0, {}, 0
+  local call_ms, op_ms = {}, {}
+  local n_distinct = 0
+  for _, o in ipairs(outs) do
+    calls, ok_calls, ended = calls + o.calls, ok_calls + o.ok_calls, ended + o.ended
+    jwks = jwks + o.jwks_fetches
+    for _, t in ipairs(o.refreshed) do
+      if not distinct[t] then distinct[t] = true; n_distinct = n_distinct + 1 end
+    end
+    for k, v in pairs(o.errors) do errs[k] = (errs[k] or 0) + v end
+    for _, v in ipairs(o.call_ms) do call_ms[#call_ms + 1] = v end
+    for _, v in ipairs(o.op_ms) do op_ms[#op_ms + 1] = v end
+  end
+  local function pct(t, p)
+    if #t == 0 then return 0 end
+    table.sort(t)
+    return t[math.max(1, math.ceil(#t * p))]
+  end
+  local faulted = 0
+  for _, f in ipairs(faults) do faulted = faulted + (f.applied or 0) end
+  print(("%d processes x %d users (the same users in every process), %d s, access tokens of %d s, store %s")
+    :format(procs, users, seconds, ttl, store_kind))
+  print(("calls %d (ok %d), faults injected %d; errors by code: %s"):format(calls, ok_calls,
+    faulted, cjson.encode(errs)))
+  print(("refreshes reaching the sandbox %d (%.1f/s; oauth/token POSTs %d, faulted ones included);"
+    .. " new tokens handed to on_token_refresh %d; sessions ended by a refused refresh %d")
+    :format(refreshes, refreshes / seconds, token_posts, n_distinct, ended))
+  print(("JWKS fetches by the hosts: %d"):format(jwks))
+  print(("read_accounts latency: p50 %.1f ms, p99 %.1f ms"):format(pct(call_ms, 0.5), pct(call_ms, 0.99)))
+  if #op_ms > 0 then
+    print(("store commands: %d, %.1f per refresh; latency p50 %.2f ms, p99 %.2f ms, max %.2f ms")
+      :format(#op_ms, #op_ms / math.max(1, refreshes), pct(op_ms, 0.5), pct(op_ms, 0.99), op_ms[#op_ms]))
+  end
+end
+
 local ok, err = pcall(function()
   local sdk = assert(digime.init{ application_id = demo.application_id, base_url = sb.base_url,
                                   onboard_url = sb.onboard_url })
@@ -115,43 +154,8 @@ local ok, err = pcall(function()
     outs[p] = cjson.decode(read(("%s/out%d.json"):format(dir, p)))
   end
   local after = control("GET", "stats")
-  local faults = control("GET", "faults")
 
-  local refreshes = after.refreshes - before.refreshes
-  local token_posts = (after.by_path["/v1.7/oauth/token"] or 0) - (before.by_path["/v1.7/oauth/token"] or 0)
-  local distinct, calls, ok_calls, ended, errs, jwks = {}, 0, 0, 0, {}, 0
-  local call_ms, op_ms = {}, {}
-  local n_distinct = 0
-  for _, o in ipairs(outs) do
-    calls, ok_calls, ended = calls + o.calls, ok_calls + o.ok_calls, ended + o.ended
-    jwks = jwks + o.jwks_fetches
-    for _, t in ipairs(o.refreshed) do
-      if not distinct[t] then distinct[t] = true; n_distinct = n_distinct + 1 end
-    end
-    for k, v in pairs(o.errors) do errs[k] = (errs[k] or 0) + v end
-    for _, v in ipairs(o.call_ms) do call_ms[#call_ms + 1] = v end
-    for _, v in ipairs(o.op_ms) do op_ms[#op_ms + 1] = v end
-  end
-  local function pct(t, p)
-    if #t == 0 then return 0 end
-    table.sort(t)
-    return t[math.max(1, math.ceil(#t * p))]
-  end
-  local faulted = 0
-  for _, f in ipairs(faults) do faulted = faulted + (f.applied or 0) end
-  print(("%d processes x %d users (the same users in every process), %d s, access tokens of %d s, store %s")
-    :format(procs, users, seconds, ttl, store_kind))
-  print(("calls %d (ok %d), faults injected %d; errors by code: %s"):format(calls, ok_calls,
-    faulted, cjson.encode(errs)))
-  print(("refreshes reaching the sandbox %d (%.1f/s; oauth/token POSTs %d, faulted ones included);"
-    .. " new tokens handed to on_token_refresh %d; sessions ended by a refused refresh %d")
-    :format(refreshes, refreshes / seconds, token_posts, n_distinct, ended))
-  print(("JWKS fetches by the hosts: %d"):format(jwks))
-  print(("read_accounts latency: p50 %.1f ms, p99 %.1f ms"):format(pct(call_ms, 0.5), pct(call_ms, 0.99)))
-  if #op_ms > 0 then
-    print(("store commands: %d, %.1f per refresh; latency p50 %.2f ms, p99 %.2f ms, max %.2f ms")
-      :format(#op_ms, #op_ms / math.max(1, refreshes), pct(op_ms, 0.5), pct(op_ms, 0.99), op_ms[#op_ms]))
-  end
+  report(outs, before, after, control("GET", "faults"))
 end)
 cleanup()
 if not ok then error(err, 0) end
