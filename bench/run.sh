@@ -47,3 +47,5 @@ done
 kill $pid; wait $pid 2>/dev/null || true
 echo "== the OpenResty example app under wrk"
 DURATION=10s sh bench/openresty.sh
+echo "== many hosts sharing a Redis store (4 processes x 100 users, 60 s)"
+lua5.4 bench/fleet.lua 4 100 60 5

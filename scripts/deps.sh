@@ -8,7 +8,7 @@ PKGS="build-essential pkg-config ca-certificates curl openssl gzip brotli
   libcurl4-openssl-dev libssl-dev zlib1g-dev libbrotli-dev
   lua-http lua-cqueues lua-luaossl lua-socket lua-sec
   valgrind clang libclang-rt-14-dev
-  chromium wrk"
+  chromium wrk redis-server"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

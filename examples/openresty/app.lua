@@ -32,6 +32,10 @@
 --   DIGIME_APPLICATION_ID, DIGIME_CONTRACT_ID, DIGIME_PRIVATE_KEY_FILE   your contract; unset:
 --                       the sandbox's demo contract (TEST ONLY: its private key is public)
 --   DIGIME_TRANSPORT    optional: "curl" forces the blocking libcurl transport
+--   DIGIME_REDIS        optional: "host:port" or "unix:/path" of a Redis that several nginx
+--                       (hosts behind a load balancer) share: the states, the sessions and
+--                       the SDK's store (JWKS, refreshes) live there instead of the shared
+--                       dicts, so a connection started on one host can finish on another
 local digime = require "digime"
 local core = require "digime.core"
 local cjson = require "cjson.safe"
@@ -88,8 +92,9 @@ function _M.init()
     contract = { application_id = demo.application_id, id = demo.contract_id,
                  private_key = demo.private_key }
   end
+  local redis = env("DIGIME_REDIS")
   for _, name in ipairs{ "digime_app_states", "digime_app_sessions" } do
-    if not ngx.shared[name] then
+    if not redis and not ngx.shared[name] then
       error("examples/openresty: nginx.conf needs `lua_shared_dict " .. name .. " ...;`")
     end
   end
@@ -103,6 +108,40 @@ function _M.init()
     contract = { id = contract.id, private_key = contract.private_key },
     jwks_dict = ngx.shared.digime_jwks and "digime_jwks" or nil,
   }
+  if redis then
+    local path = redis:match("^unix:(.+)$")
+    local host, port = redis:match("^([^:]+):(%d+)$")
+    if not path and not host then
+      error("examples/openresty: DIGIME_REDIS must be host:port or unix:/path")
+    end
+    conf.redis = { type = "redis", socket = path, host = host, port = tonumber(port),
+                   prefix = "digime-example:" }
+  end
+end
+
+-- Where the app keeps states and sessions: the shared dicts (one nginx), or Redis (many).
+-- kv(ns) -> get, set, add, delete on the namespace "states" or "sessions".
+local kv_of = {}
+local function kv(ns)
+  if kv_of[ns] then return kv_of[ns] end
+  local k
+  if conf.redis then
+    local r = require("digime.store.redis").new(conf.redis)
+    local pre = conf.redis.prefix .. ns .. ":"
+    k = {
+      get = function(_, key) return r:get(pre .. key) end,
+      set = function(_, key, v, ttl) return r:set(pre .. key, v, ttl) end,
+      add = function(_, key, v, ttl) return r:add(pre .. key, v, ttl) end,
+      delete = function(_, key)         -- the store deletes a value it names: read it first
+        local v = r:get(pre .. key)
+        if v then r:delete_if(pre .. key, v) end
+      end,
+    }
+  else
+    k = ngx.shared["digime_app_" .. ns]
+  end
+  kv_of[ns] = k
+  return k
 end
 
 -- The SDK object of this worker, made on first use (in a content handler, where cosockets
@@ -114,8 +153,9 @@ local function sdk_object()
     application_id = conf.application_id,
     base_url = conf.base_url,
     onboard_url = conf.onboard_url,
-    -- The JWKS cache (and the refresh lock) shared by all workers.
-    jwks = conf.jwks_dict and { shared_dict = conf.jwks_dict } or nil,
+    -- The JWKS cache and the refresh lock: shared by all workers (the shared dict), or by
+    -- every host (Redis).
+    store = conf.redis or (conf.jwks_dict and { type = "ngx_shared", dict = conf.jwks_dict }),
     -- Unset: automatic, the cosocket transport (requests wait without blocking the worker).
     -- DIGIME_TRANSPORT=curl forces the blocking libcurl transport (for comparison only).
     transport = env("DIGIME_TRANSPORT"),
@@ -197,12 +237,12 @@ local function set_session_cookie(sid)
 end
 
 local function load_session(sid)
-  local raw = sid and ngx.shared.digime_app_sessions:get(sid)
+  local raw = sid and kv("sessions"):get(sid)
   return raw and cjson.decode(raw) or nil
 end
 
 local function save_session(sid, rec)
-  local ok, err = ngx.shared.digime_app_sessions:set(sid, cjson.encode(rec), SESSION_TTL)
+  local ok, err = kv("sessions"):set(sid, cjson.encode(rec), SESSION_TTL)
   if not ok then ngx.log(ngx.ERR, "cannot keep the session: ", err) end
 end
 
@@ -233,7 +273,7 @@ local function start_flow(sid, kind, token, return_to)
   if not res then
     if kind == "reauthorize" and type(err) == "table" and err.code == "InvalidToken" then
       -- Not even a reauthorization: the user is gone. Forget them; they can connect anew.
-      ngx.shared.digime_app_sessions:delete(sid)
+      kv("sessions"):delete(sid)
       return page(200, "Your digi.me connection has ended",
         "<p>digi.me no longer knows this connection.</p>"
         .. "<p><a class=\"button\" href=\"/connect\">Connect your digi.me</a></p>")
@@ -241,7 +281,7 @@ local function start_flow(sid, kind, token, return_to)
     return error_page(502, "Could not reach digi.me", err)
   end
   local flow = cjson.encode{ verifier = res.code_verifier, sid = sid, kind = kind, ret = return_to }
-  local ok, derr = ngx.shared.digime_app_states:add(state, flow, STATE_TTL)
+  local ok, derr = kv("states"):add(state, flow, STATE_TTL)
   if not ok then
     ngx.log(ngx.ERR, "cannot keep the state: ", derr)
     return page(503, "Too many connections in progress", "<p>Try again in a minute.</p>")
@@ -285,13 +325,13 @@ function _M.callback()
   local sid = session_id()
   local flow
   if valid_id(state) and sid then
-    local states = ngx.shared.digime_app_states
+    local states = kv("states")
     local raw = states:get(state)
     flow = raw and cjson.decode(raw)
     -- Only the browser that started the connection may finish it (its session cookie): a
     -- callback link forged or passed on by someone else goes no further, and uses nothing up.
     -- A state works once: the first callback to claim it wins, a replay finds it gone.
-    if not (flow and flow.sid == sid and states:add("used:" .. state, true, STATE_TTL)) then
+    if not (flow and flow.sid == sid and states:add("used:" .. state, "1", STATE_TTL)) then
       flow = nil
     else
       states:delete(state)
@@ -324,7 +364,7 @@ function _M.callback()
                                                 code_verifier = flow.verifier }
   if not token then return error_page(502, "Could not finish connecting", err) end
   -- A new session id at sign-in; the old one (and any old token under it) is forgotten.
-  ngx.shared.digime_app_sessions:delete(sid)
+  kv("sessions"):delete(sid)
   local new_sid = random_id()
   save_session(new_sid, { token = token })
   set_session_cookie(new_sid)

@@ -1,6 +1,7 @@
 --- `digime.init` options: checked, defaulted, normalised (README, "`digime.init` options").
 local errors = require "digime.errors"
 local validate = require "digime.validate"
+local store = require "digime.store"
 
 local type, pairs, ipairs = type, pairs, ipairs
 local sub, match = string.sub, string.match
@@ -19,7 +20,7 @@ local DEFAULTS = {
 local TOP = validate.set{
   "application_id", "base_url", "onboard_url", "cloud_base_url", "retry_options", "timeout",
   "connect_timeout", "tls", "proxy", "transport", "jwks", "clock_leeway", "on_token_refresh",
-  "logger", "agent", "limits", "keepalive",
+  "logger", "agent", "limits", "keepalive", "store",
 }
 
 local invalid = errors.validation
@@ -138,6 +139,9 @@ local function check(opts)
     if not ok then return nil, err end
   end
 
+  ok, err = store.check(opts.store, opts.jwks)
+  if not ok then return nil, err end
+
   ok, err = check_table(opts.limits, "limits", { "json", "headers", "body" })
   if not ok then return nil, err end
   if opts.limits then
@@ -181,6 +185,7 @@ end
 function _M.new(opts)
   local ok, err = check(opts)
   if not ok then return nil, err end
+  local store_opt = opts.store   -- an object keeps its identity (and metatable)
   opts = copy(opts)
   local c = {
     application_id = opts.application_id,
@@ -196,6 +201,7 @@ function _M.new(opts)
     on_token_refresh = opts.on_token_refresh,
     logger = opts.logger,
     agent = opts.agent or _M.default_agent(),
+    store = store.is_store(store_opt) and store_opt or opts.store,
   }
   if c.tls.verify == nil then c.tls.verify = true end
   local r = opts.retry_options or {}

@@ -12,6 +12,7 @@ local _M = {}
 _M.kinds = {
   TypeValidationError = true, ServerError = true, SDKInvalidError = true,
   FileDecryptionError = true, NetworkError = true, DigiMeSDKError = true,
+  StoreError = true,   -- the shared store (Redis, a shared dict) failed: digime.store
 }
 
 local error_mt = {}
@@ -62,6 +63,13 @@ end
 
 function _M.sdk(code, message, fields)
   return _M.new("DigiMeSDKError", code, message, fields)
+end
+
+--- The shared store failed (unreachable, refused, timed out): retryable, nothing was sent.
+function _M.store(code, message, fields)
+  fields = fields or {}
+  fields.retryable = true
+  return _M.new("StoreError", code, message, fields)
 end
 
 --- A server answer of the wrong shape: DigiMeSDKError InvalidResponse.

@@ -144,18 +144,13 @@ function _M.init(opts)
   local transport, terr = pick_transport(cfg)
   if not transport then return nil, terr end
   if not cfg.logger and in_nginx() then cfg.logger = ngx_logger() end
-  local shared
-  -- A lua_shared_dict exists only inside nginx; elsewhere the cache is the SDK object's own.
-  if cfg.jwks.shared_dict and in_nginx() then
-    local serr
-    -- a lock covers one request and its retry: a holder gone longer than that has died
-    shared, serr = require("digime.ngx_shared").new(cfg.jwks.shared_dict, cfg.timeout * 2 + 5)
-    if not shared then return nil, errors.validation("jwks.shared_dict", serr) end
-  end
+  -- a lock covers one request and its retry: a holder gone longer than that has died
+  local shared, serr = require("digime.store").new(cfg, cfg.timeout * 2 + 5)
+  if not shared then return nil, serr end
   return setmetatable({
     config = cfg,
     transport = transport,
-    shared = shared,  -- what the workers of an nginx share (JWKS, refreshes), or nil
+    shared = shared,  -- what tasks, workers or hosts share: JWKS, refreshes (digime.store)
     jwks_cache = {},
     refreshed = {},   -- finished refreshes by old refresh token (tokens.lua)
     stats = { jwks_fetches = 0 },

@@ -6,7 +6,7 @@ local errors = require "digime.errors"
 local request = require "digime.request"
 local scheduler = require "digime.scheduler"
 
-local type, pairs, ipairs, setmetatable = type, pairs, ipairs, setmetatable
+local type, pairs, ipairs, setmetatable, tostring = type, pairs, ipairs, setmetatable, tostring
 local match, format = string.match, string.format
 
 local _M = {}
@@ -137,12 +137,17 @@ local function fetch_jwks(sdk, jku)
   return keys, res.body
 end
 
--- Inside nginx with jwks.shared_dict: the workers' common copy replaces this worker's when it
--- is another one (parsed once per worker and body).
+-- The store's copy (digime.store: other workers or hosts may have fetched it) replaces this
+-- SDK's when it is another one (parsed once per process and body). A store that fails
+-- leaves this SDK's copy as it is.
 local function from_shared(sdk, jku)
   local body, fetched_at = sdk.shared:jwks_get(jku)
   local cache = sdk.jwks_cache
   if not body then
+    if fetched_at then
+      sdk:log("warn", "JWKS: the shared store failed; using this process's cache", { error = tostring(fetched_at) })
+      return
+    end
     cache[jku] = nil
     return
   end
@@ -155,11 +160,15 @@ local function from_shared(sdk, jku)
   end
 end
 
--- A fetch once for all workers: the lock holder fetches and shares; the others read its copy.
+-- A fetch once for all sharing the store: the lock holder fetches and shares; the others read
+-- its copy. When the store fails, this process fetches on its own (a JWKS is public).
 local function fetch_shared(sdk, jku)
   local cfg = sdk.config.jwks
   local lock = sdk.shared:lock("jwks:" .. jku)
   local ok, waited = lock:acquire()
+  if not ok and waited.kind == "StoreError" and waited.code == "StoreError" then
+    sdk:log("warn", "JWKS: the shared store failed; fetching without it", { error = tostring(waited) })
+  end
   if ok and waited then
     from_shared(sdk, jku)
     local entry = sdk.jwks_cache[jku]
@@ -169,18 +178,25 @@ local function fetch_shared(sdk, jku)
     end
   end
   local keys, body = fetch_jwks(sdk, jku)
-  if keys then sdk.shared:jwks_put(jku, body, cfg.ttl) end
+  if keys then
+    local put, perr = sdk.shared:jwks_put(jku, body, cfg.ttl)
+    if not put then sdk:log("warn", "JWKS: not shared", { error = tostring(perr) }) end
+  end
   if ok then lock:release() end
   return keys, body
 end
 
 -- The key for (jku, kid): from the cache while fresh; re-fetched when stale, or on an unknown
--- kid at most once per cooldown. One fetch at a time per address (per nginx with a shared dict).
+-- kid at most once per cooldown. One fetch at a time per address for all sharing the store.
 local function jwks_key(sdk, jku, kid)
   local cfg = sdk.config.jwks
   local cache = sdk.jwks_cache
-  if sdk.shared then from_shared(sdk, jku) end
   local entry = cache[jku]
+  -- the store is asked only when this copy will not do (a round trip with Redis)
+  if not (entry and core.monotonic() - entry.fetched < cfg.ttl and entry.keys[kid]) then
+    from_shared(sdk, jku)
+    entry = cache[jku]
+  end
   local now = core.monotonic()
   if entry and now - entry.fetched < cfg.ttl then
     local key = entry.keys[kid]
@@ -190,8 +206,7 @@ local function jwks_key(sdk, jku, kid)
     end
   end
   local keys, body = scheduler.single_flight("jwks:" .. jku, function()
-    if sdk.shared then return fetch_shared(sdk, jku) end
-    return fetch_jwks(sdk, jku)
+    return fetch_shared(sdk, jku)
   end)
   if not keys then return nil, body end
   cache[jku] = { keys = keys, body = body, fetched = core.monotonic() }

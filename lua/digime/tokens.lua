@@ -7,6 +7,7 @@ local errors = require "digime.errors"
 local request = require "digime.request"
 local jwt = require "digime.jwt"
 local scheduler = require "digime.scheduler"
+local flight = require "digime.store.flight"
 
 local type, pcall, tostring, pairs = type, pcall, tostring, pairs
 
@@ -88,28 +89,12 @@ function _M.refresh(sdk, contract, token, reuse)
     return done.token     -- refreshed already: this refresh token has rotated
   end
   return scheduler.single_flight(flight_key, function()
-    -- Inside nginx with a shared dict, one worker refreshes; the others wait for the lock
-    -- and take the token it left (refresh tokens rotate: a second refresh would fail).
-    local shared, lock = sdk.shared, nil
-    if shared then
-      lock = shared:lock(flight_key)
-      local ok, waited = lock:acquire()
-      if not ok then
-        return nil, errors.sdk("RefreshLockTimeout", "another worker's refresh of this token did "
-          .. "not finish in time: " .. tostring(waited))
-      end
-      local done_token = shared:done_get(flight_key)
-      if done_token and (waited or reuse) then
-        lock:release()
-        return done_token
-      end
-    end
-    local new, err = _M.token_call(sdk, key, refresh_claims(sdk, contract, token))
-    if shared then
-      if new then shared:done_put(flight_key, new, DONE_TTL) end
-      lock:release()
-    end
+    -- One refresh for every worker and host sharing the store (digime.store.flight).
+    local new, err, handed = flight.run(sdk, flight_key, reuse, DONE_TTL, function()
+      return _M.token_call(sdk, key, refresh_claims(sdk, contract, token))
+    end)
     if not new then return nil, err end
+    if handed then return new end   -- another worker or host refreshed (and ran its hook)
     for k, d in pairs(done_refreshes) do
       if now - d.at >= DONE_TTL then done_refreshes[k] = nil end
     end

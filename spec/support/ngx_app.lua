@@ -394,6 +394,39 @@ function actions.store_token()
   return { ok = true }
 end
 
+-- Refreshes of the tokens the spec stored under "tokens" (a JSON array), all at once, each
+-- in its own light thread: { results = [ { ok, access, refresh } | { error } ], jwks_fetches }
+function actions.refresh_many()
+  local tokens = cjson.decode(ngx.shared.results:get("tokens"))
+  local threads = {}
+  for i, token in ipairs(tokens) do
+    threads[i] = ngx.thread.spawn(function()
+      local new, err = _M.sdk:refresh_token{ contract = _M.contract, user_access_token = token }
+      if not new then return { error = error_view(err) } end
+      return { ok = true, access = new.access_token.value, refresh = new.refresh_token.value,
+               token = new }
+    end)
+  end
+  local results = {}
+  for i, t in ipairs(threads) do
+    local ok, r = ngx.thread.wait(t)
+    results[i] = ok and r or { error = { message = tostring(r) } }
+  end
+  return { ok = true, results = results, jwks_fetches = _M.sdk.stats.jwks_fetches }
+end
+
+-- POST /fleet { action, at = epoch seconds, tokens? }: the next action for every worker of
+-- this nginx, at a moment the spec chose for several nginx at once; answers its sequence.
+function _M.fleet()
+  ngx.req.read_body()
+  local job = cjson.decode(ngx.req.get_body_data() or "")
+  local results = ngx.shared.results
+  if job.tokens then results:set("tokens", cjson.encode(job.tokens)) end
+  results:set("action", job.action)
+  results:set("at", job.at)
+  return _M.reply(200, { seq = results:incr("seq", 1, 0) })
+end
+
 function _M.start_worker_loop()
   local results = ngx.shared.results
   local function loop(premature)
