@@ -1,0 +1,156 @@
+-- The findings of the security review of issue 15, each attacked over real HTTP on loopback
+-- (the example app's findings: spec/openresty_app_spec.lua).
+--   1. an error answer to a file download is cut at 64 KiB in both transports (peak RSS of a
+--      child process and of an nginx worker against an endless chunked 404 / 5xx body)
+--   3. application_id and contract.id must look like digi.me ids
+--   4. ".", ".." and empty names and path segments never reach a URL
+--   6. the sandbox's control API: JSON only, loopback Host and Origin, bodies capped
+--   8. errors keep the user's token out of their plain fields
+local flow = require "flow"
+local sec = require "security_util"
+local shell = require "shell"
+local nginx = require "nginx"
+local cjson = require "cjson"
+
+local KIB, MIB = 1024, 1024 * 1024
+-- What the hostile server would send if let: far past limits.body (1 GiB).
+local ENDLESS = 2048 * MIB
+-- Peak resident set a download may add, whatever the error answer's size.
+local RSS_BOUND_KIB = 32 * 1024
+
+local FILES = { "a.json", "b.json", "c.json", "d.json", "e.json", "f.json" }
+
+-- The hostile server's script: every file GET of session "s" answers `status` with an endless
+-- chunked body; the file list (for a sync) names FILES, completed.
+local function script_endless(host, status)
+  host:clear()
+  local list = {}
+  for i, name in ipairs(FILES) do list[i] = { name = name, updatedDate = i } end
+  host:script{
+    { method = "GET", path = "/v1.7/permission-access/query/s/", count = -1, status = status,
+      headers = { { "Content-Type", "application/json" } }, endless = ENDLESS },
+    { method = "GET", path = "/v1.7/permission-access/query/s", count = -1,
+      body = { status = { state = "completed" }, fileList = list } },
+  }
+end
+
+-- The file GETs the server saw, and the most bytes it managed to send to one of them.
+local function file_gets(host)
+  local n, most = 0, 0
+  for _, r in ipairs(host:requests()) do
+    if r.target:find("^/v1%.7/permission%-access/query/s/") then
+      n = n + 1
+      most = math.max(most, r.sent or 0)
+    end
+  end
+  return n, most
+end
+
+local CASES = {
+  { call = "read_file", status = 404, gets = 1, failures = 1 },
+  { call = "read_file", status = 503, gets = 3, failures = 1 },        -- retried twice
+  { call = "read_all_files", status = 404, gets = #FILES, failures = #FILES },
+  { call = "read_all_files", status = 500, gets = 3 * #FILES, failures = #FILES },
+}
+
+describe("finding 1: error answers to file downloads", function()
+  local host
+
+  lazy_setup(function() host = sec.server() end)
+  lazy_teardown(function() if host then host:stop() end end)
+
+  describe("curl transport", function()
+    for _, case in ipairs(CASES) do
+      it(("%s answered %d with an endless body: peak RSS of a child bounded, the answer cut")
+         :format(case.call, case.status), function()
+        script_endless(host, case.status)
+        local cmd = table.concat({ "cd", shell.quote(flow.sandbox.root), "&&", "lua5.4",
+          "spec/support/error_body_read.lua", shell.quote(host.origin), case.call }, " ")
+        local ok, out = shell.run(cmd)
+        assert(ok, out)
+        local line = assert(out:match("(kind=[^\n]*)"), out)
+        local before = tonumber(line:match("hwm_before_kb=(%d+)"))
+        local hwm = tonumber(line:match(" hwm_kb=(%d+)"))
+        local gets, most = file_gets(host)
+        io.stderr:write(("[curl %s %d: VmHWM %d -> %d KiB, %d file GETs, at most %.1f MiB sent "
+          .. "to one, %s s]\n"):format(case.call, case.status, before, hwm, gets, most / MIB,
+          line:match("seconds=([%d.]+)")))
+        assert.are.equal("ServerError", line:match("kind=(%S+)"), line)
+        assert.are.equal(tostring(case.status), line:match("status=(%S+)"), line)
+        assert.are.equal(tostring(case.failures), line:match("failures=(%d+)"), line)
+        assert.are.equal(case.gets, gets)
+        assert.is_true(hwm - before < RSS_BOUND_KIB,
+          ("peak RSS grew by %.1f MiB"):format((hwm - before) / 1024))
+        -- the download stopped early: what the server got out is its socket buffers' worth
+        assert.is_true(most < 64 * MIB, ("%.1f MiB sent to one download"):format(most / MIB))
+      end)
+    end
+  end)
+
+  describe("ngx transport #nginx", function()
+    local n
+
+    lazy_setup(function()
+      n = nginx.start{
+        init = ([[
+          local digime = require "digime"
+          local flow = require "flow"
+          local cjson = require "cjson"
+          local sdk = assert(digime.init{ application_id = flow.APP_ID, base_url = %q,
+            retry_options = { backoff = 0.01, max_backoff = 0.05 }, timeout = 60 })
+          local function hwm()
+            local f = io.open("/proc/self/status")
+            local text = f:read("*a")
+            f:close()
+            return tonumber(text:match("VmHWM:%%s*(%%d+)"))
+          end
+          local function token()
+            return { access_token = { value = "ebr-at", expiry = os.time() + 3600 },
+                     refresh_token = { value = "ebr-rt", expiry = os.time() + 86400 } }
+          end
+          EBR = function()
+            collectgarbage()
+            local before = hwm()
+            local e, failures = nil, 0
+            if ngx.var.arg_call == "read_file" then
+              local res, err = sdk:read_file{ contract = flow.contract(), user_access_token = token(),
+                                              session_key = "s", file_name = "f.json" }
+              if not res then e, failures = err, 1 end
+            else
+              local res, err = sdk:read_all_files{ contract = flow.contract(),
+                user_access_token = token(), session_key = "s", max_unchanged_polls = 1,
+                poll_interval = 0.01,
+                on_file_error = function(f) failures = failures + 1; e = f.error end }
+              if not res then e = err end
+            end
+            ngx.say(cjson.encode{ kind = e and e.kind, status = e and e.status,
+              failures = failures, hwm_before_kb = before, hwm_kb = hwm() })
+          end
+        ]]):format(host.origin .. "/v1.7/"),
+        server = [[ location = /ebr { content_by_lua_block { EBR() } } ]],
+      }
+    end)
+    lazy_teardown(function() if n then n:stop() end end)
+
+    for _, case in ipairs(CASES) do
+      it(("%s answered %d with an endless body: peak RSS of the nginx worker bounded")
+         :format(case.call, case.status), function()
+        script_endless(host, case.status)
+        local status, body = n:get("/ebr?call=" .. case.call, 120)
+        assert.are.equal(200, status, tostring(body) .. n:error_log():sub(-2000))
+        local doc = cjson.decode(body)
+        local gets, most = file_gets(host)
+        io.stderr:write(("[ngx %s %d: worker VmHWM %d -> %d KiB, %d file GETs, at most %.1f MiB "
+          .. "sent to one]\n"):format(case.call, case.status, doc.hwm_before_kb, doc.hwm_kb, gets,
+          most / MIB))
+        assert.are.equal("ServerError", doc.kind, body)
+        assert.are.equal(case.status, doc.status, body)
+        assert.are.equal(case.failures, doc.failures, body)
+        assert.are.equal(case.gets, gets)
+        assert.is_true(doc.hwm_kb - doc.hwm_before_kb < RSS_BOUND_KIB,
+          ("worker peak RSS grew by %.1f MiB"):format((doc.hwm_kb - doc.hwm_before_kb) / 1024))
+        assert.is_true(most < 64 * MIB, ("%.1f MiB sent to one download"):format(most / MIB))
+      end)
+    end
+  end)
+end)
