@@ -154,3 +154,109 @@ describe("finding 1: error answers to file downloads", function()
     end
   end)
 end)
+
+describe("findings 3 and 4: ids and URL segments", function()
+  local sb, sdk, token, session_key
+  local pem = flow.demo.private_key
+
+  lazy_setup(function()
+    sb = flow.start()
+    sdk = assert(flow.sdk(sb))
+    token = flow.login(sdk)
+    session_key = assert(sdk:read_session{ contract = flow.contract(), user_access_token = token })
+      .session.key
+  end)
+  lazy_teardown(function() if sb then sb:stop() end end)
+
+  -- No piece of the PEM's base64 body (16 characters) in a text.
+  local function assert_no_pem(text)
+    local b64 = pem:gsub("%-%-%-%-%-[^\n]*%-%-%-%-%-", ""):gsub("%s", "")
+    for i = 1, #b64 - 15, 8 do
+      assert.is_falsy(text:find(b64:sub(i, i + 15), 1, true), "the key is echoed: " .. text)
+    end
+    assert.is_falsy(text:find("BEGIN", 1, true), text)
+  end
+
+  it("finding 3: refuses a PEM, a token or a long text as contract.id, sending nothing", function()
+    local before = #sb:log()
+    local bad = { pem, "demo contract", "a/b", "-leading-dash", ("x"):rep(65),
+                  "ab\r\nX-Injected: 1", "eyJhbGciOiJQUzUxMiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl" .. ("A"):rep(40) }
+    for _, id in ipairs(bad) do
+      local res, err = sdk:get_authorize_url(flow.authorize_opts{
+        contract = { id = id, private_key = pem } })
+      assert.is_nil(res)
+      assert.are.equal("TypeValidationError", err.kind, tostring(err))
+      assert.are.equal("contract.id", err.field)
+      assert.is_truthy(tostring(err):find("not a digi.me id", 1, true), tostring(err))
+      assert_no_pem(tostring(err))
+      local res2, err2 = sdk:read_file{ contract = { id = id, private_key = pem },
+        user_access_token = token, session_key = session_key, file_name = "x.json" }
+      assert.is_nil(res2)
+      assert.are.equal("TypeValidationError", err2.kind, tostring(err2))
+    end
+    assert.are.equal(before, #sb:log(), "a request reached the sandbox")
+    for _, entry in ipairs(sb:log()) do
+      assert_no_pem(tostring(entry.client_id))
+    end
+  end)
+
+  it("finding 3: refuses a PEM as application_id, and takes ids of the digi.me shape", function()
+    local s, err = flow.digime.init{ application_id = pem, base_url = sb.base_url }
+    assert.is_nil(s)
+    assert.are.equal("TypeValidationError", err.kind)
+    assert.are.equal("application_id", err.field)
+    assert_no_pem(tostring(err))
+    for _, id in ipairs{ "fJI8P5Z4cIhP3HawlXVvxWBrbyj5QkTF", "demo-app", "a", "my_app.v2", ("x"):rep(64) } do
+      assert.is_table(flow.digime.init{ application_id = id, base_url = sb.base_url }, id)
+    end
+    -- the demo ids work end to end (the login of lazy_setup), and so does a 32-character one
+    assert.is_table(token)
+  end)
+
+  -- { call, options (session_key and file_name filled in below), the field it refuses }
+  local function calls(bad)
+    local c = flow.contract()
+    return {
+      { "read_file", { contract = c, user_access_token = token, session_key = session_key, file_name = bad }, "file_name" },
+      { "read_file", { contract = c, user_access_token = token, session_key = bad, file_name = "x.json" }, "session_key" },
+      { "read_file_metadata", { contract = c, user_access_token = token, session_key = session_key, file_name = bad }, "file_name" },
+      { "read_file_list", { contract = c, user_access_token = token, session_key = bad }, "session_key" },
+      { "read_all_files", { contract = c, user_access_token = token, session_key = bad }, "session_key" },
+      { "get_portability_report", { contract = c, user_access_token = token, format = "xml", service_type = bad }, "service_type" },
+      { "list_storage_files", { contract = c, storage_id = bad }, "storage_id" },
+      { "download_storage_file", { contract = c, storage_id = "st", path = "a/" .. bad .. "/b.txt" }, "path" },
+      { "delete_storage_files", { contract = c, storage_id = "st", path = bad .. "/x" }, "path" },
+      { "upload_file_to_storage", { contract = c, storage_id = "st", file_name = bad, file_data = "x" }, "file_name" },
+      { "upload_file_to_storage", { contract = c, storage_id = "st", path = "/" .. bad .. "/", file_name = "f", file_data = "x" }, "path" },
+    }
+  end
+
+  it("finding 4: '.', '..' and empty names never reach a URL", function()
+    local before = #sb:log()
+    for _, bad in ipairs{ ".", ".." } do
+      for _, row in ipairs(calls(bad)) do
+        local res, err = sdk[row[1]](sdk, row[2])
+        assert.is_nil(res, row[1] .. " " .. row[3] .. " = " .. bad)
+        assert.are.equal("TypeValidationError", err.kind, row[1] .. ": " .. tostring(err))
+        assert.are.equal(row[3], err.field, row[1] .. ": " .. tostring(err))
+      end
+    end
+    for _, row in ipairs(calls("")) do
+      if row[3] ~= "path" then   -- an empty storage path segment is folded ("a//b" is "a/b")
+        local res, err = sdk[row[1]](sdk, row[2])
+        assert.is_nil(res, row[1] .. " " .. row[3] .. " empty")
+        assert.are.equal("TypeValidationError", err.kind, row[1] .. ": " .. tostring(err))
+      end
+    end
+    assert.are.equal(before, #sb:log(), "a request reached the sandbox")
+  end)
+
+  it("finding 4: '...' is a name like any other (control)", function()
+    local res, err = sdk:read_file{ contract = flow.contract(), user_access_token = token,
+                                    session_key = session_key, file_name = "..." }
+    -- "..." is a name like any other: it goes to the server (which has no such file)
+    assert.is_nil(res)
+    assert.are.equal("ServerError", err.kind, tostring(err))
+    assert.are.equal(404, err.status)
+  end)
+end)
