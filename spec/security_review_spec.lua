@@ -260,3 +260,159 @@ describe("findings 3 and 4: ids and URL segments", function()
     assert.are.equal(404, err.status)
   end)
 end)
+
+describe("finding 8: errors keep the user's token out of their fields", function()
+  local sb, sdk, token
+
+  lazy_setup(function()
+    sb = flow.start()
+    sdk = assert(flow.sdk(sb))
+    token = flow.login(sdk)
+  end)
+  lazy_teardown(function() if sb then sb:stop() end end)
+
+  local function assert_hidden(err, t, what)
+    local text = cjson.encode(err)
+    for _, v in ipairs{ t.access_token.value, t.refresh_token.value } do
+      assert.is_falsy(text:find(v, 1, true), what .. ": cjson.encode(err) has a token: " .. text)
+      assert.is_falsy(tostring(err):find(v, 1, true), what .. ": tostring(err) has a token")
+    end
+    for k in pairs(err) do
+      assert.are_not.equal("user_access_token", k, what)
+      assert.are_not.equal("result", k, what)
+    end
+  end
+
+  it("a refreshed token is kept (err.user_access_token, digime.token_of) but not serialised", function()
+    sb:expire("access")
+    local res, err = sdk:read_file{ contract = flow.contract(), user_access_token = token,
+                                    session_key = "no-such-session", file_name = "x.json" }
+    assert.is_nil(res)
+    assert.are.equal("ServerError", err.kind, tostring(err))
+    local fresh = err.user_access_token
+    assert.is_table(fresh, "the refreshed token is lost")
+    assert.are_not.equal(token.access_token.value, fresh.access_token.value)
+    assert_hidden(err, fresh, "read_file")
+    assert.are.equal(fresh, flow.digime.token_of(err))
+    assert.are.equal(fresh, flow.digime.errors.token_of(err))
+    token = fresh
+    -- an error made with the token among its fields hides it as well
+    local made = flow.digime.errors.new("ServerError", "X", "m", { user_access_token = fresh })
+    assert.are.equal(fresh, made.user_access_token)
+    assert_hidden(made, fresh, "errors.new")
+    assert.is_nil(flow.digime.token_of({ user_access_token = fresh }), "not an SDK error")
+  end)
+
+  it("a failed sync keeps its result and token off the error's fields", function()
+    sb:fault{ path = "/v1.7/permission-access/query/", action = "status", status = 400, count = 1,
+              body = { error = { code = "InvalidRequest", message = "no" } } }
+    local session = assert(sdk:read_session{ contract = flow.contract(), user_access_token = token })
+    local res, err = sdk:read_all_files{ contract = flow.contract(), user_access_token = token,
+      session_key = session.session.key, poll_interval = 0.01 }
+    assert.is_nil(res)
+    assert.is_table(err.result, tostring(err))
+    assert.is_table(err.user_access_token)
+    assert_hidden(err, token, "read_all_files")
+    assert.are.equal(err.user_access_token, flow.digime.token_of(err))
+  end)
+end)
+
+describe("finding 6: the sandbox's control API", function()
+  local socket = require "socket"
+  local sb, host, port
+  local FAULT = cjson.encode{ path = "/v1.7/never", action = "status", status = 500 }
+  local JSON = "Content-Type: application/json"
+  local HOST   -- "Host: 127.0.0.1:<port>", once the sandbox runs
+
+  lazy_setup(function()
+    sb = flow.start()
+    host, port = sb.control_url:match("^http://([^:/]+):(%d+)")
+    assert(host, "the sandbox is not on plain http: " .. sb.control_url)
+    HOST = "Host: " .. host .. ":" .. port
+  end)
+  lazy_teardown(function() if sb then sb:stop() end end)
+
+  -- One request on a connection of its own: -> status (nil when the connection was dropped)
+  local function raw(method, path, headers, body)
+    local c = socket.tcp()
+    c:settimeout(10)
+    assert(c:connect(host, tonumber(port)))
+    local out = { method .. " " .. path .. " HTTP/1.1" }
+    for _, h in ipairs(headers) do out[#out + 1] = h end
+    if body then out[#out + 1] = "Content-Length: " .. #body end
+    out[#out + 1] = "Connection: close"
+    c:send(table.concat(out, "\r\n") .. "\r\n\r\n" .. (body or ""))
+    local text = c:receive("*a") or ""
+    c:close()
+    return tonumber(text:match("^HTTP/1%.%d (%d+)")), text
+  end
+
+
+  local function hwm_kb(pid)
+    local f = assert(io.open("/proc/" .. pid .. "/status"))
+    local text = f:read("*a")
+    f:close()
+    return tonumber(text:match("VmHWM:%s*(%d+)"))
+  end
+
+  it("refuses cross-site, DNS-rebound and non-JSON requests, and takes loopback JSON ones", function()
+    sb:clear_faults()
+    local rows = {
+      { 415, { HOST, "Content-Type: text/plain" }, "a cross-site form or simple fetch (text/plain)" },
+      { 415, { HOST, "Content-Type: application/x-www-form-urlencoded" }, "a form" },
+      { 415, { HOST }, "no content type" },
+      { 403, { "Host: evil.example", JSON }, "a DNS-rebound name" },
+      { 403, { "Host: evil.example:" .. port, JSON }, "a DNS-rebound name with the port" },
+      { 403, { "Host: 127.0.0.1.evil.example", JSON }, "a lookalike name" },
+      { 403, { HOST, JSON, "Origin: http://evil.example" }, "a cross-site page" },
+      { 403, { HOST, JSON, "Origin: null" }, "an opaque origin" },
+      { 403, { HOST, JSON, "Sec-Fetch-Site: cross-site" }, "a cross-site fetch" },
+      { 403, { "Host: evil.example", "Content-Type: text/plain", "Origin: http://evil.example" },
+        "the attack of the review" },
+      { 200, { HOST, JSON }, "a test's request" },
+      { 200, { "Host: localhost:" .. port, "Content-Type: application/json; charset=utf-8",
+               "Origin: http://localhost:" .. port }, "localhost, same origin" },
+      { 200, { "Host: [::1]:" .. port, JSON }, "[::1]" },
+    }
+    local accepted = 0
+    for _, row in ipairs(rows) do
+      local status, text = raw("POST", "/sandbox/fault", row[2], FAULT)
+      assert.are.equal(row[1], status, row[3] .. ": " .. text)
+      if row[1] == 200 then accepted = accepted + 1 end
+    end
+    assert.are.equal(accepted, #sb:faults(), "faults recorded")
+    -- and the consent switch of the review's attack
+    assert.are.equal(403, raw("POST", "/sandbox/consent", { "Host: evil.example",
+      "Content-Type: text/plain", "Origin: http://evil.example" }, '{"decision":"decline"}'))
+    sb:clear_faults()
+  end)
+
+  it("caps a control request's body at 1 MiB, declared or chunked, in bounded memory", function()
+    local big = cjson.encode{ path = "/v1.7/never", action = "status", status = 500,
+                              body = ("x"):rep(MIB + 10) }
+    assert.are.equal(413, raw("POST", "/sandbox/fault", { HOST, JSON }, big))
+    -- 300 MiB chunked: refused once past the cap, the connection closed
+    local before = hwm_kb(sb.pid)
+    local c = socket.tcp()
+    c:settimeout(10)
+    assert(c:connect(host, tonumber(port)))
+    c:send("POST /sandbox/fault HTTP/1.1\r\n" .. HOST .. "\r\n" .. JSON
+           .. "\r\nTransfer-Encoding: chunked\r\n\r\n")
+    local piece = ("%x\r\n"):format(MIB) .. ("y"):rep(MIB) .. "\r\n"
+    local sent = 0
+    for _ = 1, 300 do
+      if not c:send(piece) then break end
+      sent = sent + 1
+    end
+    c:settimeout(5)
+    local line = c:receive("*l")
+    c:close()
+    local after = hwm_kb(sb.pid)
+    io.stderr:write(("[sandbox control: %d MiB sent of 300, VmHWM %d -> %d KiB]\n")
+      :format(sent, before, after))
+    assert.are.equal("413", line and line:match("^HTTP/1%.%d (%d+)"), tostring(line))
+    assert.is_true(after - before < 32 * 1024, ("the sandbox grew by %.1f MiB"):format((after - before) / 1024))
+    assert.is_true(sent < 300, "the sandbox read all 300 MiB")
+    assert.are.equal(0, #sb:faults())
+  end)
+end)
