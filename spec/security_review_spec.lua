@@ -12,7 +12,7 @@ local shell = require "shell"
 local nginx = require "nginx"
 local cjson = require "cjson"
 
-local KIB, MIB = 1024, 1024 * 1024
+local MIB = 1024 * 1024
 -- What the hostile server would send if let: far past limits.body (1 GiB).
 local ENDLESS = 2048 * MIB
 -- Peak resident set a download may add, whatever the error answer's size.
@@ -216,18 +216,25 @@ describe("findings 3 and 4: ids and URL segments", function()
   -- { call, options (session_key and file_name filled in below), the field it refuses }
   local function calls(bad)
     local c = flow.contract()
+    local t, k = token, session_key
     return {
-      { "read_file", { contract = c, user_access_token = token, session_key = session_key, file_name = bad }, "file_name" },
-      { "read_file", { contract = c, user_access_token = token, session_key = bad, file_name = "x.json" }, "session_key" },
-      { "read_file_metadata", { contract = c, user_access_token = token, session_key = session_key, file_name = bad }, "file_name" },
-      { "read_file_list", { contract = c, user_access_token = token, session_key = bad }, "session_key" },
-      { "read_all_files", { contract = c, user_access_token = token, session_key = bad }, "session_key" },
-      { "get_portability_report", { contract = c, user_access_token = token, format = "xml", service_type = bad }, "service_type" },
+      { "read_file", { contract = c, user_access_token = t, session_key = k, file_name = bad },
+        "file_name" },
+      { "read_file", { contract = c, user_access_token = t, session_key = bad, file_name = "x.json" },
+        "session_key" },
+      { "read_file_metadata", { contract = c, user_access_token = t, session_key = k,
+        file_name = bad }, "file_name" },
+      { "read_file_list", { contract = c, user_access_token = t, session_key = bad }, "session_key" },
+      { "read_all_files", { contract = c, user_access_token = t, session_key = bad }, "session_key" },
+      { "get_portability_report", { contract = c, user_access_token = t, format = "xml",
+        service_type = bad }, "service_type" },
       { "list_storage_files", { contract = c, storage_id = bad }, "storage_id" },
       { "download_storage_file", { contract = c, storage_id = "st", path = "a/" .. bad .. "/b.txt" }, "path" },
       { "delete_storage_files", { contract = c, storage_id = "st", path = bad .. "/x" }, "path" },
-      { "upload_file_to_storage", { contract = c, storage_id = "st", file_name = bad, file_data = "x" }, "file_name" },
-      { "upload_file_to_storage", { contract = c, storage_id = "st", path = "/" .. bad .. "/", file_name = "f", file_data = "x" }, "path" },
+      { "upload_file_to_storage", { contract = c, storage_id = "st", file_name = bad, file_data = "x" },
+        "file_name" },
+      { "upload_file_to_storage", { contract = c, storage_id = "st", path = "/" .. bad .. "/",
+        file_name = "f", file_data = "x" }, "path" },
     }
   end
 
