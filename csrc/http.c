@@ -24,6 +24,7 @@ enum req_state {
 /* Why a callback stopped the transfer (libcurl then reports CURLE_WRITE_ERROR). */
 enum abort_reason { ABORT_NONE, ABORT_BODY, ABORT_HEADERS, ABORT_NOMEM, ABORT_SINK,
                    ABORT_ANSWERED, /* a complete answer ended an HTTP/2 upload early */
+                   ABORT_CUT,      /* a non-2xx body reached HTTP_MAX_ERROR_BODY: kept, cut */
                    ABORT_RESEND    /* libcurl was about to send the request a second time */ };
 
 /* Where the current response's body goes: decided at its first byte (or at the end). */
@@ -71,6 +72,7 @@ struct http_request {
     long long body_size;        /* a string body's length */
     unsigned long long resp_bytes;  /* body bytes of the current response taken so far */
     size_t max_body, max_headers, header_bytes;
+    size_t cut_at;              /* a non-2xx body ends here (0: not cut) */
     int headers_done;           /* the blank line ending the last response's headers came */
     int sends;                  /* times libcurl has put the request on a connection */
     size_t header_bytes_at_send;
@@ -329,6 +331,8 @@ static int decide_route(http_request *r)
     curl_off_t length = -1;
 
     curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (status < 200 || status > 299)
+        r->cut_at = HTTP_MAX_ERROR_BODY;
     if (!r->has_sink || status < 200 || status > 299) {
         r->route = ROUTE_BUFFER;
         return 0;
@@ -411,6 +415,17 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
     if (r->route == ROUTE_SINK) {
         taken = sink_body(r, p, len);
     } else {
+        if (r->cut_at > 0 && r->cut_at < r->max_body && len > r->cut_at - r->body.len) {
+            /* An error answer's body: keep its start, stop the transfer (which closes an
+             * HTTP/1 connection, resets an HTTP/2 stream) and answer with what came. */
+            len = r->cut_at - r->body.len;
+            if (buf_reserve(&r->body, len, r->cut_at) == 0) {
+                memcpy(r->body.data + r->body.len, p, len);
+                r->body.len += len;
+            }
+            r->aborted = ABORT_CUT;
+            return 0;
+        }
         if (len > r->max_body - r->body.len) {
             r->aborted = ABORT_BODY;
             return 0;
@@ -712,8 +727,8 @@ static void complete(http_request *r, CURLcode rc)
 {
     long version = 0;
 
-    if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_ANSWERED)
-        rc = CURLE_OK;  /* the answer is complete: see answered_early */
+    if (rc == CURLE_WRITE_ERROR && (r->aborted == ABORT_ANSWERED || r->aborted == ABORT_CUT))
+        rc = CURLE_OK;  /* the answer is complete (answered_early), or cut on purpose (on_body) */
     curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &r->connects);
     if (rc == CURLE_OK) {
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);

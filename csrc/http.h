@@ -19,6 +19,8 @@
 #define HTTP_DEFAULT_MAX_HEADERS        ((size_t)256 * 1024)
 #define HTTP_DEFAULT_MAX_BUFFERED       ((size_t)1024 * 1024)
 #define HTTP_DEFAULT_BODY_BUFFER        ((size_t)1024 * 1024)
+/* A non-2xx body is cut here (the SDK's error parser reads no more) and its connection closed */
+#define HTTP_MAX_ERROR_BODY             ((size_t)64 * 1024)
 #define HTTP_ERRLEN                     256
 #define HTTP_MAX_IDLE_CONNECTIONS       64L   /* idle keep-alive connections an engine keeps */
 

@@ -60,7 +60,7 @@ local function lines_of(path)
 end
 
 describe("examples/openresty: the web app in nginx #nginx", function()
-  local sb, server, app_url, libdir
+  local sb, server, app_url, libdir, limited_port
 
   -- A browser: keeps the app's session cookie, follows nothing by itself.
   local function browser()
@@ -119,26 +119,45 @@ describe("examples/openresty: the web app in nginx #nginx", function()
     sh.write(libdir .. "/metadata.json", METADATA)
     sb = sandbox.start{ args = { "--interactive", "--library", libdir, "--sync-pace", "0.1" } }
 
-    -- The http{} lines of the example's nginx.conf that the app needs (its shared dicts).
+    -- The http{} lines of the example's nginx.conf that the app needs (its shared dicts, its
+    -- log format, the rate limit's zone), and the lines of its server{} block.
     local conf = sh.read(root .. "/examples/openresty/nginx.conf")
-    local http = {}
+    local http, limits = {}, {}
     for line in conf:gmatch("[^\n]+") do
-      if line:match("^%s*lua_shared_dict ") then http[#http + 1] = line end
+      if line:match("^%s*lua_shared_dict ") or line:match("^%s*log_format ")
+         or line:match("^%s*map ") or line:match("^%s*limit_req_zone ") then
+        http[#http + 1] = line
+      elseif line:match("^%s*limit_req ") or line:match("^%s*limit_req_status ") then
+        limits[#limits + 1] = line
+      end
     end
-    assert.are.equal(3, #http)
-    -- Which worker served what: the pid in an access log of its own.
-    http[#http + 1] = "log_format app_pid '$pid $status $request_uri';"
+    assert.are.equal(6, #http)
+    assert.are.equal(2, #limits)
+    -- Which worker served what: the pid in an access log of its own (the path only: the
+    -- callback's query carries the code and the state).
+    http[#http + 1] = "log_format app_pid '$pid $status $uri';"
 
     -- The app listens on a second port with reuseport, so that the kernel spreads the
     -- connections over both workers (without it one worker may take them all).
     local app_port = nginx.free_port()
+    limited_port = nginx.free_port()
     app_url = "http://127.0.0.1:" .. app_port
     server = nginx.start{
       workers = 2,
       http = table.concat(http, "\n"),
       server = "listen 127.0.0.1:" .. app_port .. " reuseport;\n"
         .. "access_log $PREFIX/logs/app.log app_pid;\n"
+        .. "access_log $PREFIX/logs/access.log digime_app;\n"
+        -- for the flood test: the number of keys in the app's store of started connections,
+        -- and emptying it afterwards
+        .. "location = /__states { content_by_lua_block { "
+        .. "ngx.say(#ngx.shared.digime_app_states:get_keys(0)) } }\n"
+        .. "location = /__flush_states { content_by_lua_block { "
+        .. "ngx.shared.digime_app_states:flush_all() ngx.say('ok') } }\n"
         .. "include " .. root .. "/examples/openresty/locations.conf;",
+      -- the app as nginx.conf serves it, rate limit included
+      servers = { "listen 127.0.0.1:" .. limited_port .. ";\n" .. table.concat(limits, "\n")
+        .. "\ninclude " .. root .. "/examples/openresty/locations.conf;" },
       -- As the example's init_by_lua_block, plus the app's directory on the path (the
       -- harness sets lua_package_path itself).
       init = ("package.path = %q .. package.path\nrequire \"digime\"\nrequire(\"app\").init()")
@@ -363,10 +382,200 @@ describe("examples/openresty: the web app in nginx #nginx", function()
     assert.matches("browser flow passed", out, 1, true)
   end)
 
+  -- Issue 15 ------------------------------------------------------------------------------
+
+  local function states()
+    local r = browser().get("/__states")
+    assert.are.equal(200, r.status)
+    return tonumber(r.body)
+  end
+
+  local function authorize_calls()
+    return sb:stats().by_path["/v1.7/oauth/authorize"] or 0
+  end
+
+  it("keeps one connection in progress per browser session (finding 2)", function()
+    local b = browser()
+    local _, _, first = to_consent(b)
+    local before = states()
+    for _ = 1, 30 do
+      assert.are.equal(302, b.get("/connect").status)
+    end
+    assert.is_true(states() <= before, ("30 more /connect of one session: %d keys, were %d")
+      :format(states(), before))
+    -- the first connection was replaced: its callback is refused, the newest one works
+    local stale = b.get(decide(b, first, "accept"))
+    assert.are.equal(400, stale.status)
+    local _, _, code = to_consent(b)
+    local r = b.get(decide(b, code, "accept"))
+    assert.are.equal(302, r.status, r.body)
+    assert.are.equal("/files", r.headers.location)
+  end)
+
+  it("refuses (503) rather than evicts when flooded, and a real sign-in completes (finding 2)", function()
+    local user = browser()
+    local _, _, code = to_consent(user)       -- a real user, at digi.me's consent page
+    local calls0 = authorize_calls()
+    local socket = require "socket"
+    local t0 = socket.gettime()
+    local started, refused, n = 0, 0, 0
+    -- a flood without cookies: every request is a new browser session
+    while refused < 200 and n < 30000 do
+      n = n + 1
+      local r = browser().get("/connect")
+      if r.status == 302 then
+        started = started + 1
+      else
+        assert.are.equal(503, r.status, r.body)
+        assert.are.equal("60", r.headers["retry-after"])
+        refused = refused + 1
+      end
+    end
+    io.stderr:write(("[openresty app flood: %d /connect in %.1f s, %d started before the store "
+      .. "was full, %d refused, %d keys]\n"):format(n, socket.gettime() - t0, started, refused,
+      states()))
+    assert.are.equal(200, refused, "the store never filled up in 30000 requests")
+    -- a refused /connect costs no call to digi.me
+    assert.are.equal(started, authorize_calls() - calls0)
+    -- the real user's connection survived the flood
+    local r = user.get(decide(user, code, "accept"))
+    assert.are.equal(302, r.status, r.body)
+    assert.are.equal("/files", r.headers.location)
+    assert.are.equal(200, user.get("/files").status)
+    browser().get("/__flush_states")
+    assert.are.equal(302, browser().get("/connect").status)
+  end)
+
+  it("has nginx.conf's rate limit in front of /connect (finding 2)", function()
+    local url = "http://127.0.0.1:" .. limited_port
+    local codes = {}
+    for i = 1, 25 do
+      local res = assert(sandbox.request{ url = url .. "/connect", timeout = 30 })
+      codes[i] = res.status
+    end
+    local ok, limited = 0, 0
+    for _, c in ipairs(codes) do
+      if c == 302 then ok = ok + 1 elseif c == 429 then limited = limited + 1 end
+    end
+    io.stderr:write(("[openresty app rate limit: 25 /connect -> %d x 302, %d x 429]\n"):format(ok, limited))
+    assert.are.equal(25, ok + limited, table.concat(codes, " "))
+    assert.is_true(ok >= 10 and ok <= 12, table.concat(codes, " "))
+    -- other pages are not limited
+    for _ = 1, 15 do
+      assert.are.equal(200, assert(sandbox.request{ url = url .. "/", timeout = 30 }).status)
+    end
+  end)
+
+  it("logs no authorization code, state or token (finding 5)", function()
+    local b = browser()
+    local _, _, code = to_consent(b)
+    local cb = decide(b, code, "accept")
+    local q = {}
+    for k, v in cb:match("%?(.*)$"):gmatch("([^&=]+)=([^&]*)") do q[k] = percent_decode(v) end
+    assert.is_truthy(q.code and q.state, cb)
+    local r = b.get(cb)
+    assert.are.equal(302, r.status, r.body)
+    assert.are.equal(200, b.get("/files").status)
+    local seen = 0
+    for _, log in ipairs{ "access.log", "app.log", "error.log" } do
+      local text = sh.read(server.prefix .. "/logs/" .. log) or ""
+      for _, secret in ipairs{ q.code, q.state, q.accountReference } do
+        if secret and secret ~= "" then
+          assert.is_nil(text:find(secret, 1, true), log .. " has a secret of the callback")
+        end
+      end
+      assert.is_nil(text:find("code=", 1, true), log)
+      if log == "access.log" then
+        seen = select(2, text:gsub('"GET /callback"', ""))
+      end
+    end
+    assert.is_true(seen >= 1, "the callback is not in the access log")
+  end)
+
   it("left no errors in nginx's error log", function()
     local text = server:error_log()
     for _, bad in ipairs{ "[alert]", "[crit]", "[emerg]", "runtime error", "entry thread aborted" } do
       assert.is_nil(text:find(bad, 1, true), bad .. " in the error log:\n" .. text)
     end
+  end)
+end)
+
+describe("examples/openresty over https: a __Host- session cookie (finding 7) #nginx", function()
+  local sb, server, app_url, dir
+
+  -- A request with the given cookie header; -> res
+  local function get(url, cookie)
+    if url:sub(1, 1) == "/" then url = app_url .. url end
+    local res, err = sandbox.request{ url = url, headers = { cookie = cookie },
+                                      cafile = url:match("^https://127") and dir .. "/cert.pem" or sb.ca_file,
+                                      timeout = 30 }
+    assert(res, err)
+    return res
+  end
+
+  setup(function()
+    dir = sh.tmpdir()
+    local ok, out = sh.run("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1"
+      .. " -addext subjectAltName=IP:127.0.0.1 -keyout " .. sh.quote(dir .. "/key.pem")
+      .. " -out " .. sh.quote(dir .. "/cert.pem") .. " 2>&1")
+    assert(ok, out)
+    sb = sandbox.start{ args = { "--interactive" } }
+    local conf = sh.read(root .. "/examples/openresty/nginx.conf")
+    local http = {}
+    for line in conf:gmatch("[^\n]+") do
+      if line:match("^%s*lua_shared_dict ") then http[#http + 1] = line end
+    end
+    local port = nginx.free_port()
+    app_url = "https://127.0.0.1:" .. port
+    server = nginx.start{
+      http = table.concat(http, "\n"),
+      server = "listen 127.0.0.1:" .. port .. " ssl;\n"
+        .. "ssl_certificate " .. dir .. "/cert.pem;\nssl_certificate_key " .. dir .. "/key.pem;\n"
+        .. "include " .. root .. "/examples/openresty/locations.conf;",
+      init = ("package.path = %q .. package.path\nrequire \"digime\"\nrequire(\"app\").init()")
+        :format(root .. "/examples/openresty/?.lua;"),
+      env = { DIGIME_APP_URL = app_url, DIGIME_BASE_URL = sb.base_url,
+              DIGIME_ONBOARD_URL = sb.onboard_url },
+    }
+  end)
+
+  teardown(function()
+    if server then server:stop() end
+    if sb then sb:stop() end
+    if dir then sh.rmdir(dir) end
+  end)
+
+  -- /connect -> consent -> accept: the callback URL, and the session cookie /connect set
+  local function start(cookie)
+    local r = get("/connect", cookie)
+    assert.are.equal(302, r.status, r.body)
+    local set = r.headers["set-cookie"]
+    local consent = get(r.headers.location)
+    local code = assert(consent.body:match('name="code" value="([^"]+)"'), consent.body)
+    local d = get(sb.onboard_url .. "consent?code=" .. code .. "&decision=accept")
+    assert.are.equal(302, d.status, d.body)
+    return d.headers.location, set
+  end
+
+  it("names the cookie __Host-digime_sid: Secure, Path=/, no Domain; a planted plain one is ignored", function()
+    local cb, set = start()
+    assert.is_truthy(set, "no cookie")
+    local sid = set:match("^__Host%-digime_sid=(%w+);")
+    assert.is_truthy(sid, set)
+    assert.matches("; Path=/;", set, 1, true)
+    assert.matches("; Secure", set, 1, true)
+    assert.matches("HttpOnly", set, 1, true)
+    assert.is_nil(set:lower():find("domain=", 1, true), set)
+    -- the callback with the session in a cookie without the prefix (one a sibling subdomain
+    -- could plant): not this browser's session
+    assert.are.equal(400, get(cb, "digime_sid=" .. sid).status)
+    -- with the real cookie: signed in, under a new __Host- session
+    local r = get(cb, "__Host-digime_sid=" .. sid)
+    assert.are.equal(302, r.status, r.body)
+    assert.are.equal("/files", r.headers.location)
+    local new_sid = r.headers["set-cookie"]:match("^__Host%-digime_sid=(%w+);")
+    assert.is_truthy(new_sid)
+    assert.matches("Your digi.me is connected", get("/", "__Host-digime_sid=" .. new_sid).body, 1, true)
+    assert.matches("A digi.me example app", get("/", "digime_sid=" .. new_sid).body, 1, true)
   end)
 end)

@@ -16,7 +16,8 @@
 -- Where things live:
 --   - `state` -> { code verifier, browser session, what to do next } in the shared dict
 --     digime_app_states, for 10 minutes: any worker can serve the callback, and the verifier
---     is never in a URL or a cookie.
+--     is never in a URL or a cookie. One connection in progress per browser session; a full
+--     store refuses new ones (503) rather than dropping those under way.
 --   - The user's token -> the shared dict digime_app_sessions, keyed by a random session id
 --     that the browser holds in an HttpOnly cookie (a new id at every sign-in). A real app
 --     keeps tokens in its database (they outlive an nginx restart there), encrypted at rest.
@@ -51,7 +52,10 @@ local STATE_TTL = 600               -- seconds a started connection may take to 
 local SESSION_TTL = 30 * 24 * 3600  -- how long the app remembers a connected browser
 local LIST_WAIT = 10                -- seconds /files waits for the library's sync to finish
 local SHOW_MAX = 256 * 1024         -- bytes of a file shown on its page
-local COOKIE = "digime_sid"
+-- The session cookie. Over https it is a "__Host-" cookie (RFC 6265bis §4.1.3.2): Secure,
+-- Path=/, no Domain, so a sibling subdomain cannot plant one (and log a victim into the
+-- attacker's session). Plain http (a local run) cannot have that prefix.
+local COOKIE_NAME = "digime_sid"
 
 local conf        -- init()
 local sdk         -- one SDK object per worker, made on first use (sdk_object)
@@ -120,7 +124,11 @@ function _M.init()
 end
 
 -- Where the app keeps states and sessions: the shared dicts (one nginx), or Redis (many).
--- kv(ns) -> get, set, add, delete on the namespace "states" or "sessions".
+-- kv(ns) -> get, set, add, delete and claim on the namespace "states" or "sessions". set and
+-- add never evict anything to make room (a shared dict's safe_set/safe_add; Redis should run
+-- with its default maxmemory-policy noeviction): a full store refuses. claim(key) is true
+-- for the first caller only, and needs no new room in a shared dict (incr of a key made
+-- when the flow was reserved).
 local kv_of = {}
 local function kv(ns)
   if kv_of[ns] then return kv_of[ns] end
@@ -136,9 +144,17 @@ local function kv(ns)
         local v = r:get(pre .. key)
         if v then r:delete_if(pre .. key, v) end
       end,
+      claim = function(_, key) return r:add(pre .. "claimed:" .. key, "1", STATE_TTL) end,
     }
   else
-    k = ngx.shared["digime_app_" .. ns]
+    local d = ngx.shared["digime_app_" .. ns]
+    k = {
+      get = function(_, key) return d:get(key) end,
+      set = function(_, key, v, ttl) return d:safe_set(key, v, ttl) end,
+      add = function(_, key, v, ttl) return d:safe_add(key, v, ttl) end,
+      delete = function(_, key) d:delete(key) end,
+      claim = function(_, key) return d:incr(key, 1) == 1 end,
+    }
   end
   kv_of[ns] = k
   return k
@@ -226,13 +242,22 @@ local function valid_id(s)
   return type(s) == "string" and #s == 32 and not s:find("[^%w]")
 end
 
+local function cookie_name()
+  return conf.secure and "__Host-" .. COOKIE_NAME or COOKIE_NAME
+end
+
 local function session_id()
-  local sid = ngx.var["cookie_" .. COOKIE]
-  return valid_id(sid) and sid or nil
+  local header = ngx.var.http_cookie
+  if type(header) ~= "string" then return nil end
+  local name = cookie_name()
+  for k, v in header:gmatch("([^=;%s]+)=([^;]*)") do
+    if k == name and valid_id(v) then return v end
+  end
+  return nil
 end
 
 local function set_session_cookie(sid)
-  ngx.header["Set-Cookie"] = COOKIE .. "=" .. sid .. "; Path=/; HttpOnly; SameSite=Lax"
+  ngx.header["Set-Cookie"] = cookie_name() .. "=" .. sid .. "; Path=/; HttpOnly; SameSite=Lax"
     .. (conf.secure and "; Secure" or "")
 end
 
@@ -256,12 +281,53 @@ end
 
 -- Connecting ----------------------------------------------------------------------------------
 
+-- The store of started connections (digime_app_states), per state:
+--   state           -> the flow { verifier, sid, kind, ret } (a placeholder until digi.me answers)
+--   "claim:" state  -> 0, incremented by the callback: the first to make it 1 finishes the flow
+--   "pending:" sid  -> the state of the session's connection in progress (one per session)
+-- Nothing is ever evicted to make room (safe_add, safe_set): when the store is full, a new
+-- connection is refused (503) and the ones under way are kept. A flood of /connect can then
+-- hold up new sign-ins (put the rate limit of nginx.conf in front of it) but cannot end one
+-- that has started.
+local PLACEHOLDER = ("-"):rep(240)   -- as long as a flow record: replacing it takes no room
+
+local function forget_flow(states, state)
+  states:delete(state)
+  states:delete("claim:" .. state)
+end
+
+-- Reserves the room for a new flow of session sid, dropping the session's previous one:
+-- -> true | nil (the store is full: nothing kept)
+local function reserve_flow(states, sid, state)
+  local previous = states:get("pending:" .. sid)
+  if previous then forget_flow(states, previous) end
+  if not states:set("pending:" .. sid, state, STATE_TTL) then return nil end
+  if states:add("claim:" .. state, 0, STATE_TTL)
+     and states:add(state, PLACEHOLDER, STATE_TTL) then
+    return true
+  end
+  forget_flow(states, state)
+  states:delete("pending:" .. sid)
+  return nil
+end
+
+local function busy()
+  ngx.header["Retry-After"] = "60"
+  return page(503, "Too many connections in progress", "<p>Try again in a minute.</p>")
+end
+
 -- Starts a trip through digi.me: kind "authorize" (first time) or "reauthorize" (the refresh
 -- token has died). The code verifier stays here, under a random state, for STATE_TTL.
 local function start_flow(sid, kind, token, return_to)
   local s, ierr = sdk_object()
   if not s then return error_page(500, "The digi.me SDK is not set up", ierr) end
+  local states = kv("states")
   local state = random_id()
+  -- Room first: a full store costs no call to digi.me (each call spends the contract's quota).
+  if not reserve_flow(states, sid, state) then
+    ngx.log(ngx.WARN, "the store of started connections is full: refused")
+    return busy()
+  end
   local res, err
   if kind == "authorize" then
     res, err = s:get_authorize_url{ contract = conf.contract, callback = conf.callback,
@@ -271,6 +337,7 @@ local function start_flow(sid, kind, token, return_to)
                                       state = state, user_access_token = token }
   end
   if not res then
+    forget_flow(states, state)
     if kind == "reauthorize" and type(err) == "table" and err.code == "InvalidToken" then
       -- Not even a reauthorization: the user is gone. Forget them; they can connect anew.
       kv("sessions"):delete(sid)
@@ -281,10 +348,11 @@ local function start_flow(sid, kind, token, return_to)
     return error_page(502, "Could not reach digi.me", err)
   end
   local flow = cjson.encode{ verifier = res.code_verifier, sid = sid, kind = kind, ret = return_to }
-  local ok, derr = kv("states"):add(state, flow, STATE_TTL)
+  local ok, derr = states:set(state, flow, STATE_TTL)
   if not ok then
+    forget_flow(states, state)
     ngx.log(ngx.ERR, "cannot keep the state: ", derr)
-    return page(503, "Too many connections in progress", "<p>Try again in a minute.</p>")
+    return busy()
   end
   return redirect(res.url)
 end
@@ -327,14 +395,15 @@ function _M.callback()
   if valid_id(state) and sid then
     local states = kv("states")
     local raw = states:get(state)
-    flow = raw and cjson.decode(raw)
+    flow = raw and raw ~= PLACEHOLDER and cjson.decode(raw)
     -- Only the browser that started the connection may finish it (its session cookie): a
     -- callback link forged or passed on by someone else goes no further, and uses nothing up.
     -- A state works once: the first callback to claim it wins, a replay finds it gone.
-    if not (flow and flow.sid == sid and states:add("used:" .. state, "1", STATE_TTL)) then
+    if not (flow and flow.sid == sid and states:claim("claim:" .. state)) then
       flow = nil
     else
-      states:delete(state)
+      forget_flow(states, state)
+      if states:get("pending:" .. sid) == state then states:delete("pending:" .. sid) end
     end
   end
   if not flow then
@@ -385,7 +454,7 @@ end
 
 -- The end of a failed call: keep a refreshed token, reauthorize a dead one, show the rest.
 local function failed(sid, rec, err, title)
-  keep_token(sid, rec, type(err) == "table" and err.user_access_token)
+  keep_token(sid, rec, digime.token_of(err))
   if is_code(err, "InvalidToken") then
     -- The SDK already tried a refresh: the refresh token is dead too.
     return start_flow(sid, "reauthorize", rec.token, ngx.var.request_uri)
@@ -496,14 +565,14 @@ function _M.file()
   f, err = read()
   if not f and (is_code(err, "InvalidSession") or is_code(err, "SessionNotFound")) then
     -- Read sessions expire (or another page opened a newer one): get one and try again.
-    keep_token(sid, rec, type(err) == "table" and err.user_access_token)
+    keep_token(sid, rec, digime.token_of(err))
     local ok, rerr = new_read_session(s, sid, rec)
     if not ok then return failed(sid, rec, rerr, "Could not open your library") end
     f, err = read()
   end
   if not f then
     if type(err) == "table" and err.status == 404 then
-      keep_token(sid, rec, err.user_access_token)
+      keep_token(sid, rec, digime.token_of(err))
       return page(404, "No such file", "<p>Your library has no file <code>" .. esc(name)
         .. "</code>.</p><p><a href=\"/files\">Your files</a></p>")
     end

@@ -57,7 +57,7 @@ end
 local function check(opts)
   local ok, err = validate.options(opts, TOP, "options")
   if not ok then return nil, err end
-  ok, err = validate.string(opts.application_id, "application_id")
+  ok, err = validate.digime_id(opts.application_id, "application_id")
   if not ok then return nil, err end
   for _, name in ipairs{ "base_url", "onboard_url", "cloud_base_url" } do
     ok, err = url(opts[name], name)

@@ -1,10 +1,12 @@
 --- Error objects, and the mapping of HTTP error answers to them (doc/protocol.md "Errors":
 -- the JSON body and the `X-Error-*` headers are both read, any body shape is survived).
 -- An error is a table { kind, code, message, status?, reference?, retryable?, cause? } with a
--- __tostring that reads well in a log line. Messages never carry secrets.
+-- __tostring that reads well in a log line. Messages never carry secrets, and the user's token
+-- an error keeps is not one of its plain fields (see HIDDEN).
 local json = require "digime.json"
 
 local type, tostring, setmetatable, getmetatable = type, tostring, setmetatable, getmetatable
+local rawget, rawset, pairs = rawget, rawset, pairs
 local format, concat, match = string.format, table.concat, string.match
 
 local _M = {}
@@ -16,7 +18,31 @@ _M.kinds = {
 }
 
 local error_mt = {}
-error_mt.__index = error_mt
+
+-- Fields an error keeps off its own table: the user's token in force (and a sync's `result`,
+-- which holds it). They read as usual (err.user_access_token, err.result; errors.token_of),
+-- but pairs(), cjson.encode and every other walker of the table never meet them, so an
+-- application that logs a serialised error does not log a token. Weak keys: they go with it.
+local HIDDEN = { user_access_token = true, result = true }
+local hidden = setmetatable({}, { __mode = "k" })
+
+error_mt.__index = function(e, k)
+  if HIDDEN[k] then
+    local h = hidden[e]
+    return h and h[k]
+  end
+  return error_mt[k]
+end
+
+error_mt.__newindex = function(e, k, v)
+  if not HIDDEN[k] then return rawset(e, k, v) end
+  local h = hidden[e]
+  if not h then
+    h = {}
+    hidden[e] = h
+  end
+  h[k] = v
+end
 
 error_mt.__tostring = function(e)
   local parts = { e.kind }
@@ -31,7 +57,27 @@ end
 function _M.new(kind, code, message, fields)
   local e = fields or {}
   e.kind, e.code, e.message = kind, code or kind, message or kind
-  return setmetatable(e, error_mt)
+  local h
+  for k in pairs(HIDDEN) do
+    local v = rawget(e, k)
+    if v ~= nil then
+      h = h or {}
+      h[k] = v
+      e[k] = nil
+    end
+  end
+  setmetatable(e, error_mt)
+  if h then hidden[e] = h end
+  return e
+end
+
+--- The user access token in force when the call failed (a refreshed one, when the call
+-- refreshed it): what to store instead of the token the call was given. nil when the error
+-- carries none. Also readable as err.user_access_token; never a plain field of the table.
+function _M.token_of(err)
+  if getmetatable(err) ~= error_mt then return nil end
+  local h = hidden[err]
+  return h and h.user_access_token
 end
 
 function _M.is_error(v)

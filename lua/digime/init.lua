@@ -23,6 +23,8 @@ local rawget, ipairs, pairs, tostring = rawget, ipairs, pairs, tostring
 local _M = {
   _VERSION = config.SDK_VERSION,
   errors = errors,
+  --- The user access token an error carries (err.user_access_token, kept out of its fields).
+  token_of = errors.token_of,
   --- Runs fn(...) as the first task of a scheduler; see doc/architecture.md "Schedulers".
   run = scheduler.run,
   --- Starts a task inside `digime.run`; `task:wait()` returns its results.

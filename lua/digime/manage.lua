@@ -76,7 +76,7 @@ local REPORT_OPTS = validate.set{ "contract", "user_access_token", "format", "se
 function _M.get_portability_report(sdk, opts)
   local ok, err = user_checks(opts, REPORT_OPTS, "get_portability_report", {
     { validate.string, opts and opts.format, "format" },
-    { validate.string, opts and opts.service_type, "service_type" },
+    { validate.segment, opts and opts.service_type, "service_type" },
     { validate.number, opts and opts.from, "from", true, 0, MAX_URL_NUMBER },
     { validate.number, opts and opts.to, "to", true, 0, MAX_URL_NUMBER },
   })

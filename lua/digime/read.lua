@@ -96,7 +96,7 @@ local LIST_OPTS = validate.set{ "contract", "user_access_token", "session_key" }
 function _M.read_file_list(sdk, opts)
   local ok, err = base_checks(opts, LIST_OPTS, "read_file_list")
   if not ok then return nil, err end
-  ok, err = validate.string(opts.session_key, "session_key")
+  ok, err = validate.segment(opts.session_key, "session_key")
   if not ok then return nil, err end
   return user_call.send(sdk, opts.contract, opts.user_access_token, {
     method = "GET", url = sdk.config.base_url .. "permission-access/query/" .. seg(opts.session_key),
@@ -117,8 +117,8 @@ function _M.read_file_metadata(sdk, opts)
   local ok, err = base_checks(opts, META_OPTS, "read_file_metadata")
   if not ok then return nil, err end
   ok, err = check_all{
-    { validate.string, opts.session_key, "session_key" },
-    { validate.string, opts.file_name, "file_name" },
+    { validate.segment, opts.session_key, "session_key" },
+    { validate.segment, opts.file_name, "file_name" },
   }
   if not ok then return nil, err end
   return user_call.send(sdk, opts.contract, opts.user_access_token, {
@@ -179,8 +179,8 @@ function _M.fetch_file(sdk, opts, cancel)
   local ok, err = base_checks(opts, FILE_OPTS, "read_file")
   if not ok then return nil, err end
   ok, err = check_all{
-    { validate.string, opts.session_key, "session_key" },
-    { validate.string, opts.file_name, "file_name" },
+    { validate.segment, opts.session_key, "session_key" },
+    { validate.segment, opts.file_name, "file_name" },
   }
   if not ok then return nil, err end
   local ms = opts.max_size

@@ -130,8 +130,8 @@ function _M.list_storage_files(sdk, opts)
   if not ok then return nil, err end
   ok, err = check_all{
     { validate.contract, opts.contract },
-    { validate.string, opts.storage_id, "storage_id" },
-    { validate.any_string, opts.path, "path", true },
+    { validate.segment, opts.storage_id, "storage_id" },
+    { validate.segments, opts.path, "path", true },
     { validate.boolean, opts.recursive, "recursive", true },
   }
   if not ok then return nil, err end
@@ -203,9 +203,9 @@ function _M.upload_file_to_storage(sdk, opts)
   if not ok then return nil, err end
   ok, err = check_all{
     { validate.contract, opts.contract },
-    { validate.string, opts.storage_id, "storage_id" },
-    { validate.string, opts.file_name, "file_name" },
-    { validate.any_string, opts.path, "path", true },
+    { validate.segment, opts.storage_id, "storage_id" },
+    { validate.segment, opts.file_name, "file_name" },
+    { validate.segments, opts.path, "path", true },
   }
   if not ok then return nil, err end
   if not is_data_source(opts.file_data) then
@@ -239,8 +239,9 @@ function _M.download_storage_file(sdk, opts)
   if not ok then return nil, err end
   ok, err = check_all{
     { validate.contract, opts.contract },
-    { validate.string, opts.storage_id, "storage_id" },
+    { validate.segment, opts.storage_id, "storage_id" },
     { validate.string, opts.path, "path" },
+    { validate.segments, opts.path, "path" },
   }
   if not ok then return nil, err end
   if opts.sink ~= nil and not read.is_sink(opts.sink) then
@@ -282,8 +283,9 @@ function _M.delete_storage_files(sdk, opts)
   if not ok then return nil, err end
   ok, err = check_all{
     { validate.contract, opts.contract },
-    { validate.string, opts.storage_id, "storage_id" },
+    { validate.segment, opts.storage_id, "storage_id" },
     { validate.string, opts.path, "path" },
+    { validate.segments, opts.path, "path" },
   }
   if not ok then return nil, err end
   local res, rerr = cloud_send(sdk, opts.contract, {

@@ -35,7 +35,7 @@ local function check(opts, allowed, name)
   local checks = {
     { validate.contract, opts.contract },
     { validate.user_access_token, opts.user_access_token, "user_access_token" },
-    { validate.string, opts.session_key, "session_key" },
+    { validate.segment, opts.session_key, "session_key" },
     { validate.func, opts.on_file_data, "on_file_data", true },
     { validate.func, opts.on_file_error, "on_file_error", true },
     { validate.func, opts.on_status_change, "on_status_change", true },

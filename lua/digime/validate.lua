@@ -144,7 +144,7 @@ function _M.contract(c, field)
   end
   local ok, err = _M.options(c, { id = true, private_key = true }, field)
   if not ok then return nil, err end
-  ok, err = _M.string(c.id, field .. ".id")
+  ok, err = _M.digime_id(c.id, field .. ".id")
   if not ok then return nil, err end
   return _M.string(c.private_key, field .. ".private_key")
 end
@@ -296,6 +296,53 @@ function _M.sources_scope(s, field, optional)
     end
   end
   return _M.string(s.organizationType, field .. ".organizationType", true)
+end
+
+-- Identifiers and URL segments (issue 15) -------------------------------------------------
+
+-- digi.me's application and contract ids are short tokens of letters and digits (32 of them
+-- in the ids the developer console issues); "-", "_" and "." are allowed as well. A key, a
+-- token or any text that is not of this shape is refused without being echoed.
+local ID_MAX = 64
+_M.ID_PATTERN, _M.ID_MAX = "^[%w][%w%-_%.]*$", ID_MAX
+
+--- An application or contract id: 1 to 64 letters, digits, "-", "_" or "." (a letter or digit
+-- first).
+function _M.digime_id(v, field)
+  if type(v) ~= "string" or v == "" then
+    return nil, invalid(field, "must be a non-empty string")
+  end
+  if #v > ID_MAX or not v:match(_M.ID_PATTERN) then
+    return nil, invalid(field, "is not a digi.me id (1 to " .. ID_MAX .. " letters, digits, "
+      .. "'-', '_' or '.', starting with a letter or digit)")
+  end
+  return true
+end
+
+--- A value that becomes one URL path segment: a non-empty string other than "." and "..",
+-- which a client or a proxy would resolve as a path step (RFC 3986 §5.2.4), reaching another
+-- endpoint.
+function _M.segment(v, field, optional)
+  if v == nil and optional then return true end
+  local ok, err = _M.string(v, field)
+  if not ok then return nil, err end
+  if v == "." or v == ".." then
+    return nil, invalid(field, "must not be '.' or '..' (it goes into a URL path)")
+  end
+  return true
+end
+
+--- A storage path ("a/b/c"; "" and nil are the root): no segment may be "." or "..".
+-- Repeated slashes are folded by the storage calls, as the Node SDK does.
+function _M.segments(v, field, optional)
+  if v == nil and optional then return true end
+  if type(v) ~= "string" then return nil, invalid(field, "must be a string") end
+  for part in v:gmatch("[^/]+") do
+    if part == "." or part == ".." then
+      return nil, invalid(field, "must not have a '.' or '..' segment (it goes into a URL path)")
+    end
+  end
+  return true
 end
 
 return _M

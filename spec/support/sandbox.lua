@@ -305,6 +305,8 @@ end
 function Sandbox:control(method, path, body)
   local res, err = _M.request{
     method = method, url = self:url(path, self.control_url), body = body,
+    -- the control API takes JSON bodies only (a table body is sent as JSON anyway)
+    headers = type(body) == "string" and { ["content-type"] = "application/json" } or nil,
     cafile = self.ca_file, timeout = 10,
   }
   if not res then

@@ -15,7 +15,9 @@
 --                     "body"? (string, or a JSON value), "body_hex"? (bytes as hex),
 --                     "pad"? (N: body is {"pad":"xxx..."} with N bytes of padding),
 --                     "filler_headers"? (N extra 40-byte headers),
---                     "reset"? (close without an answer) }
+--                     "reset"? (close without an answer),
+--                     "endless"? (N: a chunked body of N bytes, sent until the client
+--                     closes; the log entry's "sent" says how many bytes went out) }
 --   POST /__clear   forget the log and the script
 -- Anything unscripted gets a 404 JSON answer (and is recorded).
 local socket = require "socket"
@@ -75,6 +77,30 @@ local function respond(c, status, headers, body)
   end
 end
 
+-- A chunked body of up to limit bytes, 64 KiB a chunk, until the client closes: -> bytes sent.
+local function respond_endless(c, status, headers, limit)
+  local out = { ("HTTP/1.1 %d %s\r\n"):format(status, reasons[status] or "Status") }
+  for _, h in ipairs(headers) do
+    out[#out + 1] = h[1] .. ": " .. tostring(h[2]) .. "\r\n"
+  end
+  out[#out + 1] = "Transfer-Encoding: chunked\r\n\r\n"
+  if not c:send(table.concat(out)) then return 0 end
+  -- 16-byte numbered records: no two pieces of the body are equal, so that a client that
+  -- interns strings (LuaJIT) cannot fold what it buffers into a few copies
+  local records, sent, i = {}, 0, 0
+  while sent < limit do
+    i = i + 1
+    for j = 1, 4096 do records[j] = ("%08x%07x\n"):format(i, j) end
+    local last, _, partial = c:send("10000\r\n" .. table.concat(records) .. "\r\n")
+    if not last then   -- closed by the client (or stalled for the socket's timeout)
+      return sent + math.max(0, (partial or 0) - 7)
+    end
+    sent = sent + 65536
+  end
+  c:send("0\r\n\r\n")
+  return sent
+end
+
 local function json_answer(c, status, value)
   respond(c, status, { { "Content-Type", "application/json" } }, cjson.encode(value))
 end
@@ -110,6 +136,10 @@ local function handle(c)
     return json_answer(c, 404, { error = { code = "NotFound", message = "nothing scripted" } })
   end
   if entry.reset then return end
+  if entry.endless then
+    log[#log].sent = respond_endless(c, entry.status or 200, entry.headers or {}, entry.endless)
+    return
+  end
   local headers = {}
   for _, h in ipairs(entry.headers or {}) do headers[#headers + 1] = h end
   for i = 1, entry.filler_headers or 0 do

@@ -1,4 +1,5 @@
--- The control API under /sandbox/ (doc/sandbox.md "Control API"): loopback only, JSON in and out. It is how
+-- The control API under /sandbox/ (doc/sandbox.md "Control API"): loopback only (client, Host
+-- and Origin), JSON in and out, request bodies capped at 1 MiB. It is how
 -- tests steer the sandbox (expire tokens, inject faults, read stats and the log); faults
 -- never apply to it and it is left out of the stats and the log.
 --
@@ -96,6 +97,7 @@ local wire = require "digime.sandbox.wire"
 local api = require "digime.sandbox.api"
 local library = require "digime.sandbox.library"
 local storage = require "digime.sandbox.storage"
+local bodies = require "digime.sandbox.body"
 local core = require "digime.core"
 
 local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
@@ -492,10 +494,73 @@ local function loopback(ip)
   return type(ip) == "string" and (ip:match("^127%.") or ip == "::1" or ip:match("^::ffff:127%."))
 end
 
-function _M.handle(app, req)
+-- A host (of a Host header or an Origin, port allowed) that names this machine: localhost
+-- (RFC 6761, subdomains too), 127.x.y.z, [::1].
+local function loopback_host(host)
+  if type(host) ~= "string" then return false end
+  host = host:lower()
+  local v6 = host:match("^%[([^%]]+)%]:?%d*$")
+  if v6 then return loopback(v6) and true or false end
+  local name = host:match("^([^:]+):?%d*$")
+  if not name then return false end
+  name = name:gsub("%.$", "")
+  return name == "localhost" or name:match("%.localhost$") ~= nil
+         or name:match("^127%.%d+%.%d+%.%d+$") ~= nil
+end
+
+local MAX_BODY = 1024 * 1024   -- a control request's body (the API endpoints have their own)
+
+-- Who may drive the control API: a loopback client (any web page open in a developer's
+-- browser is one), so also a loopback Host (a DNS-rebound name is not), no foreign Origin
+-- (a cross-site page), and JSON bodies only (a cross-site form or a "simple" fetch cannot
+-- send application/json without a preflight, which this API never answers).
+-- -> nil when allowed, or the refusal
+local function refuse(req)
   if not loopback(req.peer_ip) then
     return wire.error(403, "Forbidden", "The control API answers loopback clients only")
   end
+  local h = req.headers
+  if not loopback_host(req.authority or h.host) then
+    return wire.error(403, "Forbidden", "The control API answers requests for a loopback host only")
+  end
+  local origin = h.origin
+  if origin ~= nil and not loopback_host(origin:match("^https?://([^/]+)$")) then
+    return wire.error(403, "Forbidden", "The control API refuses cross-site requests")
+  end
+  if h["sec-fetch-site"] == "cross-site" then
+    return wire.error(403, "Forbidden", "The control API refuses cross-site requests")
+  end
+  local has_body = h["transfer-encoding"] ~= nil or (bodies.declared(req) or 0) > 0
+  local ctype = (h["content-type"] or ""):lower():match("^%s*([^;%s]+)")
+  if has_body and ctype ~= "application/json" then
+    return wire.error(415, "UnsupportedMediaType", "The control API takes application/json bodies only")
+  end
+  if bodies.too_large(req, MAX_BODY) then
+    local res = wire.error(413, "PayloadTooLarge", "A control request's body is capped at 1 MiB")
+    res.headers.connection = "close"
+    return res
+  end
+end
+
+-- The body of a control request, up to MAX_BODY: -> text | nil, refusal
+local function control_body(req)
+  local blob, why = bodies.receive(req, { limit = MAX_BODY, drain = MAX_BODY })
+  if blob then return blob.data end
+  local res
+  if why == "too_large" or why == "too_large_closed" then
+    res = wire.error(413, "PayloadTooLarge", "A control request's body is capped at 1 MiB")
+  else
+    res = bad("body: " .. tostring(why))
+  end
+  if why ~= "too_large" then
+    res.headers.connection = "close"
+  end
+  return nil, res
+end
+
+function _M.handle(app, req)
+  local refused = refuse(req)
+  if refused then return refused end
   if req.path:sub(1, 13) == "/sandbox/raw/" and #req.path > 13 then
     return raw(app, req)
   end
@@ -504,7 +569,9 @@ function _M.handle(app, req)
   if not h then
     return wire.error(404, "NotFound", "No such control entry: " .. req.method .. " " .. req.path)
   end
-  local body, err = wire.decode_object(req:body())
+  local text, refusal = control_body(req)
+  if not text then return refusal end
+  local body, err = wire.decode_object(text)
   if not body then
     return bad("body: " .. tostring(err))
   end

@@ -375,6 +375,7 @@ local function handle(app, stream)
   local req = {
     stream = stream, method = method, path = path, raw_query = query,
     query = wire.parse_query(query), headers = header_table(rh), peer_ip = peer_ip,
+    authority = rh:get(":authority"),   -- the Host header (lua-http names it so)
     body = read_body,
     -- Never put token values or the Authorization header here.
     log = { method = method, path = path, conn = crec and crec.id,

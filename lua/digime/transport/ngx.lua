@@ -5,7 +5,8 @@
 --   connection made for one trust setting never serves another.
 -- * TLS with SNI; certificates verified against nginx's `lua_ssl_trusted_certificate`.
 -- * Bodies by content-length, chunked, or up to the close; a response's header block and
---   body are bounded (limits.headers, limits.body).
+--   body are bounded (limits.headers, limits.body); a non-2xx body is cut at 64 KiB and its
+--   connection closed (only the error is wanted of it).
 -- * Per-attempt deadline over connect, send and every read (the `timeout` of a request).
 -- * A body to decrypt goes, piece by piece as it arrives, through the C decryptor
 --   (core.file_decryptor: decrypt -> inflate); only plaintext reaches on_data.
@@ -33,6 +34,7 @@ local SLICE = 1                  -- seconds per read wait, so a cancelled reques
 local POOL_SIZE = 32             -- connections kept per pool
 local MAX_CHUNK_LINE = 1024      -- bytes of a chunk-size line (hex size and extensions)
 local MAX_TRAILERS = 16 * 1024
+local MAX_ERROR_BODY = 64 * 1024 -- bytes kept of a non-2xx body (what the error parser reads)
 local DEFAULT_PORT = { http = 80, https = 443 }
 
 local YIELDABLE = scheduler.YIELDABLE
@@ -459,17 +461,25 @@ local function exchange(self, req, u, fresh)
   local res = { status = status, headers = headers, http_version = version }
   local consumer, chunks, size = nil, {}, 0
   local max_body = req.max_body or o.limits.body
+  local cut   -- an error answer's body: kept up to MAX_ERROR_BODY, the rest never read
   if req.decrypt and status >= 200 and status < 300 and method ~= "HEAD" then
     local cerr
     consumer, cerr = decrypting(req, headers)
     if not consumer then return fail(cerr, "decrypt") end
   else
+    if (status < 200 or status > 299) and MAX_ERROR_BODY < max_body then
+      max_body, cut = MAX_ERROR_BODY, true
+    end
     local cl = tonumber(headers["content-length"] or "")
-    if cl and cl > max_body then
+    if cl and cl > max_body and not cut then
       return fail(format("the response body (%d bytes) exceeds the limit of %d bytes", cl, max_body), "too_large")
     end
   end
   local emit = consumer and consumer.emit or function(piece)
+    if cut and size + #piece > max_body then
+      chunks[#chunks + 1] = sub(piece, 1, max_body - size)
+      return nil, "cut", "cut"
+    end
     size = size + #piece
     if size > max_body then
       return nil, format("the response body exceeds the limit of %d bytes", max_body), "too_large"
@@ -478,6 +488,7 @@ local function exchange(self, req, u, fresh)
     return true
   end
   local framed, berr, bkind = read_body(c, status, headers, method, emit)
+  if framed == nil and bkind == "cut" then framed = false end   -- closed below
   if framed == nil then
     if consumer then consumer.close() end
     return fail(berr, bkind)
