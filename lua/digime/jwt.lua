@@ -6,7 +6,7 @@ local errors = require "digime.errors"
 local request = require "digime.request"
 local scheduler = require "digime.scheduler"
 
-local type, pairs, ipairs, setmetatable, tostring = type, pairs, ipairs, setmetatable, tostring
+local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
 local match, format = string.match, string.format
 
 local _M = {}
