@@ -211,6 +211,24 @@ function _M.bench_read()
   return _M.reply(200, { bytes = bytes, seconds = ngx.now() - t0, rss_kib = rss_kib() })
 end
 
+-- /bench/sync?concurrency=N: a whole-library sync (read_all_files, light threads) into
+-- byte-counting sinks; its wall time and the files and bytes it delivered.
+function _M.bench_sync()
+  local token, err = _M.login()
+  if not token then return _M.reply(500, { error = error_view(err) }) end
+  local key = _M.session_key(token)
+  local bytes = 0
+  ngx.update_time()
+  local t0 = ngx.now()
+  local res, rerr = _M.sdk:read_all_files{ contract = _M.contract, user_access_token = token,
+    session_key = key, concurrency = tonumber(ngx.var.arg_concurrency), poll_interval = 0.05,
+    sink = function() return function(chunk) if chunk then bytes = bytes + #chunk end return true end end }
+  ngx.update_time()
+  if not res then return _M.reply(500, { error = error_view(rerr) }) end
+  return _M.reply(200, { files = res.files, failures = res.failures, bytes = bytes,
+                         seconds = ngx.now() - t0, rss_kib = rss_kib() })
+end
+
 -- Transport checks -----------------------------------------------------------------------
 
 -- GET/POST through the SDK's transport; JSON { status, body, headers, err, kind, ... }.
