@@ -84,6 +84,9 @@ for latency in $LATENCIES; do
     echo "latency ${latency} ms, $mode: floor ${floor} s (curl ${curl_s} s, $conns connections, sandbox cpu $(awk -v a="$s0" -v b="$s1" 'BEGIN{printf "%.2f", b-a}') s; + ${crypto} s crypto)"
     echo "  $out sandbox_cpu=$(awk -v a="$s1" -v b="$s2" 'BEGIN{printf "%.2f", b-a}')"
     echo "  => ${ratio} x floor; client cpu ${cpu_ratio} x its RSA + AES cost"
+    if [ "$mode" = plain ] && [ "$latency" != 0 ]; then
+      $LUA bench/auth_flow.lua "$base" "$onboard" "$control" 10 "$latency" | sed 's/^/  auth: /'
+    fi
     if [ "$mode" = plain ] && [ "${NGX:-1}" = 1 ]; then
       # The same sync inside nginx through the ngx transport (plain HTTP: nginx checks
       # certificate names only, and the sandbox's URLs are IP literals).
