@@ -728,6 +728,19 @@ static int l_request_gc(lua_State *L)
     return 0;
 }
 
+/* req:close(): frees the request's C side now (its buffers, its reference to the pipeline)
+ * rather than at the next garbage collection, which does not see C memory and may come many
+ * requests later. Only once the engine has reported the request (or it was never added);
+ * the request is unusable afterwards. */
+static int l_request_close(lua_State *L)
+{
+    struct request_ud *u = luaL_checkudata(L, 1, REQUEST_MT);
+
+    if (u->r != NULL && !http_request_detached(u->r))
+        return luaL_error(L, "http request is still in its engine (cancel it first)");
+    return l_request_gc(L);
+}
+
 /* The plaintext a piped body has produced so far ("" when none yet, and for bodies that are
  * not piped); nil, message, kind once the request has failed. Taking it lets a transfer
  * paused for output go on. */
@@ -767,6 +780,7 @@ static const luaL_Reg engine_methods[] = {
 
 static const luaL_Reg request_methods[] = {
     { "cancel", l_request_cancel },
+    { "close", l_request_close },
     { "result", l_request_result },
     { "read", l_request_read },
     { "headers", l_request_headers },

@@ -1213,6 +1213,11 @@ void http_request_free(http_request *r)
     free(r);
 }
 
+int http_request_detached(const http_request *r)
+{
+    return r->state == REQ_NEW || r->state == REQ_DONE;
+}
+
 int http_request_done(const http_request *r)
 {
     return r->state == REQ_FINISHED || r->state == REQ_DONE;

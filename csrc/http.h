@@ -121,6 +121,7 @@ void http_request_free(http_request *r);
 
 /* Results, once http_request_done(). */
 int http_request_done(const http_request *r);
+int http_request_detached(const http_request *r);   /* in no engine: never added, or reported */
 enum http_kind http_request_kind(const http_request *r);
 const char *http_request_error(const http_request *r);       /* "" on HTTP_OK */
 long http_request_status(const http_request *r);

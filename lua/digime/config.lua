@@ -142,10 +142,10 @@ local function check(opts)
   ok, err = store.check(opts.store, opts.jwks)
   if not ok then return nil, err end
 
-  ok, err = check_table(opts.limits, "limits", { "json", "headers", "body" })
+  ok, err = check_table(opts.limits, "limits", { "json", "file_list", "headers", "body" })
   if not ok then return nil, err end
   if opts.limits then
-    for _, k in ipairs{ "json", "headers", "body" } do
+    for _, k in ipairs{ "json", "file_list", "headers", "body" } do
       ok, err = validate.number(opts.limits[k], "limits." .. k, true, 1024, 2^50)
       if not ok then return nil, err end
     end
@@ -231,6 +231,8 @@ function _M.new(opts)
   local l = opts.limits or {}
   c.limits = {
     json = l.json or 16 * 1024 * 1024,
+    -- A library's file list grows with it (about 200 bytes a file): 128 MiB is ~600,000 files.
+    file_list = l.file_list or 128 * 1024 * 1024,
     headers = l.headers or 256 * 1024,
     body = l.body or 1024 * 1024 * 1024,
   }

@@ -101,6 +101,7 @@ function _M.read_file_list(sdk, opts)
   return user_call.send(sdk, opts.contract, opts.user_access_token, {
     method = "GET", url = sdk.config.base_url .. "permission-access/query/" .. seg(opts.session_key),
     headers = { accept = "application/json" }, json = true, what = "permission-access/query",
+    max_json = sdk.config.limits.file_list,
   }, function(res)
     local body, berr = _M.check_file_list(res.json)
     if not body then return nil, berr end

@@ -224,6 +224,10 @@ function _M:request(req)
     end
   end
   if cancel then cancel[handle] = nil end
+  -- Their C memory (buffers, the decryptor's cipher and inflate state) is freed now: the
+  -- collector does not see it, and would free it only many requests later.
+  pcall(handle.close, handle)
+  if dec then dec:close() end
   return res, err, kind
 end
 
