@@ -196,9 +196,11 @@ describe("sandbox connections", function()
     sb:reset()
   end)
 
+  -- -ign_eof: wait for the server to close (after its answer), so that a TLS 1.3 session
+  -- ticket, sent after the handshake, has surely arrived before -sess_out writes the file.
   local function s_client(version, sess_flag, sess_file)
     return shell("printf 'GET /v1.7/jwks/oauth HTTP/1.1\\r\\nHost: x\\r\\nConnection: close"
-                 .. "\\r\\n\\r\\n' | openssl s_client " .. version .. " -connect 127.0.0.1:"
+                 .. "\\r\\n\\r\\n' | openssl s_client -ign_eof " .. version .. " -connect 127.0.0.1:"
                  .. sb.port .. " " .. sess_flag .. " " .. sandbox.sh_quote(sess_file))
   end
 
@@ -220,6 +222,10 @@ describe("sandbox connections", function()
     assert.equal(4, after.tls_resumed - before.tls_resumed)
     assert.equal(7, after.connections - before.connections)   -- 6 + this stats call
     assert.equal(3, after.tls_handshakes - before.tls_handshakes)
+    -- Without the control calls: 2 full, 4 resumed.
+    assert.equal(6, after.api_connections - before.api_connections)
+    assert.equal(2, after.api_tls_handshakes - before.api_tls_handshakes)
+    assert.equal(4, after.api_tls_resumed - before.api_tls_resumed)
   end)
 end)
 
@@ -249,6 +255,7 @@ describe("sandbox connections (plain)", function()
                                    log[3].conn_request, log[4].conn_request })
     assert.is_true(stats.max_connections_open >= 4)          -- three + the stats call's
     assert.is_true(stats.connections >= 4)
+    assert.equal(3, stats.api_connections)
   end)
 
   it("closes an idle keep-alive connection after --keepalive, not a busy one #timing", function()

@@ -132,6 +132,20 @@ function _M.serve(app, cq, socket, rec, on_stream)
   closed(app, rec)
 end
 
+-- A connection's first request outside /sandbox/: counted apart, so that a test's control
+-- calls (each on a connection of its own, often) do not blur what a client did.
+function _M.api_request(app, rec)
+  if rec and not rec.api then
+    rec.api = true
+    local s = stats(app)
+    s.api_connections = s.api_connections + 1
+    if rec.tls then
+      local k = rec.tls.resumed and "api_tls_resumed" or "api_tls_handshakes"
+      s[k] = s[k] + 1
+    end
+  end
+end
+
 -- The record of a request's connection: { id, peer_ip, requests, tls, ... } | nil
 function _M.of(stream)
   return stream and by_conn[stream.connection]

@@ -64,7 +64,10 @@
 --                               most open at once), "tls_handshakes" (full), "tls_resumed"
 --                               (TLS 1.3: the client offered a ticket of this sandbox; 1.2: a
 --                               session's master secret came back), "nonce_replays" (client
---                               JWTs refused for a used nonce), "refreshes", ...}
+--                               JWTs refused for a used nonce), "api_connections",
+--                               "api_tls_handshakes", "api_tls_resumed" (the same for the
+--                               connections that carried a request outside /sandbox/),
+--                               "refreshes", ...}
 --   GET    /sandbox/log      -> [{"method", "path", "status", "ms", "client_id", "nonce",
 --                               "conn" (the connection's number: equal numbers shared one),
 --                               "conn_request" (1 for its first request, ...), "grant"

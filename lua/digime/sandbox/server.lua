@@ -419,6 +419,7 @@ local function handle(app, stream)
       end
     end
     api.count_fetch(app, req)
+    conns.api_request(app, crec)
   end
 
   local f = not control_req and st:take_fault(method, path, false)
