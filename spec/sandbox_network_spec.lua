@@ -148,6 +148,26 @@ describe("sandbox --latency #timing", function()
     assert.equal(400, status)
   end)
 
+  it("carries the server's close half a round trip later, and a client's close", function()
+    local c = connect(sb)
+    timed(c)
+    local t0 = now()
+    assert.equal(1, control(sb, "POST", "connections", { close = "idle" }).closed)
+    assert.is_true(closed_by_server(c, 2))
+    c:close()
+    -- The control request reaches the server after 1.5 round trips (a new connection) and
+    -- the close then travels back as its answer does: the end arrives after 2.
+    local t = now() - t0
+    assert.is_true(t >= 2 * ROUND - 0.01 and t < 2 * ROUND + 0.15, "closed after " .. t)
+    -- A client that goes: the server sees it, and its connection is no longer open.
+    c = connect(sb)
+    timed(c)
+    c:close()
+    socket.sleep(ROUND)
+    local list = control(sb, "GET", "connections")
+    assert.equal(1, #list)                    -- only the control call's
+  end)
+
   it("keeps the order of bytes and carries a big answer whole", function()
     local c = connect(sb)
     -- Pipelined: three requests in one write; the answers come back whole and in order.
