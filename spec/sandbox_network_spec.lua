@@ -299,6 +299,11 @@ describe("sandbox connections (plain)", function()
     local idle = now() - t0
     assert.is_true(idle >= 0.9 and idle < 2, "closed after " .. idle)
     c:close()
+    -- A new connection gets 10 s for its first request (a slow TLS client's handshake, say).
+    c = connect(sb)
+    socket.sleep(1.5)
+    assert.is_true(timed(c) < 0.5)
+    c:close()
     -- A request that takes longer than the keep-alive timeout keeps its connection.
     sb:fault{ path = "/v1.7/jwks/oauth", action = "delay", ms = 1500 }
     c = connect(sb)
