@@ -148,6 +148,26 @@ describe("sandbox --latency #timing", function()
     assert.equal(400, status)
   end)
 
+  it("carries the server's close half a round trip later, and a client's close", function()
+    local c = connect(sb)
+    timed(c)
+    local t0 = now()
+    assert.equal(1, control(sb, "POST", "connections", { close = "idle" }).closed)
+    assert.is_true(closed_by_server(c, 2))
+    c:close()
+    -- The control request reaches the server after 1.5 round trips (a new connection) and
+    -- the close then travels back as its answer does: the end arrives after 2.
+    local t = now() - t0
+    assert.is_true(t >= 2 * ROUND - 0.01 and t < 2 * ROUND + 0.15, "closed after " .. t)
+    -- A client that goes: the server sees it, and its connection is no longer open.
+    c = connect(sb)
+    timed(c)
+    c:close()
+    socket.sleep(ROUND)
+    local list = control(sb, "GET", "connections")
+    assert.equal(1, #list)                    -- only the control call's
+  end)
+
   it("keeps the order of bytes and carries a big answer whole", function()
     local c = connect(sb)
     -- Pipelined: three requests in one write; the answers come back whole and in order.
@@ -176,7 +196,8 @@ describe("sandbox --latency --tls #timing", function()
     local t = curl_times(sb, { "/v1.7/jwks/oauth", "/v1.7/jwks/oauth" }, "--tlsv1.3")
     assert.equal(2, #t)
     -- TCP handshake + TLS 1.3 handshake + the request: three round trips.
-    assert.is_true(t[1] >= 3 * ROUND - 0.005 and t[1] < 3 * ROUND + 0.2, "new " .. t[1])
+    -- No HelloRetryRequest (X25519 offered), which would cost a fourth.
+    assert.is_true(t[1] >= 3 * ROUND - 0.005 and t[1] < 3 * ROUND + 0.08, "new " .. t[1])
     assert.is_true(t[2] >= ROUND - 0.005 and t[2] < ROUND + 0.1, "reused " .. t[2])
     -- TLS 1.2: one more.
     t = curl_times(sb, { "/v1.7/jwks/oauth" }, "--tlsv1.2 --tls-max 1.2")
@@ -196,11 +217,25 @@ describe("sandbox connections", function()
     sb:reset()
   end)
 
+  -- -ign_eof: wait for the server to close (after its answer), so that a TLS 1.3 session
+  -- ticket, sent after the handshake, has surely arrived before -sess_out writes the file.
   local function s_client(version, sess_flag, sess_file)
     return shell("printf 'GET /v1.7/jwks/oauth HTTP/1.1\\r\\nHost: x\\r\\nConnection: close"
-                 .. "\\r\\n\\r\\n' | openssl s_client " .. version .. " -connect 127.0.0.1:"
+                 .. "\\r\\n\\r\\n' | openssl s_client -ign_eof " .. version .. " -connect 127.0.0.1:"
                  .. sb.port .. " " .. sess_flag .. " " .. sandbox.sh_quote(sess_file))
   end
+
+  it("takes an X25519 key share at once (no HelloRetryRequest)", function()
+    local out = shell("openssl s_client -tls1_3 -msg -connect 127.0.0.1:" .. sb.port
+                      .. " </dev/null 2>&1")
+    assert.matches("Server Temp Key: X25519", out)
+    local hellos = 0
+    for _ in out:gmatch("<<< TLS 1%.3, Handshake %[length %x+%], ServerHello") do
+      hellos = hellos + 1
+    end
+    assert.equal(1, hellos)
+    assert.is_nil(out:find("HelloRetryRequest", 1, true))
+  end)
 
   it("counts connections, full and resumed TLS handshakes (1.3 and 1.2)", function()
     local before = sb:stats()
@@ -220,6 +255,10 @@ describe("sandbox connections", function()
     assert.equal(4, after.tls_resumed - before.tls_resumed)
     assert.equal(7, after.connections - before.connections)   -- 6 + this stats call
     assert.equal(3, after.tls_handshakes - before.tls_handshakes)
+    -- Without the control calls: 2 full, 4 resumed.
+    assert.equal(6, after.api_connections - before.api_connections)
+    assert.equal(2, after.api_tls_handshakes - before.api_tls_handshakes)
+    assert.equal(4, after.api_tls_resumed - before.api_tls_resumed)
   end)
 end)
 
@@ -249,6 +288,7 @@ describe("sandbox connections (plain)", function()
                                    log[3].conn_request, log[4].conn_request })
     assert.is_true(stats.max_connections_open >= 4)          -- three + the stats call's
     assert.is_true(stats.connections >= 4)
+    assert.equal(3, stats.api_connections)
   end)
 
   it("closes an idle keep-alive connection after --keepalive, not a busy one #timing", function()
@@ -258,6 +298,11 @@ describe("sandbox connections (plain)", function()
     assert.is_true(closed_by_server(c, 3))
     local idle = now() - t0
     assert.is_true(idle >= 0.9 and idle < 2, "closed after " .. idle)
+    c:close()
+    -- A new connection gets 10 s for its first request (a slow TLS client's handshake, say).
+    c = connect(sb)
+    socket.sleep(1.5)
+    assert.is_true(timed(c) < 0.5)
     c:close()
     -- A request that takes longer than the keep-alive timeout keeps its connection.
     sb:fault{ path = "/v1.7/jwks/oauth", action = "delay", ms = 1500 }
@@ -409,5 +454,34 @@ describe("sandbox --bandwidth #timing", function()
     assert.equal(200, res.status)
     assert.is_true(#res.body > 1024 * 1024)
     assert.is_true(t >= 0.95 and t < 2, "1 MiB at 1 MiB/s took " .. t)
+  end)
+end)
+
+describe("sandbox network settings", function()
+  it("come from flags and --config, and bad values are refused", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(cjson.encode{ latency = 30, bandwidth = "2m", keepalive = 7 })
+    f:close()
+    local sb = sandbox.start{ args = { "--config", path } }
+    local v = control(sb, "GET", "latency")
+    sb:stop()
+    assert.same({ ms = 30, bandwidth = 2 * 1024 * 1024, keepalive = 7 }, v)
+    sb = sandbox.start{ args = { "--config", path, "--latency", "0", "--keepalive", "2.5" } }
+    v = control(sb, "GET", "latency")
+    sb:stop()
+    os.remove(path)
+    assert.same({ ms = 0, bandwidth = 2 * 1024 * 1024, keepalive = 2.5 }, v)
+    for _, args in ipairs{ { "--latency", "-1" }, { "--latency", "soon" },
+                           { "--bandwidth", "fast" }, { "--keepalive", "0" } } do
+      local out = shell("env -u LUA_PATH -u LUA_CPATH " .. sandbox.sh_quote(sandbox.bin) .. " "
+                        .. args[1] .. " " .. args[2] .. " 2>&1; echo rc=$?")
+      assert.matches("rc=2", out)
+      assert.matches(args[1]:sub(3) .. " wants", out)
+    end
+    local help = shell("env -u LUA_PATH -u LUA_CPATH " .. sandbox.sh_quote(sandbox.bin) .. " --help")
+    assert.matches("%-%-latency MS", help)
+    assert.matches("%-%-bandwidth RATE", help)
+    assert.matches("%-%-keepalive SECONDS", help)
   end)
 end)

@@ -42,7 +42,8 @@ usage: digime-sandbox [options]
                          TCP handshake); TLS sits behind the delay (default 0: no relay)
   --bandwidth RATE       with or without --latency: bytes per second each way, shared by all
                          connections (k/m/g suffixes; default 0: no cap)
-  --keepalive SECONDS    an idle keep-alive connection is closed after this long (default 5)
+  --keepalive SECONDS    an idle keep-alive connection is closed after this long (default 5;
+                         a new connection has 10 s, or this if longer, for its first request)
   --help                 this text
 The first line on stdout is a JSON object with base_url, onboard_url, cloud_base_url,
 control_url (and ca_file with --tls). SIGTERM or SIGINT stops the sandbox.

@@ -20,7 +20,8 @@ local setmetatable, pairs, tostring = setmetatable, pairs, tostring
 
 local _M = {}
 
-local SETUP_TIMEOUT = 10       -- seconds for a TLS handshake
+local SETUP_TIMEOUT = 10       -- seconds for a TLS handshake, and for a first request
+                               -- (the keep-alive timeout applies between requests)
 local RECHECK = 0.5            -- seconds between looks at a busy connection
 
 -- h1 connection -> its record, for the requests (server.lua): weak, so nothing is kept.
@@ -86,7 +87,11 @@ local function request_loop(app, cq, rec, conn, on_stream)
   while true do
     local timeout = RECHECK
     if rec.idle then
-      timeout = rec.idle_since + app.cfg.keepalive - monotime()
+      local wait = app.cfg.keepalive
+      if rec.requests == 0 and wait < SETUP_TIMEOUT then
+        wait = SETUP_TIMEOUT
+      end
+      timeout = rec.idle_since + wait - monotime()
       if timeout <= 0 then
         rec.closed_by = "keepalive"
         return
@@ -120,6 +125,7 @@ function _M.serve(app, cq, socket, rec, on_stream)
   end
   local conn = h1_connection.new(socket, "server", 1.1)
   rec.conn = conn
+  rec.idle_since = monotime()       -- ready now (after a TLS handshake)
   by_conn[conn] = rec
   conn:onidle(function()
     rec.idle, rec.idle_since = true, monotime()
@@ -130,6 +136,20 @@ function _M.serve(app, cq, socket, rec, on_stream)
   end
   conn:close()
   closed(app, rec)
+end
+
+-- A connection's first request outside /sandbox/: counted apart, so that a test's control
+-- calls (each on a connection of its own, often) do not blur what a client did.
+function _M.api_request(app, rec)
+  if rec and not rec.api then
+    rec.api = true
+    local s = stats(app)
+    s.api_connections = s.api_connections + 1
+    if rec.tls then
+      local k = rec.tls.resumed and "api_tls_resumed" or "api_tls_handshakes"
+      s[k] = s[k] + 1
+    end
+  end
 end
 
 -- The record of a request's connection: { id, peer_ip, requests, tls, ... } | nil

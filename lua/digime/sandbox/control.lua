@@ -5,15 +5,20 @@
 --
 --   POST   /sandbox/expire   {"what": "access"|"refresh"|"both", "user": id?} -> {"expired": n}
 --   POST   /sandbox/fault    {"method"?, "path", "match"?: "prefix"|"exact", "count"?: 1,
---                             "action": "status"|"reset"|"delay"|"truncate"|"hang"|"token",
+--                             "action": "status"|"reset"|"delay"|"truncate"|"hang"|"token"|
+--                                       "close_after_answer",
 --                             "status"?, "body"?, "headers"?, "ms"?, "token"?, "after"?}
 --                             -> {"id": n}
 --                             The next `count` requests whose method (any when absent) and
 --                             path match fail so:
 --                               status   answer status/body/headers instead (body: a string,
 --                                        or JSON when a table; empty when absent; status 500)
---                               reset    close the connection without an answer; with
---                                        "after": true the request is processed first
+--                               reset    close the connection without an answer and without
+--                                        processing the request; with "after": true the
+--                                        request is processed first (then no answer)
+--                               close_after_answer  answer normally, then close the
+--                                        connection without a "connection: close" header:
+--                                        the client's next request on it finds it dead
 --                               delay    wait ms (default 1000), then serve normally
 --                               truncate serve, but send the full content-length, half the
 --                                        body, then close
@@ -55,8 +60,30 @@
 --                               "by_status", "max_inflight", "downloads" (file GETs answered
 --                               200 in full), "download_bytes", "inflight_downloads" and
 --                               "max_inflight_downloads" (file GETs in flight at once, from
---                               arrival to last byte, faults included), ...}
---   GET    /sandbox/log      -> [{"method", "path", "status", "ms", "client_id", "nonce", ...}]
+--                               arrival to last byte, faults included), "connections"
+--                               (accepted), "connections_open", "max_connections_open" (the
+--                               most open at once), "tls_handshakes" (full), "tls_resumed"
+--                               (TLS 1.3: the client offered a ticket of this sandbox; 1.2: a
+--                               session's master secret came back), "nonce_replays" (client
+--                               JWTs refused for a used nonce), "api_connections",
+--                               "api_tls_handshakes", "api_tls_resumed" (the same for the
+--                               connections that carried a request outside /sandbox/),
+--                               "refreshes", ...}
+--   GET    /sandbox/log      -> [{"method", "path", "status", "ms", "client_id", "nonce",
+--                               "conn" (the connection's number: equal numbers shared one),
+--                               "conn_request" (1 for its first request, ...), "grant"
+--                               (oauth/token: "authorization_code" | "refresh_token"),
+--                               "outcome"?, "fault"?, ...}]
+--   GET    /sandbox/latency  -> {"ms", "bandwidth" (bytes/s, 0 = no cap), "keepalive" (s)}
+--   POST   /sandbox/latency  {"ms"?, "bandwidth"? (a number or "2m"), "keepalive"?} -> the
+--                            same; applies to connections relayed already and to new ones
+--                            (connections accepted at latency 0 and no bandwidth cap are
+--                            served directly and stay so)
+--   GET    /sandbox/connections  the open connections: [{"id", "peer_ip", "requests", "idle",
+--                                "idle_ms"?, "tls"? {"version", "resumed"}, "relayed"}]
+--   POST   /sandbox/connections  {"close": "idle"|"all"} -> {"closed": n}: closes the idle
+--                                keep-alive connections now (with "all", those in the middle
+--                                of a request too, but not the asking one), as a server does
 --   POST   /sandbox/reset    forget users, tokens, codes, sessions, syncs, nonces, faults,
 --                            stats, log and the consent decision, and undo touches
 --                            -> {"reset": true}

@@ -357,6 +357,27 @@ local function fault_answer(f)
   return { status = f.status, headers = headers, body = body or "" }
 end
 
+-- A fault taken for a request: -> res, outcome, truncate, reset_after (any may be nil)
+local function apply_fault(f)
+  local a = f.action
+  if a == "delay" then
+    cqueues.sleep(f.ms / 1000)
+  elseif a == "status" then
+    return fault_answer(f)
+  elseif a == "reset" then
+    if f.after then
+      return nil, nil, nil, true
+    end
+    return nil, "reset"
+  elseif a == "hang" then
+    return nil, "hang"
+  elseif a == "truncate" then
+    return nil, nil, true
+  elseif a == "close_after_answer" then
+    return nil, "closed after answer"
+  end
+end
+
 local function handle(app, stream)
   local t0 = monotime()
   local rh = stream:get_headers(BODY_TIMEOUT)
@@ -399,27 +420,14 @@ local function handle(app, stream)
       end
     end
     api.count_fetch(app, req)
+    conns.api_request(app, crec)
   end
 
-  local res, outcome, truncate, reset_after
   local f = not control_req and st:take_fault(method, path, false)
+  local res, outcome, truncate, reset_after
   if f then
     req.log.fault = f.id
-    if f.action == "delay" then
-      cqueues.sleep(f.ms / 1000)
-    elseif f.action == "status" then
-      res = fault_answer(f)
-    elseif f.action == "reset" and not f.after then
-      outcome = "reset"
-    elseif f.action == "reset" then
-      reset_after = true
-    elseif f.action == "hang" then
-      outcome = "hang"
-    elseif f.action == "truncate" then
-      truncate = true
-    elseif f.action == "close_after_answer" then
-      outcome = "closed after answer"
-    end
+    res, outcome, truncate, reset_after = apply_fault(f)
   end
 
   if (outcome == nil or outcome == "closed after answer") and res == nil then

@@ -62,6 +62,8 @@ function _M:reset()
     -- TLS handshakes, full and resumed.
     connections = 0, connections_open = open, max_connections_open = open,
     tls_handshakes = 0, tls_resumed = 0,
+    -- The same for the connections that carried a request outside /sandbox/.
+    api_connections = 0, api_tls_handshakes = 0, api_tls_resumed = 0,
     nonce_replays = 0,     -- client JWTs refused because their nonce was used before
   }
 end
