@@ -35,7 +35,8 @@ for _, mode in ipairs{ "plain", "tls" } do
 
     local function counters()
       local s = sb:stats()
-      return { connections = s.connections, full = s.tls_handshakes, resumed = s.tls_resumed }
+      -- api_*: connections that carried an API request (the control calls' own are left out)
+      return { connections = s.api_connections, full = s.api_tls_handshakes, resumed = s.api_tls_resumed }
     end
 
     local function since(before)

@@ -172,7 +172,7 @@ describe("sandbox --latency #timing", function()
     local c = connect(sb)
     -- Pipelined: three requests in one write; the answers come back whole and in order.
     assert(c:send(("GET /v1.7/jwks/oauth HTTP/1.1\r\nHost: x\r\n\r\n"):rep(2)
-                  .. "GET /sandbox/manifest HTTP/1.1\r\nHost: x\r\n\r\n"))
+                  .. "GET /sandbox/manifest HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
     local a = assert(receive(c))
     local b = assert(receive(c))
     local m = assert(receive(c))
