@@ -15,17 +15,14 @@
 --   })
 --
 -- The interface a transport implements (the top of lua/digime/transport/curl.lua, and
--- doc/architecture.md "The transport contract (as of today)"):
+-- doc/architecture.md "The transport contract"):
 --
 --   transport:request(req) -> res | nil, message, kind
 --   req = { method, url, headers = { name = value },
 --           body          a string, or a reader function (returns pieces, then nil)
 --           body_length   the reader's total length when known
---           timeout       seconds for the whole attempt
+--           timeout       seconds without progress before the attempt fails
 --           max_body      the largest body to accept, bytes
---           fresh_connect a connection of its own, never a pooled one (a POST that must not
---                         be replayed: a pooled connection that dies mid-request must not be
---                         silently retried by the client)
 --           decrypt = { key, max_output, choose = function(status, headers) -> compression | nil, err }
 --           on_data = function(plaintext) -> true | nil, err
 --                         with `decrypt`, a 2xx body is a digi.me file: decrypt and inflate it
@@ -35,7 +32,9 @@
 --                         request runs, remove it after (a stopped sync cancels downloads) }
 --   res  = { status, headers = { lower-case name = value }, body | piped = true }
 --   kind = "connect" | "resolve" (nothing was sent: even a POST may be retried), "tls",
---          "timeout", "reset", "too_large", "decrypt", "sink", "cancelled", "other"
+--          "timeout", "reset", "too_large", "decrypt", "sink", "cancelled", "other",
+--          "stale": a pooled connection closed before any answer; the transport must not send
+--          the request again itself (the SDK decides, with a new signature)
 --
 -- The SDK does the rest (signing, retries, error mapping, token refresh), whatever the
 -- transport. The CA file for TLS comes from nginx's lua_ssl_trusted_certificate, as for every
@@ -53,14 +52,15 @@ local mt = { __index = _M }
 
 local PIECE = 64 * 1024
 
---- opts: ssl_verify (default true), connect_timeout (s, 10), keepalive_timeout (ms, 30000),
+--- opts: ssl_verify (default true), connect_timeout (s, 10), keepalive_timeout (ms, 2000:
+-- below the server's own keep-alive timeout),
 -- keepalive_pool (32), max_body (bytes, 1 GiB).
 function _M.new(opts)
   opts = opts or {}
   return setmetatable({
     ssl_verify = opts.ssl_verify ~= false,
     connect_timeout = opts.connect_timeout or 10,
-    keepalive_timeout = opts.keepalive_timeout or 30000,
+    keepalive_timeout = opts.keepalive_timeout or 2000,
     keepalive_pool = opts.keepalive_pool or 32,
     max_body = opts.max_body or 1024 * 1024 * 1024,
   }, mt)
@@ -103,15 +103,12 @@ function _M:request(req)
   if not uri then return nil, "cannot request " .. tostring(req.url) .. ": " .. tostring(uerr), "other" end
   local scheme, host, port, path = uri[1], uri[2], uri[3], uri[4]
 
-  -- A request that must not be replayed gets a pool of its own that nothing is returned to:
-  -- a new connection every time.
   local pool = format("digime-resty-http:%s:%s:%d:%s", scheme, host, port,
                       self.ssl_verify and "verify" or "noverify")
-  local fresh = req.fresh_connect
   local ok, cerr = httpc:connect{
     scheme = scheme, host = host, port = port,
     ssl_verify = self.ssl_verify, ssl_server_name = host,
-    pool = fresh and (pool .. ":once") or pool, pool_size = self.keepalive_pool,
+    pool = pool, pool_size = self.keepalive_pool,
   }
   if not ok then
     return nil, format("cannot connect to %s:%d: %s", host, port, tostring(cerr)), kind_of(cerr, "connect")
@@ -137,7 +134,12 @@ function _M:request(req)
     headers["Content-Length"] = tostring(req.body_length)   -- else: sent chunked
   end
   local res, rerr = httpc:request{ method = method, path = path, headers = headers, body = req.body }
-  if not res then return fail(format("%s %s failed: %s", method, path, tostring(rerr)), kind_of(rerr)) end
+  if not res then
+    local kind = kind_of(rerr)
+    -- A pooled connection that closed before any answer: never resent here (the SDK decides).
+    if kind == "reset" and (httpc:get_reused_times() or 0) > 0 then kind = "stale" end
+    return fail(format("%s %s failed: %s", method, path, tostring(rerr)), kind)
+  end
 
   local status = res.status
   local rh = lower_headers(res.headers)
@@ -201,13 +203,8 @@ function _M:request(req)
   local okf, ferr, fkind = finish()
   if not okf then return fail(ferr, fkind) end
 
-  -- Pooled again unless it was a one-off connection (lua-resty-http closes it itself when
-  -- the answer said so).
-  if fresh then
-    httpc:close()
-  else
-    httpc:set_keepalive(max(1, self.keepalive_timeout), self.keepalive_pool)
-  end
+  -- Pooled again (lua-resty-http closes it itself when the answer said so).
+  httpc:set_keepalive(max(1, self.keepalive_timeout), self.keepalive_pool)
   return done(out)
 end
 
