@@ -10,7 +10,7 @@ local read = require "digime.read"
 
 local type, pairs, ipairs, pcall, tostring = type, pairs, ipairs, pcall, tostring
 local setmetatable, rawget, rawset = setmetatable, rawget, rawset
-local min, concat = math.min, table.concat
+local min, concat, format = math.min, table.concat, string.format
 
 local _M = {}
 
@@ -107,6 +107,41 @@ local function fingerprint(res)
   return concat(parts, "\1")
 end
 
+-- Giving up on a server that is gone. A file that failed all its attempts because connections
+-- are refused, reset or its name no longer resolves says the server is unreachable; once
+-- UNREACHABLE_AFTER files in a row (no file delivered between them) failed so, the rest would
+-- only fail the same way, each after its own retries: the sync stops with a NetworkError
+-- ServerUnreachable that gives the counts. A slow or faulty server (timeouts, 5xx, an
+-- occasional reset between good files) does not end it.
+local UNREACHABLE = { connect = true, resolve = true, reset = true }
+local UNREACHABLE_AFTER = 3
+
+local function unreachable_error(sync, cause, known)
+  local not_delivered = known - sync.files
+  if not_delivered < 0 then not_delivered = 0 end
+  return errors.new("NetworkError", "ServerUnreachable", format(
+    "the server is unreachable (%s); %d files delivered, %d not", tostring(cause.message),
+    sync.files, not_delivered), { network = cause.network, retryable = true, cause = cause,
+    files = sync.files, not_delivered = not_delivered })
+end
+
+local function is_unreachable(err)
+  return type(err) == "table" and err.kind == "NetworkError" and UNREACHABLE[err.network] == true
+end
+
+-- Counts a file's outcome (err nil: delivered); stops the sync once the server looks gone.
+local function note_outcome(sync, err, known)
+  if not is_unreachable(err) then
+    sync.unreachable = 0
+    return
+  end
+  sync.unreachable = (sync.unreachable or 0) + 1
+  if sync.unreachable >= UNREACHABLE_AFTER and not sync.fatal then
+    sync.fatal = unreachable_error(sync, err, known)
+    sync:stop()
+  end
+end
+
 local function download(sdk, opts, sync, item)
   local entry, file_list = item.entry, item.file_list
   local sink
@@ -129,6 +164,7 @@ local function download(sdk, opts, sync, item)
   -- only a token this download refreshed is newer than the one in force now
   if token and token ~= started_with then sync.token = token end
   if sync.stopped and not res then return end   -- cancelled by stop(): not a failure of the file
+  note_outcome(sync, not res and err or nil, item.known())
   if res then
     sync.files = sync.files + 1
     res.file_list = file_list
@@ -185,6 +221,7 @@ local function run(sdk, opts, hold)
   local max_unchanged = opts.max_unchanged_polls or 100
   local handled = {}          -- file name -> updatedDate seen; names are data, so raw access
   local queue = { first = 1, last = 0 }
+  queue.known = function() return queue.last end   -- files listed so far
   local workers = {}
   for i = 1, concurrency do
     workers[i] = scheduler.spawn(worker, sdk, opts, sync, queue)
@@ -204,7 +241,7 @@ local function run(sdk, opts, hold)
       if type(err) == "table" and err.user_access_token and err.user_access_token ~= polled_with then
         sync.token = err.user_access_token
       end
-      fatal = err
+      fatal = is_unreachable(err) and unreachable_error(sync, err, queue.last) or err
       break
     end
     sync.polls = sync.polls + 1
@@ -218,7 +255,7 @@ local function run(sdk, opts, hold)
       if seen == nil or seen < f.updatedDate then
         rawset(handled, f.name, f.updatedDate)
         queue.last = queue.last + 1
-        queue[queue.last] = { entry = f, file_list = res.fileList }
+        queue[queue.last] = { entry = f, file_list = res.fileList, known = queue.known }
       end
     end
     sync.wake:signal()
@@ -282,6 +319,16 @@ function _M.read_all_files(sdk, opts)
   return scheduler.run(run, sdk, opts)
 end
 
+--- An iterator whose one step is `false, err` (a call refused before anything started).
+function _M.failed_iterator(err)
+  local done = false
+  return function()
+    if done then return nil end
+    done = true
+    return false, err
+  end
+end
+
 --- for file, err in sdk:files{...} do ... end: the sync as an iterator (same options, no
 -- callbacks). Each step gives a file (as read_file returns it, plus file_list), or `false,
 -- err` for a file that failed (false, not nil, so that the loop goes on); a fatal error gives
@@ -289,14 +336,7 @@ end
 -- loop's closing value; elsewhere call the fourth value's close()).
 function _M.files(sdk, opts)
   local ok, err = check(opts, ITER_OPTS, "files")
-  if not ok then
-    local done = false
-    return function()
-      if done then return nil end
-      done = true
-      return false, err
-    end
-  end
+  if not ok then return _M.failed_iterator(err) end
   local queue, head, tail = {}, 1, 0   -- explicit ends: consumed slots become holes
   local finished, final_err = false, nil
   local hold = {}

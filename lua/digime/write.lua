@@ -294,6 +294,10 @@ function _M.push_data(sdk, opts)
   ok, err = validate.user_access_token(opts.user_access_token, "user_access_token")
   if not ok then return nil, err end
   if opts.type == "library" then
+    -- The provider-only options have no meaning here: given, they are a mistake to report.
+    for _, k in ipairs{ "account_id", "standard", "version" } do
+      if opts[k] ~= nil then return nil, invalid(k, 'applies only to type = "provider"') end
+    end
     return push_library(sdk, opts)
   elseif opts.type == "provider" then
     return push_provider(sdk, opts)

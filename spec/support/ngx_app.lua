@@ -30,7 +30,7 @@ end
 local function error_view(err)
   if type(err) ~= "table" then return { message = tostring(err) } end
   return { kind = err.kind, code = err.code, message = err.message, status = err.status,
-           attempts = err.attempts }
+           attempts = err.attempts, network = err.network, retryable = err.retryable }
 end
 _M.error_view = error_view
 
