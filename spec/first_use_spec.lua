@@ -184,3 +184,56 @@ describe("a sync whose server is gone", function()
     assert(ok, e)
   end)
 end)
+
+describe("the sandbox, as a real client sees it", function()
+  local function names_of(sb)
+    local s = assert(flow.sdk(sb))
+    local utoken = flow.login(s)
+    local key = assert(s:read_session{ contract = flow.contract(), user_access_token = utoken }).session.key
+    local list = assert(s:read_file_list{ contract = flow.contract(), user_access_token = utoken,
+                                          session_key = key })
+    local names = {}
+    for _, f in ipairs(list.fileList or {}) do names[f.name] = true end
+    return names
+  end
+
+  it("the authorize callback's accountReference is the onboarded account's reference", function()
+    local sb = flow.start()
+    local ok, e = pcall(function()
+      local s = assert(flow.sdk(sb))
+      local utoken, info = flow.login(s)
+      local ref = info.callback.query.accountReference
+      assert.is_string(ref)
+      local res = assert(s:read_accounts{ contract = flow.contract(), user_access_token = utoken })
+      local found
+      for _, a in ipairs(res.accounts) do
+        if a.reference == ref then found = a end
+      end
+      assert(found, "no account has the reference " .. ref)
+    end)
+    sb:stop()
+    assert(ok, e)
+  end)
+
+  it("the default library has ordinary file names; --hostile-names gives constructor and __proto__", function()
+    local plain = flow.start{ args = { "--sync-pace", "0" } }
+    local ok, e = pcall(function()
+      local names = names_of(plain)
+      assert.is_nil(names.constructor)
+      assert.is_nil(names.__proto__)
+      assert.is_true(names["instagram_comments.json"])
+      assert.is_true(names["pushed_note.txt"])
+    end)
+    plain:stop()
+    assert(ok, e)
+    local hostile = flow.start{ args = { "--sync-pace", "0", "--hostile-names" } }
+    ok, e = pcall(function()
+      local names = names_of(hostile)
+      assert.is_true(names.constructor)
+      assert.is_true(names.__proto__)
+      assert.is_nil(names["instagram_comments.json"])
+    end)
+    hostile:stop()
+    assert(ok, e)
+  end)
+end)

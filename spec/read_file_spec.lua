@@ -66,7 +66,7 @@ describe("read_file", function()
   local sb, sdk, token, key, manifest
 
   lazy_setup(function()
-    sb = flow.start{ args = { "--sync-pace", "0", "--big-file", "32m" } }
+    sb = flow.start{ args = { "--sync-pace", "0", "--big-file", "32m", "--hostile-names" } }
     sdk = assert(flow.sdk(sb, { timeout = 30 }))
     token = flow.login(sdk)
     key = assert(sdk:read_session{ contract = flow.contract(), user_access_token = token }).session.key
