@@ -256,10 +256,12 @@ function _M.verify_server_token(sdk, token)
   end
   -- Never fetch a URL on the token's own say: the jku must be one we trust already.
   if not is_allowed(sdk, header.jku) then
-    local allowed = {}
-    for i, u in ipairs(sdk.config.jwks.allowed) do allowed[i] = shown(u, 200) end
+    -- both named, each cut short: an error line stays one readable line
+    local list, allowed = sdk.config.jwks.allowed, {}
+    for i = 1, math.min(#list, 2) do allowed[i] = shown(list[i], 56) end
+    if #list > 2 then allowed[3] = format("and %d more", #list - 2) end
     return nil, token_error(format("the token's jku %s is not on the allow-list (jwks.allowed: %s)",
-                                   shown(header.jku, 200), concat(allowed, ", ")))
+                                   shown(header.jku, 64), concat(allowed, ", ")))
   end
   local key, kerr = jwks_key(sdk, header.jku, header.kid)
   if not key then return nil, kerr end
