@@ -132,8 +132,10 @@ check-warnings:
 	done
 	@$(CC) $(CFLAGS_COMMON) -Werror -DDIGIME_NO_CURL $(LUAJIT_INC) $(NGX_DEP_CFLAGS) -c csrc/core.c -o /dev/null
 
+# The API reference of the public face (config.ld: doc/api/), the README as its index page.
 docs:
-	ldoc -d build/docs lua/digime
+	ldoc -c config.ld .
+	sed -e 's#"\.\./#"./#g' build/docs/topics/README.md.html > build/docs/index.html
 
 clean:
 	rm -rf build

@@ -64,3 +64,48 @@ describe("the build", function()
     assert.matches("run%-specs.sh lua5.3", dry)
   end)
 end)
+
+describe("make docs", function()
+  local function read(path)
+    local f = assert(io.open(path, "rb"))
+    local s = f:read("*a")
+    f:close()
+    return s
+  end
+
+  it("is an API reference of the public face, with the README as its index", function()
+    local ok, out = sh.run("make -s docs")
+    assert(ok, out)
+    local index = read("build/docs/index.html")
+    assert.matches("Set%-up on a fresh Debian 12 machine", index)
+    local page = read("build/docs/classes/sdk.html")
+    local sdk = assert(require("digime").init{ application_id = "a" })
+    local n = 0
+    for name, fn in pairs(getmetatable(sdk)) do
+      if type(fn) == "function" and name ~= "__index" then
+        n = n + 1
+        -- each method: its own entry, with its options and what it returns
+        local entry = page:match('<a name = "sdk:' .. name .. '"></a>(.-)</dd>')
+        assert(entry, "sdk:" .. name .. " is not in the reference")
+        assert.matches("Parameters", entry, name)
+        if name ~= "log" then assert.matches("Returns", entry, name) end
+      end
+    end
+    assert.is_true(n >= 30)
+    local digime = read("build/docs/modules/digime.html")
+    for _, f in ipairs{ "init", "run", "spawn", "sleep" } do
+      assert.is_truthy(digime:find('<a name = "' .. f .. '"></a>', 1, true), f)
+    end
+    local errs = read("build/docs/modules/errors.html")
+    for _, kind in ipairs{ "TypeValidationError", "ServerError", "SDKInvalidError",
+                           "FileDecryptionError", "NetworkError", "DigiMeSDKError", "TLSError",
+                           "ServerUnreachable" } do
+      assert.matches(kind, errs)
+    end
+    -- internal modules are left out
+    local _, listing = sh.run("ls -R build/docs")
+    for _, internal in ipairs{ "validate", "json", "request", "user_call", "scheduler", "sandbox" } do
+      assert.is_nil(listing:match(internal), internal .. " is in the reference")
+    end
+  end)
+end)
