@@ -344,6 +344,14 @@ function _M.fixture()
       ngx.flush(true)
     end
     return
+  elseif what == "trickle" then
+    -- n pieces, one every ms: slower in all than a timeout, never idle for as long
+    for i = 1, tonumber(args.n) or 10 do
+      ngx.print(tostring(i % 10))
+      ngx.flush(true)
+      ngx.sleep((tonumber(args.ms) or 100) / 1000)
+    end
+    return
   elseif what == "slow" then
     ngx.sleep((tonumber(args.ms) or 1000) / 1000)
     ngx.say("slow")
