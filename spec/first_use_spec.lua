@@ -174,10 +174,14 @@ describe("a sync whose server is gone", function()
       assert.matches("unreachable", err.message)
       assert.are.equal(delivered, err.files)
       assert.are.equal(FILES - delivered, err.not_delivered)
-      assert.is_truthy(err.message:find(delivered .. " files delivered, " .. (FILES - delivered) .. " not", 1, true),
+      assert.are.equal(FILES, err.listed)
+      assert.is_truthy(err.message:find(delivered .. " files delivered, " .. (FILES - delivered)
+        .. " not (of " .. FILES .. " listed)", 1, true),
         err.message)
       assert.are.equal(delivered, err.result.files)
       assert.is_true(seconds < 20, "it took " .. seconds .. " s to give up")
+      print(string.format("\n  unreachable: gave up after %.1f s, %d files delivered, %d failed",
+        seconds, delivered, failed))
       assert.is_true(failed < FILES - delivered, "every remaining file was tried")
     end)
     sb:stop()

@@ -19,7 +19,7 @@
 --   `cancelled`, `other`. Codes: `NetworkError`; `TLSError` (network `tls`: the certificate
 --   did not verify or the handshake failed; `retryable = false`, the same in the curl and the
 --   nginx transports); `ServerUnreachable` (`read_all_files` gave up on a server that is gone:
---   `files` delivered, `not_delivered`, `cause`).
+--   `files` delivered, `not_delivered` of the `listed` files, `cause`).
 -- * `DigiMeSDKError`: everything else, by `code`: `InvalidServerToken`, `JWKSError`,
 --   `JWTError`, `InvalidResponse`, `TransportUnavailable`, `RequestNotSent`, `SyncTimeout`,
 --   `SyncStalled`, `CallbackError`, `SinkError`, `StreamNotRewindable`, `RefreshLockTimeout`,

@@ -137,7 +137,7 @@ function sdk:read_accounts(opts) end
 --   `SyncTimeout` (past `max_time`), `SyncStalled`, `CallbackError` (a callback raised), or
 --   `NetworkError` `ServerUnreachable` when the server is gone (three files in a row failed
 --   with refused or reset connections after their retries; `err.files` delivered,
---   `err.not_delivered` not)
+--   `err.not_delivered` of the `err.listed` files not)
 function sdk:read_all_files(opts) end
 
 --- The whole-library sync as an iterator: `for file, err in sdk:files{...} do ... end`, with

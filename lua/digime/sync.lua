@@ -120,9 +120,10 @@ local function unreachable_error(sync, cause, known)
   local not_delivered = known - sync.files
   if not_delivered < 0 then not_delivered = 0 end
   return errors.new("NetworkError", "ServerUnreachable", format(
-    "the server is unreachable (%s); %d files delivered, %d not", tostring(cause.message),
-    sync.files, not_delivered), { network = cause.network, retryable = true, cause = cause,
-    files = sync.files, not_delivered = not_delivered })
+    "the server is unreachable (%s); %d files delivered, %d not (of %d listed)",
+    tostring(cause.message), sync.files, not_delivered, known),
+    { network = cause.network, retryable = true, cause = cause, files = sync.files,
+      not_delivered = not_delivered, listed = known })
 end
 
 local function is_unreachable(err)
