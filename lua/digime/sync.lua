@@ -8,7 +8,7 @@ local validate = require "digime.validate"
 local scheduler = require "digime.scheduler"
 local read = require "digime.read"
 
-local type, pairs, ipairs, pcall, tostring = type, pairs, ipairs, pcall, tostring
+local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
 local setmetatable, rawget, rawset = setmetatable, rawget, rawset
 local min, concat, format = math.min, table.concat, string.format
 
@@ -67,7 +67,7 @@ end
 -- A user callback; its error stops the sync (a bug in it must not pass unseen).
 local function callback(sync, fn, ...)
   if not fn then return true end
-  local ok, err = pcall(fn, ...)
+  local ok, err = scheduler.pcall(fn, ...)
   if not ok then
     sync.fatal = sync.fatal or errors.sdk("CallbackError", "a callback raised: " .. tostring(err))
     sync:stop()
@@ -147,7 +147,7 @@ local function download(sdk, opts, sync, item)
   local entry, file_list = item.entry, item.file_list
   local sink
   if opts.sink then
-    local ok, s = pcall(opts.sink, entry.name, entry)
+    local ok, s = scheduler.pcall(opts.sink, entry.name, entry)
     if not ok then
       callback(sync, opts.on_file_error, { error = errors.sdk("SinkError",
         "the sink factory raised: " .. tostring(s)), file_name = entry.name, file_list = file_list }, sync)
