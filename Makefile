@@ -101,7 +101,7 @@ env:
 test: deps all
 	@sh scripts/run-specs.sh all
 
-# Lua 5.1 and 5.3: every spec but the slow and nginx-tagged ones (see scripts/run-specs.sh).
+# Lua 5.1 and 5.3: every spec but the nginx-tagged ones (see scripts/run-specs.sh).
 test-lua51: deps all
 	@sh scripts/run-specs.sh lua5.1
 

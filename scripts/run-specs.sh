@@ -4,8 +4,8 @@
 #   run-specs.sh asan       Lua 5.4 against the ASan/UBSan build of the core (no slow specs)
 #   run-specs.sh valgrind   Lua 5.4 under valgrind (no slow or timing-sensitive specs)
 #   run-specs.sh lua5.1     Lua 5.1 (PUC) against build/lua5.1; run-specs.sh lua5.3 likewise:
-#                           every spec but the slow ones (big files, long soaks) and the nginx
-#                           ones (those run the SDK in nginx's own LuaJIT, whatever runs busted)
+#                           every spec but the nginx ones (those run the SDK in nginx's own
+#                           LuaJIT, whatever runs busted: the `all` run has them)
 # Extra arguments after the mode go to busted (for example a single spec file).
 set -u
 mode=${1:-all}
@@ -62,7 +62,7 @@ case "$mode" in
     v=${mode#lua}
     # the spec process reads the Debian tree of its own version (lua-http, cqueues, cjson, ...)
     run "$mode" env LUA_PATH="/usr/share/lua/$v/?.lua;/usr/share/lua/$v/?/init.lua;;" \
-      "$mode" /usr/bin/busted --cpath="./build/$mode/?.so" --exclude-tags=slow,nginx
+      "$mode" /usr/bin/busted --cpath="./build/$mode/?.so" --exclude-tags=nginx
     ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
