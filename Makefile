@@ -1,5 +1,5 @@
 # lua-digime: build, test, demo, bench.
-# `make` builds the C core for Lua 5.4 and LuaJIT from one set of sources.
+# `make` builds the C core for Lua 5.1, 5.3, 5.4 and LuaJIT from one set of sources.
 
 CC      ?= cc
 OPT     ?= -O2 -g
@@ -8,6 +8,8 @@ CFLAGS_COMMON := $(OPT) $(WARN) -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC -fvisib
 DEP_CFLAGS := $(shell pkg-config --cflags libcrypto libcurl zlib libbrotlidec 2>/dev/null)
 DEP_LIBS   := $(shell pkg-config --libs libcrypto libcurl zlib libbrotlidec 2>/dev/null || echo -lcrypto -lcurl -lz -lbrotlidec)
 
+LUA51_INC  := $(shell pkg-config --cflags lua5.1 2>/dev/null || echo -I/usr/include/lua5.1)
+LUA53_INC  := $(shell pkg-config --cflags lua5.3 2>/dev/null || echo -I/usr/include/lua5.3)
 LUA54_INC  := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LUAJIT_INC := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
 
@@ -18,11 +20,17 @@ HEADERS := $(wildcard csrc/*.h)
 ROOT      := $(CURDIR)
 LPATH     := $(ROOT)/lua/?.lua;$(ROOT)/lua/?/init.lua
 LPATH_54  := $(LPATH);/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;/usr/share/lua/5.1/?.lua;/usr/share/lua/5.1/?/init.lua;;
+LPATH_53  := $(LPATH);/usr/share/lua/5.3/?.lua;/usr/share/lua/5.3/?/init.lua;;
 LPATH_JIT := $(LPATH);;
+# `make -s env` sets up Lua 5.4, 5.3 and LuaJIT; LUA=5.1 gives Lua 5.1 the LUA_PATH/LUA_CPATH
+# pair instead of LuaJIT (the two read the same variables and need different cores).
+LUA       ?= luajit
 
-.PHONY: all deps env openresty check-warnings test test-lua54 test-luajit test-asan test-valgrind demo bench lint clean docs
+.PHONY: all deps deps-demo env openresty check-warnings test test-lua51 test-lua53 test-asan \
+        test-valgrind demo bench lint clean docs
 
-all: build/lua5.4/digime/core.so build/luajit/digime/core.so
+all: build/lua5.4/digime/core.so build/luajit/digime/core.so build/lua5.1/digime/core.so \
+     build/lua5.3/digime/core.so
 
 # A core for nginx only: no libcurl (inside nginx the SDK uses cosockets), and OpenSSL and
 # LuaJIT from where the nginx in use has them, so that nginx and the module share one OpenSSL.
@@ -53,6 +61,14 @@ build/lua5.4/digime/core.so: $(SOURCES) $(HEADERS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_COMMON) $(LUA54_INC) $(DEP_CFLAGS) -shared -o $@ $(SOURCES) $(DEP_LIBS)
 
+build/lua5.1/digime/core.so: $(SOURCES) $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) $(LUA51_INC) $(DEP_CFLAGS) -shared -o $@ $(SOURCES) $(DEP_LIBS)
+
+build/lua5.3/digime/core.so: $(SOURCES) $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) $(LUA53_INC) $(DEP_CFLAGS) -shared -o $@ $(SOURCES) $(DEP_LIBS)
+
 build/luajit/digime/core.so: $(SOURCES) $(HEADERS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_COMMON) $(LUAJIT_INC) $(DEP_CFLAGS) -shared -o $@ $(SOURCES) $(DEP_LIBS)
@@ -64,19 +80,33 @@ build/asan/digime/core.so: $(SOURCES) $(HEADERS)
 	  -fno-sanitize-recover=undefined -fno-omit-frame-pointer $(LUA54_INC) $(DEP_CFLAGS) \
 	  -shared -o $@ $(SOURCES) $(DEP_LIBS)
 
+# What the demo needs (build tools, Lua, the libraries, the sandbox's); `deps` adds the test
+# tools (nginx, valgrind, clang, chromium, wrk, node for the browser test).
+deps-demo:
+	@sh scripts/deps.sh demo
+
 deps:
-	@sh scripts/deps.sh
+	@sh scripts/deps.sh test
 
 # Shell lines that make a Lua program in this shell load the checkout's SDK.
 env:
 	@echo 'export LUA_PATH_5_4="$(LPATH_54)"'
 	@echo 'export LUA_CPATH_5_4="$(ROOT)/build/lua5.4/?.so;;"'
+	@echo 'export LUA_PATH_5_3="$(LPATH_53)"'
+	@echo 'export LUA_CPATH_5_3="$(ROOT)/build/lua5.3/?.so;;"'
 	@echo 'export LUA_PATH="$(LPATH_JIT)"'
-	@echo 'export LUA_CPATH="$(ROOT)/build/luajit/?.so;;"'
+	@echo 'export LUA_CPATH="$(ROOT)/build/$(if $(filter 5.1,$(LUA)),lua5.1,luajit)/?.so;;"'
 	@echo 'export PATH="$(ROOT)/bin:$$PATH"'
 
 test: deps all
 	@sh scripts/run-specs.sh all
+
+# Lua 5.1 and 5.3: every spec but the nginx-tagged ones (see scripts/run-specs.sh).
+test-lua51: deps all
+	@sh scripts/run-specs.sh lua5.1
+
+test-lua53: deps all
+	@sh scripts/run-specs.sh lua5.3
 
 test-asan: deps build/asan/digime/core.so build/lua5.4/digime/core.so
 	@sh scripts/run-specs.sh asan
@@ -84,7 +114,7 @@ test-asan: deps build/asan/digime/core.so build/lua5.4/digime/core.so
 test-valgrind: deps all
 	@sh scripts/run-specs.sh valgrind
 
-demo: deps all
+demo: deps-demo build/lua5.4/digime/core.so
 	@sh scripts/demo.sh
 
 bench: deps all
@@ -95,15 +125,17 @@ lint:
 
 # The core must compile warning-free for both Lua flavours (a spec runs this).
 check-warnings:
-	@for inc in "$(LUA54_INC)" "$(LUAJIT_INC)"; do \
+	@for inc in "$(LUA54_INC)" "$(LUAJIT_INC)" "$(LUA51_INC)" "$(LUA53_INC)"; do \
 	  for f in $(SOURCES); do \
 	    $(CC) $(CFLAGS_COMMON) -Werror $$inc $(DEP_CFLAGS) -c $$f -o /dev/null || exit 1; \
 	  done; \
 	done
 	@$(CC) $(CFLAGS_COMMON) -Werror -DDIGIME_NO_CURL $(LUAJIT_INC) $(NGX_DEP_CFLAGS) -c csrc/core.c -o /dev/null
 
+# The API reference of the public face (config.ld: doc/api/), the README as its index page.
 docs:
-	ldoc -d build/docs lua/digime
+	ldoc -c config.ld .
+	sed -e 's#"\.\./#"./#g' build/docs/topics/README.md.html > build/docs/index.html
 
 clean:
 	rm -rf build

@@ -7,7 +7,7 @@
 
 #if LUA_VERSION_NUM < 502
 #  ifndef luaL_newlib /* plain PUC 5.1; LuaJIT 2.1 already has luaL_setfuncs/luaL_newlib */
-static void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
+static inline void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
 {
     luaL_checkstack(L, nup, "too many upvalues");
     for (; l->name != NULL; l++) {
@@ -20,7 +20,7 @@ static void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
     lua_pop(L, nup);
 }
 #    define luaL_newlib(L, l) (lua_newtable(L), luaL_setfuncs(L, (l), 0))
-static void *luaL_testudata(lua_State *L, int i, const char *tname)
+static inline void *luaL_testudata(lua_State *L, int i, const char *tname)
 {
     void *p = lua_touserdata(L, i);
     if (p == NULL || !lua_getmetatable(L, i))

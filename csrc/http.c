@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -107,6 +108,9 @@ struct http_request {
     long status;
     const char *version;
     double time;
+    long stall_ms;              /* the timeout: no byte moved for this long fails it; 0 = none */
+    long long moved_at;         /* when bytes last moved (monotonic ms) */
+    curl_off_t moved;           /* bytes moved either way, as last seen */
     char errbuf[CURL_ERROR_SIZE];
     char message[HTTP_ERRLEN];
 };
@@ -848,6 +852,77 @@ static int check_owned(const http_engine *e, char err[HTTP_ERRLEN])
     return -1;
 }
 
+/* ---- the timeout: a stall limit, not a cap on the whole transfer ----
+ * A request fails with HTTP_TIMEOUT once no byte has moved either way for stall_ms, however
+ * long a transfer that keeps moving takes (a 3 GiB file at any pace). Time the SDK itself
+ * holds the transfer (a paused consumer, a body writer that has not written yet) is not a
+ * stall of the server's. libcurl's own low-speed check counts whole seconds only. */
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static curl_off_t bytes_moved(http_request *r)
+{
+    curl_off_t dl = 0, ul = 0;
+    long hdr = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_SIZE_DOWNLOAD_T, &dl);
+    curl_easy_getinfo(r->easy, CURLINFO_SIZE_UPLOAD_T, &ul);
+    curl_easy_getinfo(r->easy, CURLINFO_HEADER_SIZE, &hdr);
+    return dl + ul + hdr;
+}
+
+static void check_stalls(http_engine *e)
+{
+    long long now = now_ms();
+    http_request *r, *next;
+
+    for (r = e->running.head; r != NULL; r = next) {
+        curl_off_t m;
+        next = r->next;
+        if (r->stall_ms <= 0)
+            continue;
+        m = bytes_moved(r);
+        if (m != r->moved || r->paused || r->send_paused || r->backlog) {
+            r->moved = m;
+            r->moved_at = now;
+            continue;
+        }
+        if (now - r->moved_at < r->stall_ms)
+            continue;
+        r->kind = HTTP_TIMEOUT;
+        snprintf(r->message, sizeof r->message,
+                 "timed out: no data moved for %ld ms (the timeout)", r->stall_ms);
+        http_request_drop_response(r);
+        curl_multi_remove_handle(e->multi, r->easy);
+        release_transfer(r);
+        list_unlink(&e->running, r);
+        r->state = REQ_FINISHED;
+        list_push(&e->finished, r);
+    }
+}
+
+/* Milliseconds until the nearest stall limit (for the poll), or -1 when none runs. */
+static long long next_stall(http_engine *e)
+{
+    long long now = now_ms(), best = -1;
+    http_request *r;
+
+    for (r = e->running.head; r != NULL; r = r->next) {
+        long long left;
+        if (r->stall_ms <= 0)
+            continue;
+        left = r->moved_at + r->stall_ms - now;
+        if (left < 0)
+            left = 0;
+        if (best < 0 || left < best)
+            best = left;
+    }
+    return best;
+}
+
 int http_engine_perform(http_engine *e, int *running, char err[HTTP_ERRLEN])
 {
     CURLMcode mc;
@@ -861,6 +936,7 @@ int http_engine_perform(http_engine *e, int *running, char err[HTTP_ERRLEN])
         set_err(err, curl_multi_strerror(mc));
         return -1;
     }
+    check_stalls(e);
     while ((msg = curl_multi_info_read(e->multi, &left)) != NULL) {
         char *priv = NULL;
         http_request *r;
@@ -884,6 +960,11 @@ int http_engine_poll(http_engine *e, int timeout_ms, char err[HTTP_ERRLEN])
 
     if (check_owned(e, err) != 0)
         return -1;
+    {
+        long long stall = next_stall(e);
+        if (stall >= 0 && stall + 1 < timeout_ms)
+            timeout_ms = (int)stall + 1;
+    }
     mc = curl_multi_poll(e->multi, NULL, 0, timeout_ms, NULL);
     if (mc != CURLM_OK) {
         set_err(err, curl_multi_strerror(mc));
@@ -1060,7 +1141,7 @@ http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLE
     SETOPT(CURLOPT_WRITEDATA, r);
     SETOPT(CURLOPT_HEADERFUNCTION, on_header);
     SETOPT(CURLOPT_HEADERDATA, r);
-    SETOPT(CURLOPT_TIMEOUT_MS, o->timeout_ms);
+    r->stall_ms = o->timeout_ms;  /* a stall limit (check_stalls), not CURLOPT_TIMEOUT_MS */
     SETOPT(CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
     SETOPT(CURLOPT_SSL_VERIFYPEER, o->verify ? 1L : 0L);
     SETOPT(CURLOPT_SSL_VERIFYHOST, o->verify ? 2L : 0L);
@@ -1179,6 +1260,7 @@ int http_engine_add(http_engine *e, http_request *r, char err[HTTP_ERRLEN])
     }
     r->state = REQ_RUNNING;
     r->engine = e;
+    r->moved_at = now_ms();
     list_push(&e->running, r);
     return 0;
 }

@@ -72,7 +72,7 @@ struct http_options {
     long long body_length;     /* with body_stream: its exact length (content-length), or -1:
                                 * unknown (chunked over HTTP/1.1) */
     size_t body_buffer;        /* with body_stream: bytes of body held in C at most */
-    long timeout_ms;           /* whole transfer; 0 = none */
+    long timeout_ms;           /* no byte moved for this long fails it (a stall); 0 = none */
     long connect_timeout_ms;   /* 0 = libcurl's default */
     int verify;                /* TLS peer and host name verification */
     const char *cafile, *capath;

@@ -766,7 +766,7 @@ assert(res.status == 200 and res.body == "")
 local hwm = io.open("/proc/self/status"):read("*a"):match("VmHWM:%s*(%d+) kB")
 print(((md:final()):gsub(".", function(c) return ("%02x"):format(c:byte()) end)), total, hwm)
 ]])
-    local interp = LUAJIT and "luajit" or "lua5.4"
+    local interp = LUAJIT and "luajit" or ("lua" .. _VERSION:match("%d+%.%d+"))  -- this process's Lua
     local cpath  -- the template that found this process's digime.core
     for template in package.cpath:gmatch("[^;]+") do
       local found = io.open((template:gsub("%?", "digime/core")), "rb")

@@ -281,6 +281,15 @@ describe("the ngx transport #nginx", function()
       r = transport{ url = "http://127.0.0.1:" .. nginx.free_port() .. "/" }[1]
       assert.equal("connect", r.kind)
     end)
+
+    it("takes the timeout as a stall limit: a body that keeps coming outlasts it", function()
+      local t0 = socket.gettime()
+      -- 12 pieces 0.2 s apart: 2.4 s in all, with timeout = 0.8
+      local r = transport{ url = fixture("/fixture/trickle?n=12&ms=200"), timeout = 0.8 }[1]
+      assert.equal(200, r.status, tostring(r.err))
+      assert.equal("123456789012", r.body)
+      assert.is_true(socket.gettime() - t0 > 2)
+    end)
   end)
 
   describe("keep-alive pools", function()
@@ -396,6 +405,10 @@ describe("the ngx transport over TLS #nginx", function()
     assert(ok, res.status .. " " .. res.body .. n:error_log():sub(-2000))
     assert.is_false(doc.ok)
     assert.equal("NetworkError", doc.error.kind)
+    -- one shape for a TLS failure in both transports (security_spec checks curl's)
+    assert.equal("TLSError", doc.error.code)
+    assert.equal("tls", doc.error.network)
+    assert.is_false(doc.error.retryable)
     assert.matches("TLS handshake", doc.error.message)
     assert.matches("verif", doc.error.message)
   end)

@@ -66,7 +66,7 @@ describe("read_file", function()
   local sb, sdk, token, key, manifest
 
   lazy_setup(function()
-    sb = flow.start{ args = { "--sync-pace", "0", "--big-file", "32m" } }
+    sb = flow.start{ args = { "--sync-pace", "0", "--big-file", "32m", "--hostile-names" } }
     sdk = assert(flow.sdk(sb, { timeout = 30 }))
     token = flow.login(sdk)
     key = assert(sdk:read_session{ contract = flow.contract(), user_access_token = token }).session.key
@@ -623,6 +623,23 @@ describe("read_file", function()
             assert.are.equal(expected, line:match("sha256=(%x+)"))
           end
         end
+      end)
+      big:stop()
+      assert(ok, e)
+    end)
+
+    -- `timeout` is a stall limit: a transfer that keeps moving may take far longer than it.
+    it("reads a 3 GiB file whole with timeout = 1.5 while bytes keep coming #slow", function()
+      local big = flow.start{ args = { "--sync-pace", "0", "--big-file", "3g" } }
+      local ok, e = pcall(function()
+        local cmd = table.concat({ "cd", sh.quote(flow.sandbox.root), "&&", "lua5.4", "spec/support/big_read.lua",
+          sh.quote(big.base_url), sh.quote(big.onboard_url), "big.bin", "none", "run", "1.5" }, " ")
+        local okc, out = sh.run(cmd)
+        assert(okc, out)
+        local line = assert(out:match("(bytes=[^\n]*)"), out)
+        assert.are.equal(3 * 1024 * 1024 * 1024, tonumber(line:match("bytes=(%d+)")))
+        local seconds = tonumber(line:match("seconds=([%d.]+)"))
+        assert.is_true(seconds > 1.5, "the read took " .. seconds .. " s: too short to show anything")
       end)
       big:stop()
       assert(ok, e)

@@ -54,7 +54,7 @@ describe("read calls", function()
   local sb, sdk, token, session_key, manifest_names
 
   lazy_setup(function()
-    sb = flow.start{ args = { "--sync-pace", "0.05" } }
+    sb = flow.start{ args = { "--sync-pace", "0.05", "--hostile-names" } }
     sdk = assert(flow.sdk(sb))
     token = flow.login(sdk)
     local s = assert(sdk:read_session{ contract = flow.contract(), user_access_token = token,

@@ -204,7 +204,7 @@ describe("sandbox library", function()
   local sb, token
 
   setup(function()
-    sb = sandbox.start{ args = { "--sync-pace", "0.1", "--big-file", "1m" } }
+    sb = sandbox.start{ args = { "--sync-pace", "0.1", "--big-file", "1m", "--hostile-names" } }
   end)
 
   teardown(function()

@@ -27,7 +27,7 @@ describe("read_all_files", function()
   local sb, sdk, token, manifest, refreshed
 
   lazy_setup(function()
-    sb = flow.start{ args = { "--sync-pace", "0.05" } }
+    sb = flow.start{ args = { "--sync-pace", "0.05", "--hostile-names" } }
     sdk = assert(flow.sdk(sb, { on_token_refresh = function(new, old)
       refreshed[#refreshed + 1] = { new = new, old = old }
     end }))

@@ -22,7 +22,7 @@ describe("token refresh in the read calls", function()
   local sb, sdk, refreshed, token, key
 
   lazy_setup(function()
-    sb = flow.start{ args = { "--sync-pace", "0.05" } }
+    sb = flow.start{ args = { "--sync-pace", "0.05", "--hostile-names" } }
     sdk = assert(flow.sdk(sb, { on_token_refresh = function(new, old)
       refreshed[#refreshed + 1] = { new = new, old = old }
     end }))

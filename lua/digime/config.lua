@@ -3,8 +3,8 @@ local errors = require "digime.errors"
 local validate = require "digime.validate"
 local store = require "digime.store"
 
-local type, pairs, ipairs = type, pairs, ipairs
-local sub, match = string.sub, string.match
+local type, pairs, ipairs, tonumber = type, pairs, ipairs, tonumber
+local sub, match, find = string.sub, string.match, string.find
 
 local _M = {}
 
@@ -36,10 +36,30 @@ function _M.default_agent()
   return { sdk = { name = _M.SDK_NAME, version = _M.SDK_VERSION, meta = { lua = lua_version() } } }
 end
 
+-- host[:port], the host a name or a bracketed IPv6 address (RFC 3986 §3.2.2), the port 1..65535.
+local function valid_authority(a)
+  local host, port
+  if sub(a, 1, 1) == "[" then
+    host, port = match(a, "^%[([%x:%.]+)%](.*)$")
+    if not host or not find(host, ":", 1, true) then return false end
+  else
+    host, port = match(a, "^([%w%-%._~%%]+)(.*)$")
+    if not host then return false end
+  end
+  if port == "" then return true end
+  local p = tonumber(match(port, "^:(%d%d?%d?%d?%d?)$"))
+  return p ~= nil and p >= 1 and p <= 65535
+end
+
 local function url(v, field)
   if v == nil then return true end
-  if type(v) ~= "string" or not match(v, "^https?://[^/%s]+[^%s]*$") then
-    return nil, invalid(field, "must be an http:// or https:// URL")
+  local authority = type(v) == "string" and not find(v, "[%s%c]")
+    and match(v, "^https?://([^/?#]+)[^?#]*$")
+  if not authority or not valid_authority(authority) then
+    return nil, invalid(field, "must be an http:// or https:// URL (scheme://host[:port]/path)")
+  end
+  if #v > validate.LIMITS.url then
+    return nil, invalid(field, "must be at most " .. validate.LIMITS.url .. " bytes long")
   end
   return true
 end

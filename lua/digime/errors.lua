@@ -103,8 +103,15 @@ function _M.validation(field, problem)
                 { field = field })
 end
 
+-- Network failures that a new attempt cannot mend: a certificate that does not verify (or a
+-- handshake that fails) fails the same way again. Every transport reports these the same way:
+-- kind NetworkError, code TLSError, network "tls", retryable false.
+local NOT_RETRYABLE = { tls = "TLSError" }
+
 function _M.network(message, net_kind)
-  return _M.new("NetworkError", "NetworkError", message, { network = net_kind, retryable = true })
+  local code = NOT_RETRYABLE[net_kind]
+  return _M.new("NetworkError", code or "NetworkError", message,
+                { network = net_kind, retryable = code == nil })
 end
 
 function _M.sdk(code, message, fields)

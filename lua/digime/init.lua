@@ -25,19 +25,62 @@ local _M = {
   errors = errors,
   --- The user access token an error carries (err.user_access_token, kept out of its fields).
   token_of = errors.token_of,
-  --- Runs fn(...) as the first task of a scheduler; see doc/architecture.md "Schedulers".
-  run = scheduler.run,
-  --- Starts a task inside `digime.run`; `task:wait()` returns its results.
-  spawn = scheduler.spawn,
-  --- Sleeps without blocking other tasks inside `digime.run`.
-  sleep = scheduler.sleep,
 }
+
+-- Inside nginx (a phase that may yield) every handler is already a task: run nests freely.
+local function in_ngx_task()
+  local ngx = rawget(_G, "ngx")
+  return type(ngx) == "table" and ngx.get_phase ~= nil
+    and scheduler.YIELDABLE[ngx.get_phase()] == true
+end
+
+--- Runs `fn(...)` as the first task of a scheduler and returns what it returns: calls made
+-- inside it (and inside tasks it spawns) run concurrently. An error raised by `fn` is raised
+-- again here.
+-- @tparam function fn the task
+-- @param ... its arguments
+-- @return fn's results, or nil and a TypeValidationError (fn not a function) or a
+--   DigiMeSDKError `NestedRun` (called inside a task: use `digime.spawn`)
+function _M.run(fn, ...)
+  if type(fn) ~= "function" then return nil, errors.validation("fn", "must be a function") end
+  if scheduler.in_task() and not in_ngx_task() then
+    return nil, errors.sdk("NestedRun", "digime.run was called inside a task (use digime.spawn)")
+  end
+  return scheduler.run(fn, ...)
+end
+
+--- Starts `fn(...)` as a new task inside `digime.run`; `task:wait()` returns its results.
+-- @tparam function fn the task
+-- @param ... its arguments
+-- @return a task, or nil and a TypeValidationError (fn not a function) or a DigiMeSDKError
+--   `NotInTask` (called outside `digime.run`)
+function _M.spawn(fn, ...)
+  if type(fn) ~= "function" then return nil, errors.validation("fn", "must be a function") end
+  if not scheduler.in_task() then
+    return nil, errors.sdk("NotInTask", "digime.spawn must be called from a task of digime.run")
+  end
+  return scheduler.spawn(fn, ...)
+end
+
+--- Sleeps without blocking other tasks inside `digime.run` (outside it, simply sleeps).
+-- @tparam number seconds how long, >= 0
+-- @return true, or nil and a TypeValidationError
+function _M.sleep(seconds)
+  if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 or seconds == math.huge then
+    return nil, errors.validation("seconds", "must be a finite number >= 0")
+  end
+  scheduler.sleep(seconds)
+  return true
+end
 
 local sdk_mt = {}
 sdk_mt.__index = sdk_mt
 
 --- Passes a line to the configured logger (never with secrets in it).
 function sdk_mt:log(level, message, fields)
+  if type(self) ~= "table" or getmetatable(self) ~= sdk_mt then
+    return nil, errors.validation("log", "must be called as sdk:log(level, message, fields)")
+  end
   local logger = self.config.logger
   if logger then pcall(logger, level, message, fields) end
 end
@@ -81,7 +124,11 @@ for module, names in pairs{
 end
 
 --- for file, err in sdk:files{...}: the whole-library sync as an iterator.
+-- A bad `self` is reported as bad options are: an iterator whose one step is `false, err`.
 function sdk_mt:files(opts)
+  if type(self) ~= "table" or getmetatable(self) ~= sdk_mt then
+    return sync.failed_iterator(errors.validation("files", "must be called as sdk:files{...}"))
+  end
   return sync.files(self, opts)
 end
 

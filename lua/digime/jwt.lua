@@ -8,6 +8,7 @@ local scheduler = require "digime.scheduler"
 
 local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
 local match, format = string.match, string.format
+local concat = table.concat
 
 local _M = {}
 
@@ -73,10 +74,11 @@ end
 
 -- An attacker-chosen header value as error text: short, printable, one line (a kid may be
 -- 40 KiB of anything, newlines included).
-local function shown(v)
+local function shown(v, max)
+  max = max or 40
   if type(v) ~= "string" then return "<" .. type(v) .. ">" end
-  local s = v:sub(1, 40):gsub("[^\32-\126]", "?")
-  return '"' .. s .. '"' .. (#v > 40 and format("... (%d bytes)", #v) or "")
+  local s = v:sub(1, max):gsub("[^\32-\126]", "?")
+  return '"' .. s .. '"' .. (#v > max and format("... (%d bytes)", #v) or "")
 end
 
 local function token_error(message)
@@ -281,7 +283,12 @@ function _M.verify_server_token(sdk, token)
   end
   -- Never fetch a URL on the token's own say: the jku must be one we trust already.
   if not is_allowed(sdk, header.jku) then
-    return nil, token_error("the token's jku is not on the allow-list")
+    -- both named, each cut short: an error line stays one readable line
+    local list, allowed = sdk.config.jwks.allowed, {}
+    for i = 1, math.min(#list, 2) do allowed[i] = shown(list[i], 56) end
+    if #list > 2 then allowed[3] = format("and %d more", #list - 2) end
+    return nil, token_error(format("the token's jku %s is not on the allow-list (jwks.allowed: %s)",
+                                   shown(header.jku, 64), concat(allowed, ", ")))
   end
   local key, kerr = jwks_key(sdk, header.jku, header.kid)
   if not key then return nil, kerr end

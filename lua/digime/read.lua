@@ -5,6 +5,7 @@ local validate = require "digime.validate"
 local request = require "digime.request"
 local metadata = require "digime.metadata"
 local user_call = require "digime.user_call"
+local scheduler = require "digime.scheduler"
 
 local type, pairs, ipairs, tostring, pcall, next = type, pairs, ipairs, tostring, pcall, next
 local concat, huge = table.concat, math.huge
@@ -139,7 +140,7 @@ end
 local function wrap_sink(sink)
   if type(sink) == "function" then
     local function call(chunk)
-      local ok, r1, r2 = pcall(sink, chunk)
+      local ok, r1, r2 = scheduler.pcall(sink, chunk)   -- a sink may yield (Lua 5.1 too)
       if not ok then return nil, "the sink raised: " .. tostring(r1) end
       if not r1 and r2 ~= nil then return nil, "the sink failed: " .. tostring(r2) end
       return true

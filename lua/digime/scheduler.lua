@@ -198,11 +198,33 @@ function _M.run(fn, ...)
   return unpack(main.results, 1, main.results.n)
 end
 
+-- Lua 5.1 (PUC, not LuaJIT) cannot yield across pcall. There, _M.pcall runs its function in
+-- a coroutine of its own and passes that coroutine's yields up to the task, whose coroutine it
+-- stands for (nested[co] = the task's coroutine); elsewhere it is pcall.
+local PUC51 = _VERSION == "Lua 5.1" and rawget(_G, "jit") == nil
+local nested = setmetatable({}, { __mode = "k" })
+
 -- The task whose coroutine is the one running now (nil in plain code or a user coroutine).
 local function running_task()
   if not current then return nil end
-  if coroutine.running() == current.co then return current end
+  local co = coroutine.running()
+  if co == current.co or (co ~= nil and nested[co] == current.co) then return current end
   return nil
+end
+
+--- pcall(f, ...), but f may yield to the scheduler on every Lua (see PUC51 above).
+function _M.pcall(f, ...)
+  if not PUC51 then return pcall(f, ...) end
+  local parent = coroutine.running()
+  if parent == nil then return pcall(f, ...) end   -- plain code: nothing to yield to
+  local co = coroutine.create(f)
+  nested[co] = nested[parent] or parent
+  local res = pack(coroutine.resume(co, ...))
+  while true do
+    if not res[1] then return false, res[2] end
+    if coroutine.status(co) == "dead" then return true, unpack(res, 2, res.n) end
+    res = pack(coroutine.resume(co, coroutine.yield(unpack(res, 2, res.n))))
+  end
 end
 
 --- Starts fn(...) as a new task of the running loop; returns the task.
@@ -357,7 +379,7 @@ function _M.single_flight(key, fn)
   end
   flight = { waiters = {} }
   flights[key] = flight
-  local res = pack(pcall(fn))
+  local res = pack(_M.pcall(fn))
   flights[key] = nil
   if res[1] then
     flight.results = pack(unpack(res, 2, res.n))

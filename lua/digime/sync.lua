@@ -8,9 +8,9 @@ local validate = require "digime.validate"
 local scheduler = require "digime.scheduler"
 local read = require "digime.read"
 
-local type, pairs, ipairs, pcall, tostring = type, pairs, ipairs, pcall, tostring
+local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
 local setmetatable, rawget, rawset = setmetatable, rawget, rawset
-local min, concat = math.min, table.concat
+local min, concat, format = math.min, table.concat, string.format
 
 local _M = {}
 
@@ -72,7 +72,7 @@ end
 -- A user callback; its error stops the sync (a bug in it must not pass unseen).
 local function callback(sync, fn, ...)
   if not fn then return true end
-  local ok, err = pcall(fn, ...)
+  local ok, err = scheduler.pcall(fn, ...)
   if not ok then
     sync.fatal = sync.fatal or errors.sdk("CallbackError", "a callback raised: " .. tostring(err))
     sync:stop()
@@ -112,13 +112,49 @@ local function fingerprint(res)
   return concat(parts, "\1")
 end
 
+-- Giving up on a server that is gone. A file that failed all its attempts because connections
+-- are refused, reset or its name no longer resolves says the server is unreachable; once
+-- UNREACHABLE_AFTER files in a row (no file delivered between them) failed so, the rest would
+-- only fail the same way, each after its own retries: the sync stops with a NetworkError
+-- ServerUnreachable that gives the counts. A slow or faulty server (timeouts, 5xx, an
+-- occasional reset between good files) does not end it.
+local UNREACHABLE = { connect = true, resolve = true, reset = true, stale = true }
+local UNREACHABLE_AFTER = 3
+
+local function unreachable_error(sync, cause, known)
+  local not_delivered = known - sync.files
+  if not_delivered < 0 then not_delivered = 0 end
+  return errors.new("NetworkError", "ServerUnreachable", format(
+    "the server is unreachable (%s); %d files delivered, %d not (of %d listed)",
+    tostring(cause.message), sync.files, not_delivered, known),
+    { network = cause.network, retryable = true, cause = cause, files = sync.files,
+      not_delivered = not_delivered, listed = known })
+end
+
+local function is_unreachable(err)
+  return type(err) == "table" and err.kind == "NetworkError" and UNREACHABLE[err.network] == true
+end
+
+-- Counts a file's outcome (err nil: delivered); stops the sync once the server looks gone.
+local function note_outcome(sync, err, known)
+  if not is_unreachable(err) then
+    sync.unreachable = 0
+    return
+  end
+  sync.unreachable = (sync.unreachable or 0) + 1
+  if sync.unreachable >= UNREACHABLE_AFTER and not sync.fatal then
+    sync.fatal = unreachable_error(sync, err, known)
+    sync:stop()
+  end
+end
+
 local function download(sdk, opts, sync, entry)
   -- The newest list, not the one that scheduled this file: a queued file keeps only its own
   -- entry alive, never a whole superseded list (memory stays ~ one list, however many polls).
   local file_list = sync.file_list
   local sink
   if opts.sink then
-    local ok, s = pcall(opts.sink, entry.name, entry)
+    local ok, s = scheduler.pcall(opts.sink, entry.name, entry)
     if not ok then
       callback(sync, opts.on_file_error, { error = errors.sdk("SinkError",
         "the sink factory raised: " .. tostring(s)), file_name = entry.name, file_list = file_list }, sync)
@@ -136,6 +172,7 @@ local function download(sdk, opts, sync, entry)
   -- only a token this download refreshed is newer than the one in force now
   if token and token ~= started_with then sync.token = token end
   if sync.stopped and not res then return end   -- cancelled by stop(): not a failure of the file
+  note_outcome(sync, not res and err or nil, sync.listed())
   if res then
     sync.files = sync.files + 1
     res.file_list = file_list
@@ -192,6 +229,7 @@ local function run(sdk, opts, hold)
   local max_unchanged = opts.max_unchanged_polls or 100
   local handled = {}          -- file name -> updatedDate seen; names are data, so raw access
   local queue = { first = 1, last = 0 }
+  sync.listed = function() return queue.last end   -- files listed so far
   local workers = {}
   for i = 1, concurrency do
     workers[i] = scheduler.spawn(worker, sdk, opts, sync, queue)
@@ -211,7 +249,7 @@ local function run(sdk, opts, hold)
       if type(err) == "table" and err.user_access_token and err.user_access_token ~= polled_with then
         sync.token = err.user_access_token
       end
-      fatal = err
+      fatal = is_unreachable(err) and unreachable_error(sync, err, queue.last) or err
       break
     end
     sync.polls = sync.polls + 1
@@ -290,6 +328,16 @@ function _M.read_all_files(sdk, opts)
   return scheduler.run(run, sdk, opts)
 end
 
+--- An iterator whose one step is `false, err` (a call refused before anything started).
+function _M.failed_iterator(err)
+  local done = false
+  return function()
+    if done then return nil end
+    done = true
+    return false, err
+  end
+end
+
 --- for file, err in sdk:files{...} do ... end: the sync as an iterator (same options, no
 -- callbacks). Each step gives a file (as read_file returns it, plus file_list), or `false,
 -- err` for a file that failed (false, not nil, so that the loop goes on); a fatal error gives
@@ -297,14 +345,7 @@ end
 -- loop's closing value; elsewhere call the fourth value's close()).
 function _M.files(sdk, opts)
   local ok, err = check(opts, ITER_OPTS, "files")
-  if not ok then
-    local done = false
-    return function()
-      if done then return nil end
-      done = true
-      return false, err
-    end
-  end
+  if not ok then return _M.failed_iterator(err) end
   local queue, head, tail = {}, 1, 0   -- explicit ends: consumed slots become holes
   local finished, final_err = false, nil
   local hold = {}

@@ -9,7 +9,7 @@ local jwt = require "digime.jwt"
 local scheduler = require "digime.scheduler"
 local flight = require "digime.store.flight"
 
-local type, pcall, tostring, pairs = type, pcall, tostring, pairs
+local type, tostring, pairs = type, tostring, pairs
 
 local _M = {}
 
@@ -101,7 +101,7 @@ function _M.refresh(sdk, contract, token, reuse)
     done_refreshes[flight_key] = { token = new, at = now }
     local hook = sdk.config.on_token_refresh
     if hook then
-      local ok, herr = pcall(hook, new, token)
+      local ok, herr = scheduler.pcall(hook, new, token)
       if not ok then
         sdk:log("error", "on_token_refresh raised", { error = tostring(herr) })
       end

@@ -4,7 +4,7 @@ local errors = require "digime.errors"
 
 local type, pairs, ipairs, tostring, next, pcall = type, pairs, ipairs, tostring, next, pcall
 local sort, concat = table.sort, table.concat
-local find = string.find
+local find, match = string.find, string.match
 local floor = math.floor
 
 local _M = {}
@@ -82,12 +82,43 @@ function _M.set(list)
   return s
 end
 
+--- Longest strings (bytes) the SDK takes as options. Every one of them goes to the server in
+-- a URL, a header or a signed claim, where servers stop well before such sizes (a URL or
+-- header line over 8 KiB is commonly refused): past its limit a string is a mistake, reported
+-- here by name instead of as a network error after retries.
+--   id           256    application_id, contract.id, session_key, account_id, user ids ...
+--   file_name   1024    a file's name in the library or storage
+--   url         2048    base URLs, callback, redirect_uri
+--   key        65536    contract.private_key (a PEM; RSA 4096 is about 3.3 KiB)
+--   token      65536    user_access_token.*.value (JWTs the server gave)
+--   default     4096    anything else (state, locale, path, ...)
+_M.LIMITS = { id = 256, file_name = 1024, url = 2048, key = 65536, token = 65536, default = 4096 }
+
+local LIMIT_BY_NAME = { session_key = "id", callback = "url", redirect_uri = "url",
+                        private_key = "key", value = "token", file_name = "file_name" }
+
+--- The length limit for a field: by its last name part (`contract.id` -> "id").
+function _M.max_length(field)
+  local name = match(tostring(field), "([%w_]+)$") or ""
+  local kind = LIMIT_BY_NAME[name] or ((name == "id" or find(name, "_id$")) and "id") or "default"
+  return _M.LIMITS[kind], kind
+end
+
+--- true when the string is within its field's limit; else nil and a TypeValidationError.
+function _M.length(v, field)
+  local limit = _M.max_length(field)
+  if #v > limit then
+    return nil, invalid(field, "is " .. #v .. " bytes long, more than the " .. limit .. " allowed")
+  end
+  return true
+end
+
 function _M.string(v, field, optional)
   if v == nil and optional then return true end
   if not _M.is_non_empty_string(v) then
     return nil, invalid(field, "must be a non-empty string")
   end
-  return true
+  return _M.length(v, field)
 end
 
 --- A non-empty string that is sent as a header value: CR, LF and NUL are refused here, as a
@@ -108,7 +139,7 @@ function _M.any_string(v, field, optional)
   if type(v) ~= "string" then
     return nil, invalid(field, "must be a string")
   end
-  return true
+  return _M.length(v, field)
 end
 
 function _M.boolean(v, field, optional)

@@ -6,6 +6,7 @@ local validate = require "digime.validate"
 local jwt = require "digime.jwt"
 local request = require "digime.request"
 local user_call = require "digime.user_call"
+local scheduler = require "digime.scheduler"
 
 local type, pcall, tostring, ipairs = type, pcall, tostring, ipairs
 local sub = string.sub
@@ -60,7 +61,7 @@ function _M.data_source(data, field, limit)
   elseif type(data) == "function" then
     open = function()
       return function()
-        local ok, chunk = pcall(data)
+        local ok, chunk = scheduler.pcall(data)   -- a reader may yield (Lua 5.1 too)
         if not ok then return nil, errors.sdk("SinkError", "the reader raised: " .. tostring(chunk)) end
         if chunk == nil or chunk == "" then return nil end
         if type(chunk) ~= "string" then
@@ -294,6 +295,10 @@ function _M.push_data(sdk, opts)
   ok, err = validate.user_access_token(opts.user_access_token, "user_access_token")
   if not ok then return nil, err end
   if opts.type == "library" then
+    -- The provider-only options have no meaning here: given, they are a mistake to report.
+    for _, k in ipairs{ "account_id", "standard", "version" } do
+      if opts[k] ~= nil then return nil, invalid(k, 'applies only to type = "provider"') end
+    end
     return push_library(sdk, opts)
   elseif opts.type == "provider" then
     return push_provider(sdk, opts)

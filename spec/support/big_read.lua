@@ -1,11 +1,12 @@
 -- Child process of spec/read_file_spec.lua: reads one file of a running sandbox through a sink
 -- and reports, on its last line, what it saw and how much memory it needed:
 --
---   lua5.4 spec/support/big_read.lua BASE_URL ONBOARD_URL FILE SINK LOOP
+--   lua5.4 spec/support/big_read.lua BASE_URL ONBOARD_URL FILE SINK LOOP [TIMEOUT]
 --     SINK  none    a function sink that only counts the bytes
 --           sha256  a function sink that hashes the chunks as they come (luaossl's digest)
 --     LOOP  plain   read_file called directly (it blocks)
 --           run     read_file called inside digime.run
+--     TIMEOUT   the SDK's `timeout` in seconds (default 120)
 --
 --   -> "bytes=<n> chunks=<n> nils=<n> sha256=<hex|-> hwm_before_kb=<n> hwm_kb=<n> seconds=<s>"
 --      or "error=<message>"
@@ -20,6 +21,7 @@ local digime = require "digime"
 local socket = require "socket"
 
 local base_url, onboard_url, file_name, sink_kind, loop = arg[1], arg[2], arg[3], arg[4], arg[5]
+local timeout = tonumber(arg[6]) or 120
 assert(base_url and onboard_url and file_name, "usage: big_read.lua BASE_URL ONBOARD_URL FILE SINK LOOP")
 
 local function hwm_kb()
@@ -34,7 +36,7 @@ local function hex(s)
 end
 
 local ok, err = pcall(function()
-  local sdk = assert(flow.sdk({ base_url = base_url, onboard_url = onboard_url }, { timeout = 120 }))
+  local sdk = assert(flow.sdk({ base_url = base_url, onboard_url = onboard_url }, { timeout = timeout }))
   local token = flow.login(sdk)
   local session = assert(sdk:read_session{ contract = flow.contract(), user_access_token = token })
   local digest

@@ -30,7 +30,7 @@ end
 local function error_view(err)
   if type(err) ~= "table" then return { message = tostring(err) } end
   return { kind = err.kind, code = err.code, message = err.message, status = err.status,
-           attempts = err.attempts }
+           attempts = err.attempts, network = err.network, retryable = err.retryable }
 end
 _M.error_view = error_view
 
@@ -360,6 +360,14 @@ function _M.fixture()
     for i = 1, 5 do
       ngx.print(string.rep(tostring(i), 1000))
       ngx.flush(true)
+    end
+    return
+  elseif what == "trickle" then
+    -- n pieces, one every ms: slower in all than a timeout, never idle for as long
+    for i = 1, tonumber(args.n) or 10 do
+      ngx.print(tostring(i % 10))
+      ngx.flush(true)
+      ngx.sleep((tonumber(args.ms) or 100) / 1000)
     end
     return
   elseif what == "slow" then

@@ -31,6 +31,8 @@ usage: digime-sandbox [options]
                          (all) -> completed; at most one step per poll (default 0.2; 0 = a sync
                          is completed at once)
   --partial              adds an account whose sync ends partial (ServiceAuthorizationError)
+  --hostile-names        two built-in files named "constructor" and "__proto__" (names that
+                         break clients keeping files in a plain object), in place of ordinary names
   --push-limit SIZE      the largest body a push to a library or provider takes (default 64m;
                          a longer one is refused with 413)
   --storage-limit SIZE   the largest object the cloud storage takes (default 256m); objects
@@ -70,6 +72,7 @@ local function defaults()
     big_file = nil,          -- bytes of big.bin, when wanted
     sync_pace = 0.2,         -- seconds per sync step
     partial = false,         -- an account whose sync ends with ServiceAuthorizationError
+    hostile_names = false,   -- built-in files named "constructor" and "__proto__"
     push_limit = 64 * 1024 * 1024,      -- bytes of a push body (library or provider)
     storage_limit = 256 * 1024 * 1024,  -- bytes of one cloud storage object
     storage_memory = 1024 * 1024,       -- objects over this many bytes go to temporary files
@@ -151,6 +154,7 @@ local known_keys = {
   library = "string", generate = "string", big_file = "size", sync_pace = "number",
   partial = "boolean", push_limit = "size", storage_limit = "size", storage_memory = "size",
   latency = "number", bandwidth = "size", keepalive = "number",
+  hostile_names = "boolean",
 }
 
 local function check_contract(c, where)
@@ -244,6 +248,7 @@ local valued = { host = true, port = true, contract = true, config = true, cert 
                  ["push-limit"] = true, ["storage-limit"] = true, latency = true,
                  bandwidth = true, keepalive = true }
 local switches = { interactive = true, tls = true, help = true, partial = true }
+switches["hostile-names"] = true
 
 -- latency (ms), bandwidth (a size per second) and keepalive (s), checked and normalized in
 -- place (also for POST /sandbox/latency): -> true | nil, err
@@ -348,6 +353,8 @@ function _M.parse(argv)
       end
     elseif name == "partial" then
       cfg.partial = true
+    elseif name == "hostile-names" then
+      cfg.hostile_names = true
     elseif name == "push-limit" then
       cfg.push_limit = v
     elseif name == "storage-limit" then

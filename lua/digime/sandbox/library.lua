@@ -208,11 +208,17 @@ local function posts(prefix, n, kind)
   return out
 end
 
+-- The two built-in names that are also the names of an object's inherited members in
+-- JavaScript (and Lua metatable fields): with --hostile-names the files get them, to test
+-- clients that keep files in a plain table; by default they have names a real library has.
+local ORDINARY_NAMES = { constructor = "instagram_comments.json", __proto__ = "pushed_note.txt" }
+
 -- { name, account index, compression, text, raw metadata? , objectType }
-local function builtin_specs(accounts)
+local function builtin_specs(accounts, hostile_names)
   local A, B = accounts[1], accounts[2]
   local specs = {}
   local function add(name, acc, comp, records_or_text, object_type, raw_meta)
+    if not hostile_names then name = ORDINARY_NAMES[name] or name end
     local text, count
     if type(records_or_text) == "table" then
       text, count = json_array(records_or_text)
@@ -229,7 +235,7 @@ local function builtin_specs(accounts)
   add("instagram_profile.json", A, nil, { { id = "ig-profile", username = A.username,
       fullname = "Sandbox Person", bio = "Lives on loopback." } }, "profile")
   add("constructor", A, "gzip", posts("ig-comment", 3, "comment"), "comment")
-  add("__proto__", A, "brotli", "A pushed note whose name is __proto__.\n", nil,
+  add("__proto__", A, "brotli", "A pushed note.\n", nil,
       raw("text/plain", { A.id }, { reference = { "proto-note" }, tags = { "sandbox" } }))
   add("a.b.c.json", A, "none", posts("ig-like", 2, "like"), "like")
   add("with space.json", A, "gzip", encode{ note = "pushed by an app", list = { 1, 2, 3 } },
@@ -633,7 +639,7 @@ function _M.new(cfg)
     append(generated_specs(cfg.generate, accounts))
   end
   if not cfg.library and not cfg.generate then
-    append(builtin_specs(accounts))
+    append(builtin_specs(accounts, cfg.hostile_names))
   end
   if cfg.partial then
     local a = make_account(PARTIAL_ACCOUNT, created)

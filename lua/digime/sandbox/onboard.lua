@@ -148,7 +148,11 @@ local function decide(app, rec, decision, error_code)
   end
   params[#params + 1] = { "code", code }
   if rec.kind == "authorize" then
-    params[#params + 1] = { "accountReference", st.random(32) }
+    -- On digi.me this names the account the user just onboarded, as read_accounts shows it
+    -- (its `reference`): applications use it to find that account. Here: the first account
+    -- of the user's library.
+    local onboarded = library.user_accounts(app, user)[1]
+    params[#params + 1] = { "accountReference", onboarded and onboarded.reference or st.random(32) }
   end
   return callback(rec, params)
 end

@@ -69,7 +69,7 @@ local function feed_body(handle, read)
       if handle:progress() == 0 then
         if scheduler.await_progress(handle) then return true end
       else
-        local ok, c, err = pcall(read)
+        local ok, c, err = scheduler.pcall(read)
         local why
         if not ok then
           why = "it raised: " .. tostring(c)

@@ -7,7 +7,8 @@
 -- * Bodies by content-length, chunked, or up to the close; a response's header block and
 --   body are bounded (limits.headers, limits.body); a non-2xx body is cut at 64 KiB and its
 --   connection closed (only the error is wanted of it).
--- * Per-attempt deadline over connect, send and every read (the `timeout` of a request).
+-- * Per-attempt deadline over connect, send and every read, pushed on by every byte that
+--   moves: the `timeout` of a request is a stall limit, not a cap on the whole transfer.
 -- * A body to decrypt goes, piece by piece as it arrives, through the C decryptor
 --   (core.file_decryptor: decrypt -> inflate); only plaintext reaches on_data.
 --
@@ -101,6 +102,12 @@ function conn_mt:cancel()
   self.cancelled = true
 end
 
+-- The timeout is a stall limit: every byte that moves (either way) pushes the deadline on.
+local function moved(c)
+  update_time()
+  c.deadline = now() + c.stall
+end
+
 local function remaining(c)
   update_time()
   return c.deadline - now()
@@ -115,6 +122,7 @@ function conn_mt:fill()
     self.sock:settimeout(max(1, floor(min(left, SLICE) * 1000)))
     local data, err = self.sock:receiveany(PIECE)
     if data then
+      moved(self)
       self.got = self.got + #data
       self.buf = self.pos > #self.buf and data or sub(self.buf, self.pos) .. data
       self.pos = 1
@@ -169,6 +177,7 @@ local function send_all(c, data)
   if not ok then
     return nil, "the connection failed while sending: " .. tostring(err), kind_of(err, "send")
   end
+  moved(c)
   return true
 end
 
@@ -419,7 +428,8 @@ local function exchange(self, req, u, fresh)
   local o = self.opts
   local timeout = req.timeout or o.timeout
   update_time()
-  local c = setmetatable({ buf = "", pos = 1, got = 0, deadline = now() + (timeout > 0 and timeout or 1e9) },
+  local stall = timeout > 0 and timeout or 1e9
+  local c = setmetatable({ buf = "", pos = 1, got = 0, stall = stall, deadline = now() + stall },
                          conn_mt)
   local cancel = req.cancel
   if cancel then cancel[c] = true end
@@ -475,7 +485,12 @@ local function exchange(self, req, u, fresh)
       return fail(format("the response body (%d bytes) exceeds the limit of %d bytes", cl, max_body), "too_large")
     end
   end
-  local emit = consumer and consumer.emit or function(piece)
+  -- the consumer's own time (a slow sink) is not a stall of the server's
+  local emit = consumer and function(piece)
+    local eok, eerr, ekind = consumer.emit(piece)
+    moved(c)
+    return eok, eerr, ekind
+  end or function(piece)
     if cut and size + #piece > max_body then
       chunks[#chunks + 1] = sub(piece, 1, max_body - size)
       return nil, "cut", "cut"
