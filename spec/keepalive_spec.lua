@@ -153,6 +153,35 @@ for _, mode in ipairs{ "plain", "tls" } do
       end
     end)
 
+    it("shares the connection pool between the syncs of several users in one digime.run", function()
+      local sdk = sdk_for()
+      local users = {}
+      for i = 1, 2 do
+        local token = flow.login(sdk)
+        local s = assert(sdk:read_session{ contract = flow.contract(), user_access_token = token })
+        users[i] = { token = token, key = s.session.key }
+      end
+      local function sync(u)
+        return sdk:read_all_files{ contract = flow.contract(), user_access_token = u.token,
+                                   session_key = u.key, concurrency = 4, poll_interval = 0.05 }
+      end
+      local before = counters()
+      local results = { flow.digime.run(function()
+        local a = flow.digime.spawn(sync, users[1])
+        local b = flow.digime.spawn(sync, users[2])
+        return a:wait(), b:wait()
+      end) }
+      assert.are.equal(60, results[1].files)
+      assert.are.equal(60, results[2].files)
+      local d = since(before)
+      -- two syncs of 4 downloads and a poll each, at once, on one pool
+      assert.is_true(d.connections <= 2 * (4 + 2), "connections: " .. d.connections)
+      -- and a third sync afterwards finds the pool warm
+      local again = counters()
+      assert.are.equal(60, assert(sync(users[1])).files)
+      assert.are.equal(0, since(again).connections)
+    end)
+
     it("goes on when the server closes idle pooled connections between calls", function()
       local sdk = sdk_for()
       local token = flow.login(sdk)
