@@ -1,5 +1,5 @@
 # lua-digime: build, test, demo, bench.
-# `make` builds the C core for Lua 5.1, 5.3, 5.4 and LuaJIT from one set of sources.
+# `make` builds the C core for Lua 5.1, 5.2, 5.3, 5.4 and LuaJIT from one set of sources.
 
 CC      ?= cc
 OPT     ?= -O2 -g
@@ -9,6 +9,7 @@ DEP_CFLAGS := $(shell pkg-config --cflags libcrypto libcurl zlib libbrotlidec 2>
 DEP_LIBS   := $(shell pkg-config --libs libcrypto libcurl zlib libbrotlidec 2>/dev/null || echo -lcrypto -lcurl -lz -lbrotlidec)
 
 LUA51_INC  := $(shell pkg-config --cflags lua5.1 2>/dev/null || echo -I/usr/include/lua5.1)
+LUA52_INC  := $(shell pkg-config --cflags lua5.2 2>/dev/null || echo -I/usr/include/lua5.2)
 LUA53_INC  := $(shell pkg-config --cflags lua5.3 2>/dev/null || echo -I/usr/include/lua5.3)
 LUA54_INC  := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LUAJIT_INC := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
@@ -21,16 +22,17 @@ ROOT      := $(CURDIR)
 LPATH     := $(ROOT)/lua/?.lua;$(ROOT)/lua/?/init.lua
 LPATH_54  := $(LPATH);/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;/usr/share/lua/5.1/?.lua;/usr/share/lua/5.1/?/init.lua;;
 LPATH_53  := $(LPATH);/usr/share/lua/5.3/?.lua;/usr/share/lua/5.3/?/init.lua;;
+LPATH_52  := $(LPATH);/usr/share/lua/5.2/?.lua;/usr/share/lua/5.2/?/init.lua;;
 LPATH_JIT := $(LPATH);;
-# `make -s env` sets up Lua 5.4, 5.3 and LuaJIT; LUA=5.1 gives Lua 5.1 the LUA_PATH/LUA_CPATH
+# `make -s env` sets up Lua 5.4, 5.3, 5.2 and LuaJIT; LUA=5.1 gives Lua 5.1 the LUA_PATH/LUA_CPATH
 # pair instead of LuaJIT (the two read the same variables and need different cores).
 LUA       ?= luajit
 
-.PHONY: all deps deps-demo env openresty check-warnings test test-lua51 test-lua53 test-asan \
+.PHONY: all deps deps-demo env openresty check-warnings test test-lua51 test-lua52 test-lua53 test-asan \
         test-valgrind demo bench lint clean docs
 
 all: build/lua5.4/digime/core.so build/luajit/digime/core.so build/lua5.1/digime/core.so \
-     build/lua5.3/digime/core.so
+     build/lua5.2/digime/core.so build/lua5.3/digime/core.so
 
 # A core for nginx only: no libcurl (inside nginx the SDK uses cosockets), and OpenSSL and
 # LuaJIT from where the nginx in use has them, so that nginx and the module share one OpenSSL.
@@ -65,6 +67,10 @@ build/lua5.1/digime/core.so: $(SOURCES) $(HEADERS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_COMMON) $(LUA51_INC) $(DEP_CFLAGS) -shared -o $@ $(SOURCES) $(DEP_LIBS)
 
+build/lua5.2/digime/core.so: $(SOURCES) $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) $(LUA52_INC) $(DEP_CFLAGS) -shared -o $@ $(SOURCES) $(DEP_LIBS)
+
 build/lua5.3/digime/core.so: $(SOURCES) $(HEADERS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_COMMON) $(LUA53_INC) $(DEP_CFLAGS) -shared -o $@ $(SOURCES) $(DEP_LIBS)
@@ -93,6 +99,8 @@ env:
 	@echo 'export LUA_PATH_5_4="$(LPATH_54)"'
 	@echo 'export LUA_CPATH_5_4="$(ROOT)/build/lua5.4/?.so;;"'
 	@echo 'export LUA_PATH_5_3="$(LPATH_53)"'
+	@echo 'export LUA_CPATH_5_2="$(ROOT)/build/lua5.2/?.so;;"'
+	@echo 'export LUA_PATH_5_2="$(LPATH_52)"'
 	@echo 'export LUA_CPATH_5_3="$(ROOT)/build/lua5.3/?.so;;"'
 	@echo 'export LUA_PATH="$(LPATH_JIT)"'
 	@echo 'export LUA_CPATH="$(ROOT)/build/$(if $(filter 5.1,$(LUA)),lua5.1,luajit)/?.so;;"'
@@ -101,9 +109,12 @@ env:
 test: deps all
 	@sh scripts/run-specs.sh all
 
-# Lua 5.1 and 5.3: every spec but the nginx-tagged ones (see scripts/run-specs.sh).
+# Lua 5.1, 5.2 and 5.3: every spec but the nginx-tagged ones (see scripts/run-specs.sh).
 test-lua51: deps all
 	@sh scripts/run-specs.sh lua5.1
+
+test-lua52: deps all
+	@sh scripts/run-specs.sh lua5.2
 
 test-lua53: deps all
 	@sh scripts/run-specs.sh lua5.3
@@ -125,7 +136,7 @@ lint:
 
 # The core must compile warning-free for both Lua flavours (a spec runs this).
 check-warnings:
-	@for inc in "$(LUA54_INC)" "$(LUAJIT_INC)" "$(LUA51_INC)" "$(LUA53_INC)"; do \
+	@for inc in "$(LUA54_INC)" "$(LUAJIT_INC)" "$(LUA51_INC)" "$(LUA52_INC)" "$(LUA53_INC)"; do \
 	  for f in $(SOURCES); do \
 	    $(CC) $(CFLAGS_COMMON) -Werror $$inc $(DEP_CFLAGS) -c $$f -o /dev/null || exit 1; \
 	  done; \

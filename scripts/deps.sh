@@ -2,7 +2,7 @@
 # Installs the Debian packages the project needs, only when some are missing.
 #   deps.sh demo   what `make demo` needs: a C toolchain, Lua 5.4, the libraries the core links,
 #                  and the sandbox's Lua modules (lua-http, cqueues, luaossl, cjson)
-#   deps.sh test   (the default) the demo's set plus what the specs use: Lua 5.1, 5.3 and LuaJIT
+#   deps.sh test   (the default) the demo's set plus what the specs use: Lua 5.1, 5.2, 5.3 and LuaJIT
 #                  with busted, luacheck and ldoc, nginx with its Lua module, valgrind, clang
 #                  (fuzzing), chromium and wrk, and Node with playwright-core for the browser test
 #   deps.sh list demo|test   prints the set's Debian packages, one a line, and installs nothing
@@ -15,7 +15,7 @@ DEMO="build-essential pkg-config ca-certificates openssl gzip brotli
   libcurl4-openssl-dev libssl-dev zlib1g-dev libbrotli-dev
   lua-http lua-cqueues lua-luaossl lua-cjson"
 TEST="curl luarocks lua-busted lua-check lua-ldoc lua-socket lua-sec
-  lua5.1 liblua5.1-0-dev lua5.3 liblua5.3-dev
+  lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev
   luajit2 libluajit2-5.1-dev
   nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache
   valgrind clang libclang-rt-14-dev

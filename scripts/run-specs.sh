@@ -3,7 +3,7 @@
 #   run-specs.sh all        every spec under Lua 5.4 and under LuaJIT (nginx-tagged specs once)
 #   run-specs.sh asan       Lua 5.4 against the ASan/UBSan build of the core (no slow specs)
 #   run-specs.sh valgrind   Lua 5.4 under valgrind (no slow or timing-sensitive specs)
-#   run-specs.sh lua5.1     Lua 5.1 (PUC) against build/lua5.1; run-specs.sh lua5.3 likewise:
+#   run-specs.sh lua5.1     Lua 5.1 (PUC) against build/lua5.1; lua5.2 and lua5.3 likewise:
 #                           every spec but the nginx ones (those run the SDK in nginx's own
 #                           LuaJIT, whatever runs busted: the `all` run has them)
 # Extra arguments after the mode go to busted (for example a single spec file).
@@ -58,7 +58,7 @@ case "$mode" in
       --errors-for-leak-kinds=definite --trace-children=no \
       lua5.4 /usr/bin/busted --cpath='./build/lua5.4/?.so' --exclude-tags=slow,timing,nginx
     ;;
-  lua5.1|lua5.3)
+  lua5.1|lua5.2|lua5.3)
     v=${mode#lua}
     # the spec process reads the Debian tree of its own version (lua-http, cqueues, cjson, ...)
     run "$mode" env LUA_PATH="/usr/share/lua/$v/?.lua;/usr/share/lua/$v/?/init.lua;;" \

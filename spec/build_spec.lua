@@ -24,7 +24,7 @@ describe("the build", function()
     end
     local _, test = sh.run("sh scripts/deps.sh list test")
     local tset = lines(test)
-    for _, p in ipairs{ "chromium", "valgrind", "nodejs", "lua5.1", "liblua5.1-0-dev", "lua5.3",
+    for _, p in ipairs{ "chromium", "valgrind", "nodejs", "lua5.1", "liblua5.1-0-dev", "lua5.2", "liblua5.2-dev", "lua5.3",
                         "liblua5.3-dev", "lua-busted", "lua-cjson" } do
       assert.is_true(tset[p], p .. " is missing from the test set")
     end
@@ -38,11 +38,11 @@ describe("the build", function()
 
   -- Each interpreter, in a shell set up by make -s env, loads the SDK and its core and makes
   -- an SDK object (the core's digests run: a core for the wrong Lua fails to load).
-  for _, row in ipairs{ { "lua5.1", "LUA=5.1" }, { "lua5.3", "" }, { "lua5.4", "" }, { "luajit", "" } } do
+  for _, row in ipairs{ { "lua5.1", "LUA=5.1" }, { "lua5.2", "" }, { "lua5.3", "" }, { "lua5.4", "" }, { "luajit", "" } } do
     it("make -s env " .. row[2] .. " gives " .. row[1] .. " the SDK", function()
       local script = [[local d = require "digime"; local c = require "digime.core"; ]]
         .. [[assert(d.init{ application_id = "a" }); assert(#c.sha256("x") == 32); print("ok " .. _VERSION)]]
-      local cmd = "env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_3 -u LUA_CPATH_5_3 -u LUA_PATH_5_4 "
+      local cmd = "env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_2 -u LUA_CPATH_5_2 -u LUA_PATH_5_3 -u LUA_CPATH_5_3 -u LUA_PATH_5_4 "
         .. "-u LUA_CPATH_5_4 sh -c " .. sh.quote('eval "$(make -s env ' .. row[2] .. ')" && cd / && '
         .. row[1] .. " -e " .. sh.quote(script))
       local ok, out = sh.run(cmd)
@@ -51,16 +51,17 @@ describe("the build", function()
     end)
   end
 
-  it("CI runs the specs under Lua 5.1, 5.3, 5.4 and LuaJIT", function()
+  it("CI runs the specs under Lua 5.1, 5.2, 5.3, 5.4 and LuaJIT", function()
     local f = assert(io.open(".ci/run", "rb"))
     local ci = f:read("*a")
     f:close()
     local targets = ci:match("for target in ([^;]+);")
-    for _, t in ipairs{ "test", "test-lua51", "test-lua53", "test-asan", "test-valgrind" } do
+    for _, t in ipairs{ "test", "test-lua51", "test-lua52", "test-lua53", "test-asan", "test-valgrind" } do
       assert.is_truthy((" " .. targets .. " "):find(" " .. t .. " ", 1, true), t .. " is not run by CI")
     end
-    local _, dry = sh.run("make -n test-lua51 test-lua53")
+    local _, dry = sh.run("make -n test-lua51 test-lua52 test-lua53")
     assert.matches("run%-specs.sh lua5.1", dry)
+    assert.matches("run%-specs.sh lua5.2", dry)
     assert.matches("run%-specs.sh lua5.3", dry)
   end)
 end)
