@@ -12,9 +12,8 @@
 
 #include "compat.h"
 #include "cipher.h"
+#include "core_internal.h"
 #include "http.h"
-
-dm_pipeline *digime_check_file_decryptor(lua_State *L, int idx);  /* core_cipher.c */
 
 #define ENGINE_MT  "digime.http_engine"
 #define REQUEST_MT "digime.http_request"
