@@ -492,8 +492,8 @@ DIGIME_EXPORT int luaopen_digime_core(lua_State *L)
     lua_pushliteral(L, VERSION);
     lua_setfield(L, -2, "_VERSION");
 #ifndef DIGIME_NO_CURL
-    digime_open_http(L);    /* a build for nginx only (CURL=no) has no HTTP engine */
+    dm_open_http(L);    /* a build for nginx only (CURL=no) has no HTTP engine */
 #endif
-    digime_open_cipher(L);
+    dm_open_cipher(L);
     return 1;
 }

@@ -234,7 +234,7 @@ static int l_decryptor_tostring(lua_State *L)
 }
 
 /* For core_http.c (core_internal.h). */
-dm_pipeline *digime_check_file_decryptor(lua_State *L, int idx)
+dm_pipeline *dm_check_file_decryptor(lua_State *L, int idx)
 {
     struct decryptor_ud *u = luaL_testudata(L, idx, DECRYPTOR_MT);
 
@@ -451,7 +451,7 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
     lua_pop(L, 1);
 }
 
-int digime_open_cipher(lua_State *L)
+int dm_open_cipher(lua_State *L)
 {
     new_class(L, DECRYPTOR_MT, decryptor_methods, l_decryptor_close, l_decryptor_tostring);
     new_class(L, ENCRYPTOR_MT, encryptor_methods, l_encryptor_close, l_encryptor_tostring);

@@ -24,13 +24,13 @@ static inline int push_fail(lua_State *L, const char *err)
 }
 
 /* core_cipher.c: adds file_decryptor, file_encryptor and inflater to the table on top. */
-int digime_open_cipher(lua_State *L);
+int dm_open_cipher(lua_State *L);
 
-/* core_http.c: adds http_engine to the table on top (not in a build without libcurl). */
-int digime_open_http(lua_State *L);
+/* core_http.c: adds dm_http_engine to the table on top (not in a build without libcurl). */
+int dm_open_http(lua_State *L);
 
 /* core_cipher.c, for core_http.c: the pipeline of a decryptor argument that has not been used
  * yet (raises otherwise). */
-dm_pipeline *digime_check_file_decryptor(lua_State *L, int idx);
+dm_pipeline *dm_check_file_decryptor(lua_State *L, int idx);
 
 #endif
