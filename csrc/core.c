@@ -17,24 +17,12 @@
 
 #include "compat.h"
 #include "cipher.h"
-#include "core_key.h"
+#include "core_internal.h"
 #include "jws.h"
 #include "keys.h"
 #include "random.h"
 
 #define VERSION "0.1.0"
-
-#ifndef DIGIME_NO_CURL
-int digime_open_http(lua_State *L);    /* core_http.c */
-#endif
-int digime_open_cipher(lua_State *L);  /* core_cipher.c */
-
-static int push_fail(lua_State *L, const char *err)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, err);
-    return 2;
-}
 
 /* A scratch buffer from Lua's allocator-independent heap, freed by the caller. */
 static unsigned char *scratch(lua_State *L, size_t n)
@@ -504,8 +492,8 @@ DIGIME_EXPORT int luaopen_digime_core(lua_State *L)
     lua_pushliteral(L, VERSION);
     lua_setfield(L, -2, "_VERSION");
 #ifndef DIGIME_NO_CURL
-    digime_open_http(L);    /* a build for nginx only (CURL=no) has no HTTP engine */
+    dm_open_http(L);    /* a build for nginx only (CURL=no) has no HTTP engine */
 #endif
-    digime_open_cipher(L);
+    dm_open_cipher(L);
     return 1;
 }

@@ -13,7 +13,7 @@
 
 #include "compat.h"
 #include "cipher.h"
-#include "core_key.h"
+#include "core_internal.h"
 #include "inflate.h"
 #include "keys.h"
 
@@ -38,13 +38,6 @@ struct inflater_ud {
     dm_inflater *z;
     int finished;
 };
-
-static int push_fail(lua_State *L, const char *err)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, err);
-    return 2;
-}
 
 static EVP_PKEY *check_key_arg(lua_State *L, int arg)
 {
@@ -240,9 +233,8 @@ static int l_decryptor_tostring(lua_State *L)
     return 1;
 }
 
-/* For core_http.c: the pipeline of a decryptor argument that has not been used yet. */
-dm_pipeline *digime_check_file_decryptor(lua_State *L, int idx);
-dm_pipeline *digime_check_file_decryptor(lua_State *L, int idx)
+/* For core_http.c (core_internal.h). */
+dm_pipeline *dm_check_file_decryptor(lua_State *L, int idx)
 {
     struct decryptor_ud *u = luaL_testudata(L, idx, DECRYPTOR_MT);
 
@@ -459,8 +451,7 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
     lua_pop(L, 1);
 }
 
-int digime_open_cipher(lua_State *L);
-int digime_open_cipher(lua_State *L)
+int dm_open_cipher(lua_State *L)
 {
     new_class(L, DECRYPTOR_MT, decryptor_methods, l_decryptor_close, l_decryptor_tostring);
     new_class(L, ENCRYPTOR_MT, encryptor_methods, l_encryptor_close, l_encryptor_tostring);

@@ -12,19 +12,18 @@
 
 #include "compat.h"
 #include "cipher.h"
+#include "core_internal.h"
 #include "http.h"
-
-dm_pipeline *digime_check_file_decryptor(lua_State *L, int idx);  /* core_cipher.c */
 
 #define ENGINE_MT  "digime.http_engine"
 #define REQUEST_MT "digime.http_request"
 
 struct engine_ud {
-    http_engine *e;
+    dm_http_engine *e;
 };
 
 struct request_ud {
-    http_request *r;
+    dm_http_request *r;
     dm_pipeline *pipe;  /* a reference, for `pipeline`: the request's sink */
 };
 
@@ -64,7 +63,7 @@ static struct request_ud *check_request_ud(lua_State *L)
     return u;
 }
 
-static http_request *check_request(lua_State *L)
+static dm_http_request *check_request(lua_State *L)
 {
     return check_request_ud(L)->r;
 }
@@ -189,9 +188,9 @@ static int push_options(lua_State *L)
     return base;
 }
 
-static void read_options(lua_State *L, int base, struct http_options *o)
+static void read_options(lua_State *L, int base, struct dm_http_options *o)
 {
-    http_options_init(o);
+    dm_http_options_init(o);
     if (!lua_isnil(L, base + O_METHOD))
         o->method = opt_string(L, base, O_METHOD, NULL, 0);
     o->url = opt_string(L, base, O_URL, NULL, 0);
@@ -265,16 +264,16 @@ static const char *header_string(lua_State *L, int idx, const char *what)
     return s;
 }
 
-static void add_header(lua_State *L, http_request *r, const char *line)
+static void add_header(lua_State *L, dm_http_request *r, const char *line)
 {
-    char err[HTTP_ERRLEN];
+    char err[DM_HTTP_ERRLEN];
 
     /* the line is not quoted back: it may carry a token */
-    if (http_request_add_header(r, line, err) != 0)
+    if (dm_http_request_add_header(r, line, err) != 0)
         luaL_argerror(L, 2, err);
 }
 
-static void add_headers(lua_State *L, http_request *r, int t)
+static void add_headers(lua_State *L, dm_http_request *r, int t)
 {
     size_t i, n = lua_rawlen(L, t);
 
@@ -310,14 +309,14 @@ static void add_headers(lua_State *L, http_request *r, int t)
 
 static int l_http_engine(lua_State *L)
 {
-    char err[HTTP_ERRLEN];
+    char err[DM_HTTP_ERRLEN];
     struct engine_ud *u = compat_newuserdata(L, sizeof *u);
 
     u->e = NULL;
     luaL_setmetatable(L, ENGINE_MT);
     lua_newtable(L);
     compat_setuservalue(L, -2);
-    u->e = http_engine_new(err);
+    u->e = dm_http_engine_new(err);
     if (u->e == NULL)
         return luaL_error(L, "%s", err);
     return 1;
@@ -327,17 +326,17 @@ static int l_engine_add(lua_State *L)
 {
     struct engine_ud *eu = check_engine(L);
     struct request_ud *ru;
-    struct http_options o;
-    struct http_sink sink;
+    struct dm_http_options o;
+    struct dm_http_sink sink;
     dm_pipeline *pipe = NULL;
-    char err[HTTP_ERRLEN];
+    char err[DM_HTTP_ERRLEN];
     int base, req;
 
     luaL_checktype(L, 2, LUA_TTABLE);
     base = push_options(L);
     read_options(L, base, &o);
     if (!lua_isnil(L, base + O_PIPELINE)) {
-        pipe = digime_check_file_decryptor(L, base + O_PIPELINE);
+        pipe = dm_check_file_decryptor(L, base + O_PIPELINE);
         sink.ctx = pipe;
         sink.expect = sink_expect;
         sink.write = sink_write;
@@ -357,7 +356,7 @@ static int l_engine_add(lua_State *L)
     lua_pushvalue(L, 1);
     lua_setfield(L, -2, "engine");
     compat_setuservalue(L, req);
-    ru->r = http_request_new(&o, err);
+    ru->r = dm_http_request_new(&o, err);
     if (ru->r == NULL)
         return luaL_error(L, "http request: %s", err);
     if (!lua_isnil(L, base + O_HEADERS))
@@ -367,7 +366,7 @@ static int l_engine_add(lua_State *L)
     lua_pushlightuserdata(L, ru->r);
     lua_pushvalue(L, req);
     lua_rawset(L, -3);
-    if (http_engine_add(eu->e, ru->r, err) != 0) {
+    if (dm_http_engine_add(eu->e, ru->r, err) != 0) {
         lua_pushlightuserdata(L, ru->r);
         lua_pushnil(L);
         lua_rawset(L, -3);
@@ -389,10 +388,10 @@ static int l_engine_add(lua_State *L)
 static int l_engine_perform(lua_State *L)
 {
     struct engine_ud *u = check_engine(L);
-    char err[HTTP_ERRLEN];
+    char err[DM_HTTP_ERRLEN];
     int running;
 
-    if (http_engine_perform(u->e, &running, err) != 0)
+    if (dm_http_engine_perform(u->e, &running, err) != 0)
         return luaL_error(L, "http engine: %s", err);
     lua_pushinteger(L, running);
     return 1;
@@ -402,10 +401,10 @@ static int l_engine_poll(lua_State *L)
 {
     struct engine_ud *u = check_engine(L);
     lua_Number ms = luaL_checknumber(L, 2);
-    char err[HTTP_ERRLEN];
+    char err[DM_HTTP_ERRLEN];
 
     luaL_argcheck(L, ms >= 0, 2, "timeout must be a non-negative number of milliseconds");
-    if (http_engine_poll(u->e, ms > INT_MAX ? INT_MAX : (int)ms, err) != 0)
+    if (dm_http_engine_poll(u->e, ms > INT_MAX ? INT_MAX : (int)ms, err) != 0)
         return luaL_error(L, "http engine: %s", err);
     return 0;
 }
@@ -413,12 +412,12 @@ static int l_engine_poll(lua_State *L)
 static int l_engine_finished(lua_State *L)
 {
     struct engine_ud *u = check_engine(L);
-    http_request *r;
+    dm_http_request *r;
     int n = 0;
 
     lua_newtable(L);
     compat_getuservalue(L, 1);
-    while ((r = http_engine_next_finished(u->e)) != NULL) {
+    while ((r = dm_http_engine_next_finished(u->e)) != NULL) {
         lua_pushlightuserdata(L, r);
         lua_rawget(L, -2);
         /* reported: the engine lets go of it, and it of the engine */
@@ -439,7 +438,7 @@ static int l_engine_count(lua_State *L)
 {
     struct engine_ud *u = luaL_checkudata(L, 1, ENGINE_MT);
 
-    lua_pushinteger(L, u->e ? (lua_Integer)http_engine_count(u->e) : 0);
+    lua_pushinteger(L, u->e ? (lua_Integer)dm_http_engine_count(u->e) : 0);
     return 1;
 }
 
@@ -448,7 +447,7 @@ static int l_engine_close(lua_State *L)
     struct engine_ud *u = luaL_checkudata(L, 1, ENGINE_MT);
 
     if (u->e != NULL) {
-        http_engine_free(u->e);
+        dm_http_engine_free(u->e);
         u->e = NULL;
         lua_newtable(L);  /* the requests no longer need the engine to keep them */
         compat_setuservalue(L, 1);
@@ -461,7 +460,7 @@ static int l_engine_gc(lua_State *L)
     struct engine_ud *u = luaL_checkudata(L, 1, ENGINE_MT);
 
     if (u->e != NULL) {
-        http_engine_free(u->e);
+        dm_http_engine_free(u->e);
         u->e = NULL;
     }
     return 0;
@@ -471,9 +470,9 @@ static int l_engine_gc(lua_State *L)
 
 static int l_request_cancel(lua_State *L)
 {
-    http_request *r = check_request(L);
+    dm_http_request *r = check_request(L);
 
-    if (!http_request_cancel(r)) {
+    if (!dm_http_request_cancel(r)) {
         lua_pushboolean(L, 0);
         return 1;
     }
@@ -490,16 +489,16 @@ static int l_request_cancel(lua_State *L)
     return 1;
 }
 
-static void push_response(lua_State *L, http_request *r, dm_pipeline *pipe)
+static void push_response(lua_State *L, dm_http_request *r, dm_pipeline *pipe)
 {
-    const struct http_header *h;
+    const struct dm_http_header *h;
     const char *body;
     size_t i, n, len;
 
     lua_createtable(L, 0, 5);
-    lua_pushinteger(L, (lua_Integer)http_request_status(r));
+    lua_pushinteger(L, (lua_Integer)dm_http_request_status(r));
     lua_setfield(L, -2, "status");
-    h = http_request_headers(r, &n);
+    h = dm_http_request_headers(r, &n);
     lua_createtable(L, 0, (int)(n < INT_MAX ? n : INT_MAX));
     for (i = 0; i < n; i++) {
         lua_pushlstring(L, h[i].name, h[i].name_len);
@@ -507,55 +506,55 @@ static void push_response(lua_State *L, http_request *r, dm_pipeline *pipe)
         lua_rawset(L, -3);
     }
     lua_setfield(L, -2, "headers");
-    if (pipe != NULL && http_request_piped(r)) {
+    if (pipe != NULL && dm_http_request_piped(r)) {
         /* the plaintext not yet taken by read() */
         body = (const char *)dm_pipeline_output(pipe, &len);
         lua_pushlstring(L, body, len);
         dm_pipeline_drain(pipe);
     } else {
-        body = http_request_body(r, &len);
+        body = dm_http_request_body(r, &len);
         lua_pushlstring(L, body, len);
     }
     lua_setfield(L, -2, "body");
-    lua_pushstring(L, http_request_http_version(r));
+    lua_pushstring(L, dm_http_request_http_version(r));
     lua_setfield(L, -2, "http_version");
-    lua_pushnumber(L, http_request_time(r));
+    lua_pushnumber(L, dm_http_request_time(r));
     lua_setfield(L, -2, "time");
-    lua_pushinteger(L, (lua_Integer)http_request_connects(r));
+    lua_pushinteger(L, (lua_Integer)dm_http_request_connects(r));
     lua_setfield(L, -2, "connects");
 }
 
-static int push_failure(lua_State *L, http_request *r)
+static int push_failure(lua_State *L, dm_http_request *r)
 {
     lua_pushnil(L);
-    lua_pushstring(L, http_request_error(r));
-    lua_pushstring(L, http_kind_name(http_request_kind(r)));
+    lua_pushstring(L, dm_http_request_error(r));
+    lua_pushstring(L, dm_http_kind_name(dm_http_request_kind(r)));
     return 3;
 }
 
 static int l_request_result(lua_State *L)
 {
     struct request_ud *u = check_request_ud(L);
-    http_request *r = u->r;
+    dm_http_request *r = u->r;
 
-    if (!http_request_done(r))
+    if (!dm_http_request_done(r))
         return luaL_error(L, "http request has not finished");
     /* a piped body is finished in full now (a no-op once it is) */
-    if (http_request_kind(r) == HTTP_OK && http_request_pump(r, 1) != 0)
+    if (dm_http_request_kind(r) == DM_HTTP_OK && dm_http_request_pump(r, 1) != 0)
         return push_failure(L, r);
     /* a piped body whose pipeline could not end (its compression never chosen) is not an
      * answer: nothing partial is presented as complete */
-    if (http_request_kind(r) == HTTP_OK && u->pipe != NULL && http_request_piped(r)
+    if (dm_http_request_kind(r) == DM_HTTP_OK && u->pipe != NULL && dm_http_request_piped(r)
         && dm_pipeline_state(u->pipe) != DM_PIPE_DONE) {
         lua_pushnil(L);
         lua_pushliteral(L, "the piped body could not be finished (its compression was never set)");
         lua_pushliteral(L, "decrypt");
         return 3;
     }
-    if (http_request_kind(r) != HTTP_OK) {
+    if (dm_http_request_kind(r) != DM_HTTP_OK) {
         lua_pushnil(L);
-        lua_pushstring(L, http_request_error(r));
-        lua_pushstring(L, http_kind_name(http_request_kind(r)));
+        lua_pushstring(L, dm_http_request_error(r));
+        lua_pushstring(L, dm_http_kind_name(dm_http_request_kind(r)));
         return 3;
     }
     /* built once, then the C copy of the response is freed */
@@ -566,7 +565,7 @@ static int l_request_result(lua_State *L)
         push_response(L, r, u->pipe);
         lua_pushvalue(L, -1);
         lua_setfield(L, -3, "result");
-        http_request_drop_response(r);
+        dm_http_request_drop_response(r);
     }
     return 1;
 }
@@ -577,12 +576,12 @@ static int l_request_result(lua_State *L)
 static int l_request_headers(lua_State *L)
 {
     struct request_ud *u = check_request_ud(L);
-    http_request *r = u->r;
+    dm_http_request *r = u->r;
     long status = 0;
     size_t i, n;
 
-    if (http_request_done(r)) {
-        if (http_request_kind(r) != HTTP_OK)
+    if (dm_http_request_done(r)) {
+        if (dm_http_request_kind(r) != DM_HTTP_OK)
             return 0;
         compat_getuservalue(L, 1);
         lua_getfield(L, -1, "result");
@@ -591,10 +590,10 @@ static int l_request_headers(lua_State *L)
             lua_getfield(L, -2, "headers");
             return 2;
         }
-        lua_pushinteger(L, http_request_status(r));
+        lua_pushinteger(L, dm_http_request_status(r));
         lua_newtable(L);
         {
-            const struct http_header *h = http_request_headers(r, &n);
+            const struct dm_http_header *h = dm_http_request_headers(r, &n);
             for (i = 0; i < n; i++) {
                 lua_pushlstring(L, h[i].name, h[i].name_len);
                 lua_pushlstring(L, h[i].value, h[i].value_len);
@@ -603,15 +602,15 @@ static int l_request_headers(lua_State *L)
         }
         return 2;
     }
-    if (!http_request_peek_headers(r, &status))
+    if (!dm_http_request_peek_headers(r, &status))
         return 0;
     lua_pushinteger(L, (lua_Integer)status);
     lua_newtable(L);
-    n = http_request_raw_count(r);
+    n = dm_http_request_raw_count(r);
     for (i = 0; i < n; i++) {
         const char *name, *value;
         size_t nlen, vlen;
-        http_request_raw_header(r, i, &name, &nlen, &value, &vlen);
+        dm_http_request_raw_header(r, i, &name, &nlen, &value, &vlen);
         lua_pushlstring(L, name, nlen);
         lua_pushvalue(L, -1);
         lua_rawget(L, -3);
@@ -630,7 +629,7 @@ static int l_request_headers(lua_State *L)
 
 /* req:progress() -> ready, headers_in, room. ready: bytes the caller can move now, that is
  * the plaintext waiting for read() plus, for a streamed body, the room in its send buffer once
- * libcurl has asked for the body and enough is free (http_request_body_ready); headers_in:
+ * libcurl has asked for the body and enough is free (dm_http_request_body_ready); headers_in:
  * whether the response headers are in (or the request is done); room: the free bytes of the
  * send buffer right now (0 without an open streamed body). A reader or writer waits until
  * ready or headers_in says there is work, so it neither spins nor sleeps on a transfer that
@@ -638,24 +637,24 @@ static int l_request_headers(lua_State *L)
 static int l_request_progress(lua_State *L)
 {
     struct request_ud *u = check_request_ud(L);
-    http_request *r = u->r;
+    dm_http_request *r = u->r;
     long status = 0;
     size_t buffered = 0;
 
-    if (u->pipe != NULL && http_request_piped(r))
+    if (u->pipe != NULL && dm_http_request_piped(r))
         buffered = dm_pipeline_buffered(u->pipe);
-    buffered += http_request_body_ready(r);
+    buffered += dm_http_request_body_ready(r);
     lua_pushinteger(L, (lua_Integer)buffered);
-    lua_pushboolean(L, http_request_done(r) || http_request_peek_headers(r, &status));
-    lua_pushinteger(L, (lua_Integer)http_request_body_room(r));
+    lua_pushboolean(L, dm_http_request_done(r) || dm_http_request_peek_headers(r, &status));
+    lua_pushinteger(L, (lua_Integer)dm_http_request_body_room(r));
     return 3;
 }
 
 /* Why no more body can be written: the request's failure, or "ended" when it finished with an
  * answer (a server that answered before taking the whole body; result() gives it). */
-static int push_body_closed(lua_State *L, http_request *r)
+static int push_body_closed(lua_State *L, dm_http_request *r)
 {
-    if (http_request_kind(r) == HTTP_OK) {
+    if (dm_http_request_kind(r) == DM_HTTP_OK) {
         lua_pushnil(L);
         lua_pushliteral(L, "the request ended before its body was all sent");
         lua_pushliteral(L, "ended");
@@ -664,13 +663,13 @@ static int push_body_closed(lua_State *L, http_request *r)
     return push_failure(L, r);
 }
 
-static http_request *check_streamed(lua_State *L)
+static dm_http_request *check_streamed(lua_State *L)
 {
-    http_request *r = check_request(L);
+    dm_http_request *r = check_request(L);
 
-    if (!http_request_has_body_stream(r))
+    if (!dm_http_request_has_body_stream(r))
         luaL_error(L, "http request has no streamed body (body_stream)");
-    else if (!http_request_done(r) && !http_request_body_open(r))
+    else if (!dm_http_request_done(r) && !dm_http_request_body_open(r))
         luaL_error(L, "the streamed body is already finished");
     return r;
 }
@@ -678,9 +677,9 @@ static http_request *check_streamed(lua_State *L)
 /* req:finish_body() -> true, or nil, message, kind (as write). */
 static int l_request_finish_body(lua_State *L)
 {
-    http_request *r = check_streamed(L);
+    dm_http_request *r = check_streamed(L);
 
-    if (http_request_done(r) || http_request_finish_body(r) != 0)
+    if (dm_http_request_done(r) || dm_http_request_finish_body(r) != 0)
         return push_body_closed(L, r);
     lua_pushboolean(L, 1);
     return 1;
@@ -690,7 +689,7 @@ static int l_request_finish_body(lua_State *L)
  * is full, or nil, message, kind when no more body can go. req:write(nil) is finish_body(). */
 static int l_request_write(lua_State *L)
 {
-    http_request *r;
+    dm_http_request *r;
     const char *p;
     size_t len, taken;
     lua_Integer i;
@@ -703,9 +702,9 @@ static int l_request_write(lua_State *L)
     i = luaL_optinteger(L, 3, 1);
     luaL_argcheck(L, i >= 1 && (unsigned long long)(i - 1) <= (unsigned long long)len, 3,
                   "start out of range");
-    if (http_request_done(r))
+    if (dm_http_request_done(r))
         return push_body_closed(L, r);
-    if (http_request_write(r, p + (i - 1), len - (size_t)(i - 1), &taken) != 0)
+    if (dm_http_request_write(r, p + (i - 1), len - (size_t)(i - 1), &taken) != 0)
         return push_body_closed(L, r);
     if (taken == 0 && (size_t)(i - 1) < len)
         lua_pushboolean(L, 0);
@@ -719,7 +718,7 @@ static int l_request_gc(lua_State *L)
     struct request_ud *u = luaL_checkudata(L, 1, REQUEST_MT);
 
     if (u->r != NULL) {
-        http_request_free(u->r);
+        dm_http_request_free(u->r);
         u->r = NULL;
     }
     /* after the request: it can no longer call into the pipeline */
@@ -736,7 +735,7 @@ static int l_request_close(lua_State *L)
 {
     struct request_ud *u = luaL_checkudata(L, 1, REQUEST_MT);
 
-    if (u->r != NULL && !http_request_detached(u->r))
+    if (u->r != NULL && !dm_http_request_detached(u->r))
         return luaL_error(L, "http request is still in its engine (cancel it first)");
     return l_request_gc(L);
 }
@@ -747,13 +746,13 @@ static int l_request_close(lua_State *L)
 static int l_request_read(lua_State *L)
 {
     struct request_ud *u = check_request_ud(L);
-    http_request *r = u->r;
+    dm_http_request *r = u->r;
 
     if (u->pipe == NULL)
         return luaL_error(L, "http request has no pipeline");
-    if (http_request_pump(u->r, 0) != 0)
+    if (dm_http_request_pump(u->r, 0) != 0)
         return push_failure(L, r);
-    if (!http_request_piped(r)) {
+    if (!dm_http_request_piped(r)) {
         lua_pushliteral(L, "");
         return 1;
     }
@@ -764,7 +763,7 @@ static int l_request_read(lua_State *L)
         dm_pipeline_drain(u->pipe);
     }
     /* refills for the next read and resumes the transfer; a failure shows on that read */
-    http_request_pump(r, 0);
+    dm_http_request_pump(r, 0);
     return 1;
 }
 
@@ -797,7 +796,7 @@ static int l_engine_tostring(lua_State *L)
     if (u->e == NULL)
         lua_pushliteral(L, ENGINE_MT " (closed)");
     else
-        lua_pushfstring(L, ENGINE_MT " (%d requests)", (int)http_engine_count(u->e));
+        lua_pushfstring(L, ENGINE_MT " (%d requests)", (int)dm_http_engine_count(u->e));
     return 1;
 }
 
@@ -805,10 +804,10 @@ static int l_request_tostring(lua_State *L)
 {
     struct request_ud *u = luaL_checkudata(L, 1, REQUEST_MT);
 
-    if (u->r == NULL || !http_request_done(u->r))
+    if (u->r == NULL || !dm_http_request_done(u->r))
         lua_pushliteral(L, REQUEST_MT " (running)");
     else
-        lua_pushfstring(L, REQUEST_MT " (%s)", http_kind_name(http_request_kind(u->r)));
+        lua_pushfstring(L, REQUEST_MT " (%s)", dm_http_kind_name(dm_http_request_kind(u->r)));
     return 1;
 }
 
@@ -829,7 +828,7 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
     lua_pop(L, 1);
 }
 
-int digime_open_http(lua_State *L)
+int dm_open_http(lua_State *L)
 {
     new_class(L, ENGINE_MT, engine_methods, l_engine_gc, l_engine_tostring);
     new_class(L, REQUEST_MT, request_methods, l_request_gc, l_request_tostring);

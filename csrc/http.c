@@ -25,7 +25,7 @@ enum req_state {
 /* Why a callback stopped the transfer (libcurl then reports CURLE_WRITE_ERROR). */
 enum abort_reason { ABORT_NONE, ABORT_BODY, ABORT_HEADERS, ABORT_NOMEM, ABORT_SINK,
                    ABORT_ANSWERED, /* a complete answer ended an HTTP/2 upload early */
-                   ABORT_CUT,      /* a non-2xx body reached HTTP_MAX_ERROR_BODY: kept, cut */
+                   ABORT_CUT,      /* a non-2xx body reached DM_HTTP_MAX_ERROR_BODY: kept, cut */
                    ABORT_RESEND    /* libcurl was about to send the request a second time */ };
 
 /* Where the current response's body goes: decided at its first byte (or at the end). */
@@ -51,24 +51,24 @@ struct raw_header {
 };
 
 struct req_list {
-    http_request *head, *tail;
+    dm_http_request *head, *tail;
     size_t n;
 };
 
-struct http_engine {
+struct dm_http_engine {
     CURLM *multi;
     CURLSH *share;      /* TLS sessions and DNS answers, for every request of the engine */
     pid_t pid;
     struct req_list running, finished;
 };
 
-struct http_request {
+struct dm_http_request {
     CURL *easy;
     struct curl_slist *headers;
     pid_t pid;
     enum req_state state;
-    http_engine *engine;
-    http_request *prev, *next;  /* in the engine's running or finished list */
+    dm_http_engine *engine;
+    dm_http_request *prev, *next;  /* in the engine's running or finished list */
     int has_body, has_content_type;
     long long body_size;        /* a string body's length */
     unsigned long long resp_bytes;  /* body bytes of the current response taken so far */
@@ -81,7 +81,7 @@ struct http_request {
     enum abort_reason aborted;
     /* a sink for 2xx bodies */
     int has_sink;
-    struct http_sink sink;
+    struct dm_http_sink sink;
     enum route route;
     enum sink_state sink_state;
     size_t max_buffered;
@@ -101,10 +101,10 @@ struct http_request {
     struct buf raw_bytes;
     struct raw_header *raw;
     size_t nraw, raw_cap;
-    struct http_header *hdrs;   /* joined view, built when the transfer succeeds */
+    struct dm_http_header *hdrs;   /* joined view, built when the transfer succeeds */
     size_t nhdrs;
     char *hdr_data;
-    enum http_kind kind;
+    enum dm_http_kind kind;
     long status;
     const char *version;
     double time;
@@ -112,7 +112,7 @@ struct http_request {
     long long moved_at;         /* when bytes last moved (monotonic ms) */
     curl_off_t moved;           /* bytes moved either way, as last seen */
     char errbuf[CURL_ERROR_SIZE];
-    char message[HTTP_ERRLEN];
+    char message[DM_HTTP_ERRLEN];
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -132,48 +132,48 @@ static int owned(pid_t pid)
     return pid == getpid();
 }
 
-static void set_err(char err[HTTP_ERRLEN], const char *msg)
+static void set_err(char err[DM_HTTP_ERRLEN], const char *msg)
 {
-    snprintf(err, HTTP_ERRLEN, "%s", msg);
+    snprintf(err, DM_HTTP_ERRLEN, "%s", msg);
 }
 
-const char *http_kind_name(enum http_kind kind)
+const char *dm_http_kind_name(enum dm_http_kind kind)
 {
     switch (kind) {
-    case HTTP_OK: return "ok";
-    case HTTP_CONNECT: return "connect";
-    case HTTP_RESOLVE: return "resolve";
-    case HTTP_TIMEOUT: return "timeout";
-    case HTTP_RESET: return "reset";
-    case HTTP_TLS: return "tls";
-    case HTTP_TOO_LARGE: return "too_large";
-    case HTTP_CANCELLED: return "cancelled";
-    case HTTP_DECRYPT: return "decrypt";
-    case HTTP_BODY: return "body";
-    case HTTP_STALE: return "stale";
-    case HTTP_OTHER: break;
+    case DM_HTTP_OK: return "ok";
+    case DM_HTTP_CONNECT: return "connect";
+    case DM_HTTP_RESOLVE: return "resolve";
+    case DM_HTTP_TIMEOUT: return "timeout";
+    case DM_HTTP_RESET: return "reset";
+    case DM_HTTP_TLS: return "tls";
+    case DM_HTTP_TOO_LARGE: return "too_large";
+    case DM_HTTP_CANCELLED: return "cancelled";
+    case DM_HTTP_DECRYPT: return "decrypt";
+    case DM_HTTP_BODY: return "body";
+    case DM_HTTP_STALE: return "stale";
+    case DM_HTTP_OTHER: break;
     }
     return "other";
 }
 
-static enum http_kind classify(CURLcode rc)
+static enum dm_http_kind classify(CURLcode rc)
 {
     switch (rc) {
     case CURLE_COULDNT_CONNECT:
     case CURLE_PROXY:  /* proxy handshake failed: the request was not sent either */
-        return HTTP_CONNECT;
+        return DM_HTTP_CONNECT;
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
-        return HTTP_RESOLVE;
+        return DM_HTTP_RESOLVE;
     case CURLE_OPERATION_TIMEDOUT:
-        return HTTP_TIMEOUT;
+        return DM_HTTP_TIMEOUT;
     case CURLE_RECV_ERROR:
     case CURLE_SEND_ERROR:
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
     case CURLE_HTTP2:
     case CURLE_HTTP2_STREAM:
-        return HTTP_RESET;
+        return DM_HTTP_RESET;
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_SSL_ENGINE_NOTFOUND:
     case CURLE_SSL_ENGINE_SETFAILED:
@@ -189,11 +189,11 @@ static enum http_kind classify(CURLcode rc)
     case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
     case CURLE_SSL_INVALIDCERTSTATUS:
     case CURLE_SSL_CLIENTCERT:
-        return HTTP_TLS;
+        return DM_HTTP_TLS;
     case CURLE_FILESIZE_EXCEEDED:
-        return HTTP_TOO_LARGE;
+        return DM_HTTP_TOO_LARGE;
     default:
-        return HTTP_OTHER;
+        return DM_HTTP_OTHER;
     }
 }
 
@@ -228,7 +228,7 @@ static void buf_free(struct buf *b)
     b->len = b->cap = 0;
 }
 
-static void list_push(struct req_list *l, http_request *r)
+static void list_push(struct req_list *l, dm_http_request *r)
 {
     r->next = NULL;
     r->prev = l->tail;
@@ -240,7 +240,7 @@ static void list_push(struct req_list *l, http_request *r)
     l->n++;
 }
 
-static void list_unlink(struct req_list *l, http_request *r)
+static void list_unlink(struct req_list *l, dm_http_request *r)
 {
     if (r->prev)
         r->prev->next = r->next;
@@ -255,7 +255,7 @@ static void list_unlink(struct req_list *l, http_request *r)
 }
 
 /* Request headers carry bearer tokens: wipe them before they go back to the allocator. */
-static void free_request_headers(http_request *r)
+static void free_request_headers(dm_http_request *r)
 {
     struct curl_slist *s;
 
@@ -266,7 +266,7 @@ static void free_request_headers(http_request *r)
 }
 
 /* A streamed body may be personal data: wiped before it goes back to the allocator. */
-static void free_send_buffer(http_request *r)
+static void free_send_buffer(dm_http_request *r)
 {
     if (r->send.data != NULL) {
         OPENSSL_cleanse(r->send.data, r->send.cap);
@@ -278,7 +278,7 @@ static void free_send_buffer(http_request *r)
 
 /* Ends the transfer side of a request: the easy handle, its request headers and the send
  * buffer of a streamed body. */
-static void release_transfer(http_request *r)
+static void release_transfer(dm_http_request *r)
 {
     if (r->easy != NULL && owned(r->pid))
         curl_easy_cleanup(r->easy);
@@ -287,7 +287,7 @@ static void release_transfer(http_request *r)
     free_send_buffer(r);
 }
 
-static void free_raw_headers(http_request *r)
+static void free_raw_headers(dm_http_request *r)
 {
     buf_free(&r->raw_bytes);
     free(r->raw);
@@ -295,7 +295,7 @@ static void free_raw_headers(http_request *r)
     r->nraw = r->raw_cap = 0;
 }
 
-void http_request_drop_response(http_request *r)
+void dm_http_request_drop_response(dm_http_request *r)
 {
     buf_free(&r->body);
     free_raw_headers(r);
@@ -306,37 +306,37 @@ void http_request_drop_response(http_request *r)
     r->nhdrs = 0;
 }
 
-static void set_cancelled(http_request *r)
+static void set_cancelled(dm_http_request *r)
 {
     r->state = REQ_DONE;
-    r->kind = HTTP_CANCELLED;
+    r->kind = DM_HTTP_CANCELLED;
     snprintf(r->message, sizeof r->message, "request cancelled");
     release_transfer(r);
-    http_request_drop_response(r);
+    dm_http_request_drop_response(r);
 }
 
 /* ---- libcurl callbacks: they only fill buffers (or feed the C sink) ---- */
 
-static size_t sink_limit(const http_request *r)
+static size_t sink_limit(const dm_http_request *r)
 {
     return r->streaming ? r->max_buffered : SIZE_MAX;
 }
 
-static void sink_failed(http_request *r)
+static void sink_failed(dm_http_request *r)
 {
-    r->kind = HTTP_DECRYPT;
+    r->kind = DM_HTTP_DECRYPT;
     snprintf(r->message, sizeof r->message, "%s", r->sink.error(r->sink.ctx));
 }
 
 /* The first body byte of a response: 2xx bodies go to the sink, others are buffered. */
-static int decide_route(http_request *r)
+static int decide_route(dm_http_request *r)
 {
     long status = 0;
     curl_off_t length = -1;
 
     curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
     if (status < 200 || status > 299)
-        r->cut_at = HTTP_MAX_ERROR_BODY;
+        r->cut_at = DM_HTTP_MAX_ERROR_BODY;
     if (!r->has_sink || status < 200 || status > 299) {
         r->route = ROUTE_BUFFER;
         return 0;
@@ -350,7 +350,7 @@ static int decide_route(http_request *r)
     return 0;
 }
 
-static size_t sink_body(http_request *r, const char *p, size_t len)
+static size_t sink_body(dm_http_request *r, const char *p, size_t len)
 {
     int rc;
 
@@ -377,7 +377,7 @@ static size_t sink_body(http_request *r, const char *p, size_t len)
  * 413) would hang until the timeout. So once the final answer is complete by its
  * content-length and the upload is not, the transfer ends here with that answer. HTTP/1.1
  * needs none of this: libcurl stops sending on an error answer by itself. */
-static int answered_early(http_request *r)
+static int answered_early(dm_http_request *r)
 {
     long version = 0, status = 0;
     curl_off_t length = -1, sent = 0;
@@ -409,7 +409,7 @@ static int answered_early(http_request *r)
 
 static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
-    http_request *r = ud;
+    dm_http_request *r = ud;
     size_t len = size * n, taken;
 
     if (r->route == ROUTE_UNDECIDED && decide_route(r) != 0) {
@@ -452,7 +452,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
 
 /* Tells libcurl which directions stay paused: receiving while the sink waits for its
  * consumer, sending while a streamed body waits for its writer. */
-static void update_pause(http_request *r)
+static void update_pause(dm_http_request *r)
 {
     if (r->state == REQ_RUNNING && r->easy != NULL && owned(r->pid))
         curl_easy_pause(r->easy, (r->paused ? CURLPAUSE_RECV : 0)
@@ -463,7 +463,7 @@ static void update_pause(http_request *r)
  * writer adds some or ends the body. */
 static size_t on_read(char *p, size_t size, size_t n, void *ud)
 {
-    http_request *r = ud;
+    dm_http_request *r = ud;
     size_t want = size * n, k, first;
     struct ring *b = &r->send;
 
@@ -492,7 +492,7 @@ static size_t on_read(char *p, size_t size, size_t n, void *ud)
  * Only a body none of which has been taken yet can start again: the rest is gone. */
 static int on_seek(void *ud, curl_off_t offset, int origin)
 {
-    http_request *r = ud;
+    dm_http_request *r = ud;
 
     return offset == 0 && origin == SEEK_SET && r->body_taken == 0 ? CURL_SEEKFUNC_OK
                                                                    : CURL_SEEKFUNC_CANTSEEK;
@@ -502,11 +502,11 @@ static int on_seek(void *ud, curl_off_t offset, int origin)
  * connection dies before any answer comes (RFC 9112 9.3.1 allows that for idempotent
  * requests only). The caller signs each attempt afresh (a nonce is good once) and counts
  * it, and some requests must never be repeated: the second sending is refused here and the
- * transfer ends as HTTP_STALE. A redirect is told apart by the answer that came before it. */
+ * transfer ends as DM_HTTP_STALE. A redirect is told apart by the answer that came before it. */
 static int on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip,
                      int conn_primary_port, int conn_local_port)
 {
-    http_request *r = ud;
+    dm_http_request *r = ud;
 
     (void)conn_primary_ip; (void)conn_local_ip; (void)conn_primary_port; (void)conn_local_port;
     if (r->sends > 0 && r->header_bytes == r->header_bytes_at_send) {
@@ -523,7 +523,7 @@ static int is_space(char c)
     return c == ' ' || c == '\t';
 }
 
-static int raw_append(http_request *r, const char *p, size_t len, int lower)
+static int raw_append(dm_http_request *r, const char *p, size_t len, int lower)
 {
     size_t i;
 
@@ -538,7 +538,7 @@ static int raw_append(http_request *r, const char *p, size_t len, int lower)
 
 /* Adds one header line (CRLF stripped). Lines are stored name then value, so a folded
  * continuation line only has to extend the bytes at the end. */
-static int add_header_line(http_request *r, const char *p, size_t len)
+static int add_header_line(dm_http_request *r, const char *p, size_t len)
 {
     const char *colon, *v;
     size_t vlen;
@@ -594,7 +594,7 @@ static int add_header_line(http_request *r, const char *p, size_t len)
 
 static size_t on_header(char *p, size_t size, size_t n, void *ud)
 {
-    http_request *r = ud;
+    dm_http_request *r = ud;
     size_t len = size * n;
 
     /* Counted over every response of the transfer (1xx, redirects), so none is unbounded. */
@@ -629,7 +629,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
  * and value (a line ":", which libcurl passes on) stored no byte, so raw_bytes.data is still
  * NULL; NULL + 0, and NULL given to memcmp or memcpy even for 0 bytes, are undefined
  * behaviour (found by csrc/fuzz/fuzz_http_headers.c under UBSan): point at "" instead. */
-static const char *raw_base(const http_request *r)
+static const char *raw_base(const dm_http_request *r)
 {
     return r->raw_bytes.data != NULL ? r->raw_bytes.data : "";
 }
@@ -661,7 +661,7 @@ static int same_name(const struct sort_entry *a, const struct sort_entry *b)
 
 /* Sorting by name groups repeated headers in O(n log n): a server sending thousands of
  * them must not cost quadratic time. */
-static int join_headers(http_request *r)
+static int join_headers(dm_http_request *r)
 {
     struct sort_entry *ent;
     size_t i, j, total = 0, n = r->nraw;
@@ -686,7 +686,7 @@ static int join_headers(http_request *r)
     qsort(ent, n, sizeof *ent, cmp_entry);
     out = r->hdr_data;
     for (i = 0; i < n; i = j) {
-        struct http_header *h = &r->hdrs[r->nhdrs++];
+        struct dm_http_header *h = &r->hdrs[r->nhdrs++];
         memcpy(out, ent[i].name, ent[i].name_len);
         h->name = out;
         h->name_len = ent[i].name_len;
@@ -708,7 +708,7 @@ static int join_headers(http_request *r)
 }
 
 /* A complete answer: a 2xx body (empty ones too) ends in the sink. */
-static void finish_sink(http_request *r)
+static void finish_sink(dm_http_request *r)
 {
     int rc;
 
@@ -720,14 +720,14 @@ static void finish_sink(http_request *r)
     if (rc < 0) {
         sink_failed(r);
         r->sink_state = SINK_FAILED;
-        http_request_drop_response(r);
+        dm_http_request_drop_response(r);
     } else {
         r->sink_state = rc > 0 ? SINK_FINISHING : SINK_DONE;
     }
 }
 
 /* Records how the transfer ended; the response is kept only for a complete answer. */
-static void complete(http_request *r, CURLcode rc)
+static void complete(dm_http_request *r, CURLcode rc)
 {
     long version = 0;
 
@@ -739,13 +739,13 @@ static void complete(http_request *r, CURLcode rc)
         /* libcurl 7.88 takes a connection closed in the middle of the headers for a
          * complete answer without a body; so is a lone 1xx. Neither is the answer. */
         if (!r->headers_done || r->status < 200) {
-            r->kind = HTTP_RESET;
+            r->kind = DM_HTTP_RESET;
             snprintf(r->message, sizeof r->message,
                      "connection closed before the end of the response headers");
-            http_request_drop_response(r);
+            dm_http_request_drop_response(r);
             return;
         }
-        r->kind = HTTP_OK;
+        r->kind = DM_HTTP_OK;
         r->message[0] = '\0';
         curl_easy_getinfo(r->easy, CURLINFO_HTTP_VERSION, &version);
         curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &r->time);
@@ -761,15 +761,15 @@ static void complete(http_request *r, CURLcode rc)
         rc = CURLE_OUT_OF_MEMORY;
     }
     if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_BODY) {
-        r->kind = HTTP_TOO_LARGE;
+        r->kind = DM_HTTP_TOO_LARGE;
         snprintf(r->message, sizeof r->message, "response body larger than max_body (%zu bytes)",
                  r->max_body);
     } else if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_HEADERS) {
-        r->kind = HTTP_TOO_LARGE;
+        r->kind = DM_HTTP_TOO_LARGE;
         snprintf(r->message, sizeof r->message,
                  "response headers larger than max_headers (%zu bytes)", r->max_headers);
     } else if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_NOMEM) {
-        r->kind = HTTP_OTHER;
+        r->kind = DM_HTTP_OTHER;
         snprintf(r->message, sizeof r->message, "out of memory");
     } else if (rc == CURLE_WRITE_ERROR && r->aborted == ABORT_SINK) {
         sink_failed(r);
@@ -778,7 +778,7 @@ static void complete(http_request *r, CURLcode rc)
                || (rc == CURLE_SEND_FAIL_REWIND && r->sends == 1
                    && r->header_bytes == r->header_bytes_at_send)) {
         /* a streamed body cannot be rewound: libcurl's resend fails before on_prereq */
-        r->kind = HTTP_STALE;
+        r->kind = DM_HTTP_STALE;
         snprintf(r->message, sizeof r->message,
                  "the reused connection closed before any answer (not sent again)");
     } else {
@@ -786,18 +786,19 @@ static void complete(http_request *r, CURLcode rc)
         snprintf(r->message, sizeof r->message, "%s",
                  r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc));
     }
-    http_request_drop_response(r);
+    dm_http_request_drop_response(r);
 }
 
 /* ---- engines ---- */
 
-http_engine *http_engine_new(char err[HTTP_ERRLEN])
+dm_http_engine *dm_http_engine_new(char err[DM_HTTP_ERRLEN])
 {
-    http_engine *e;
+    dm_http_engine *e;
 
     pthread_once(&global_once, global_init);
     if (global_rc != CURLE_OK) {
-        snprintf(err, HTTP_ERRLEN, "libcurl initialisation failed: %s", curl_easy_strerror(global_rc));
+        snprintf(err, DM_HTTP_ERRLEN, "libcurl initialisation failed: %s",
+                 curl_easy_strerror(global_rc));
         return NULL;
     }
     e = calloc(1, sizeof *e);
@@ -816,14 +817,14 @@ http_engine *http_engine_new(char err[HTTP_ERRLEN])
     curl_share_setopt(e->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
     /* Idle connections kept: libcurl's default (4 x the transfers in flight) shrinks as a
      * burst ends and would close connections the next burst needs. */
-    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)HTTP_MAX_IDLE_CONNECTIONS);
+    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)DM_HTTP_MAX_IDLE_CONNECTIONS);
     e->pid = getpid();
     return e;
 }
 
-void http_engine_free(http_engine *e)
+void dm_http_engine_free(dm_http_engine *e)
 {
-    http_request *r;
+    dm_http_request *r;
 
     while ((r = e->running.head) != NULL) {
         if (owned(e->pid))
@@ -844,7 +845,7 @@ void http_engine_free(http_engine *e)
     free(e);
 }
 
-static int check_owned(const http_engine *e, char err[HTTP_ERRLEN])
+static int check_owned(const dm_http_engine *e, char err[DM_HTTP_ERRLEN])
 {
     if (owned(e->pid))
         return 0;
@@ -853,7 +854,7 @@ static int check_owned(const http_engine *e, char err[HTTP_ERRLEN])
 }
 
 /* ---- the timeout: a stall limit, not a cap on the whole transfer ----
- * A request fails with HTTP_TIMEOUT once no byte has moved either way for stall_ms, however
+ * A request fails with DM_HTTP_TIMEOUT once no byte has moved either way for stall_ms, however
  * long a transfer that keeps moving takes (a 3 GiB file at any pace). Time the SDK itself
  * holds the transfer (a paused consumer, a body writer that has not written yet) is not a
  * stall of the server's. libcurl's own low-speed check counts whole seconds only. */
@@ -864,7 +865,7 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static curl_off_t bytes_moved(http_request *r)
+static curl_off_t bytes_moved(dm_http_request *r)
 {
     curl_off_t dl = 0, ul = 0;
     long hdr = 0;
@@ -874,10 +875,10 @@ static curl_off_t bytes_moved(http_request *r)
     return dl + ul + hdr;
 }
 
-static void check_stalls(http_engine *e)
+static void check_stalls(dm_http_engine *e)
 {
     long long now = now_ms();
-    http_request *r, *next;
+    dm_http_request *r, *next;
 
     for (r = e->running.head; r != NULL; r = next) {
         curl_off_t m;
@@ -892,10 +893,10 @@ static void check_stalls(http_engine *e)
         }
         if (now - r->moved_at < r->stall_ms)
             continue;
-        r->kind = HTTP_TIMEOUT;
+        r->kind = DM_HTTP_TIMEOUT;
         snprintf(r->message, sizeof r->message,
                  "timed out: no data moved for %ld ms (the timeout)", r->stall_ms);
-        http_request_drop_response(r);
+        dm_http_request_drop_response(r);
         curl_multi_remove_handle(e->multi, r->easy);
         release_transfer(r);
         list_unlink(&e->running, r);
@@ -905,10 +906,10 @@ static void check_stalls(http_engine *e)
 }
 
 /* Milliseconds until the nearest stall limit (for the poll), or -1 when none runs. */
-static long long next_stall(http_engine *e)
+static long long next_stall(dm_http_engine *e)
 {
     long long now = now_ms(), best = -1;
-    http_request *r;
+    dm_http_request *r;
 
     for (r = e->running.head; r != NULL; r = r->next) {
         long long left;
@@ -923,7 +924,7 @@ static long long next_stall(http_engine *e)
     return best;
 }
 
-int http_engine_perform(http_engine *e, int *running, char err[HTTP_ERRLEN])
+int dm_http_engine_perform(dm_http_engine *e, int *running, char err[DM_HTTP_ERRLEN])
 {
     CURLMcode mc;
     CURLMsg *msg;
@@ -939,11 +940,11 @@ int http_engine_perform(http_engine *e, int *running, char err[HTTP_ERRLEN])
     check_stalls(e);
     while ((msg = curl_multi_info_read(e->multi, &left)) != NULL) {
         char *priv = NULL;
-        http_request *r;
+        dm_http_request *r;
         if (msg->msg != CURLMSG_DONE)
             continue;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
-        r = (http_request *)priv;
+        r = (dm_http_request *)priv;
         complete(r, msg->data.result);
         curl_multi_remove_handle(e->multi, r->easy);
         release_transfer(r);
@@ -954,7 +955,7 @@ int http_engine_perform(http_engine *e, int *running, char err[HTTP_ERRLEN])
     return 0;
 }
 
-int http_engine_poll(http_engine *e, int timeout_ms, char err[HTTP_ERRLEN])
+int dm_http_engine_poll(dm_http_engine *e, int timeout_ms, char err[DM_HTTP_ERRLEN])
 {
     CURLMcode mc;
 
@@ -973,9 +974,9 @@ int http_engine_poll(http_engine *e, int timeout_ms, char err[HTTP_ERRLEN])
     return 0;
 }
 
-http_request *http_engine_next_finished(http_engine *e)
+dm_http_request *dm_http_engine_next_finished(dm_http_engine *e)
 {
-    http_request *r = e->finished.head;
+    dm_http_request *r = e->finished.head;
 
     if (r != NULL) {
         list_unlink(&e->finished, r);
@@ -985,26 +986,26 @@ http_request *http_engine_next_finished(http_engine *e)
     return r;
 }
 
-size_t http_engine_count(const http_engine *e)
+size_t dm_http_engine_count(const dm_http_engine *e)
 {
     return e->running.n + e->finished.n;
 }
 
 /* ---- requests ---- */
 
-void http_options_init(struct http_options *o)
+void dm_http_options_init(struct dm_http_options *o)
 {
     memset(o, 0, sizeof *o);
     o->method = "GET";
-    o->timeout_ms = HTTP_DEFAULT_TIMEOUT_MS;
-    o->connect_timeout_ms = HTTP_DEFAULT_CONNECT_TIMEOUT_MS;
+    o->timeout_ms = DM_HTTP_DEFAULT_TIMEOUT_MS;
+    o->connect_timeout_ms = DM_HTTP_DEFAULT_CONNECT_TIMEOUT_MS;
     o->verify = 1;
     o->http2 = 1;
-    o->max_body = HTTP_DEFAULT_MAX_BODY;
-    o->max_headers = HTTP_DEFAULT_MAX_HEADERS;
-    o->max_buffered = HTTP_DEFAULT_MAX_BUFFERED;
+    o->max_body = DM_HTTP_DEFAULT_MAX_BODY;
+    o->max_headers = DM_HTTP_DEFAULT_MAX_HEADERS;
+    o->max_buffered = DM_HTTP_DEFAULT_MAX_BUFFERED;
     o->body_length = -1;
-    o->body_buffer = HTTP_DEFAULT_BODY_BUFFER;
+    o->body_buffer = DM_HTTP_DEFAULT_BODY_BUFFER;
 }
 
 /* An HTTP method is a token (RFC 9110 5.6.2). */
@@ -1026,7 +1027,7 @@ static int is_token(const char *s)
             goto fail; \
     } while (0)
 
-static CURLcode set_method(http_request *r, const struct http_options *o)
+static CURLcode set_method(dm_http_request *r, const struct dm_http_options *o)
 {
     CURLcode rc = CURLE_OK;
     const char *m = o->method;
@@ -1066,9 +1067,9 @@ fail:
     return rc;
 }
 
-http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLEN])
+dm_http_request *dm_http_request_new(const struct dm_http_options *o, char err[DM_HTTP_ERRLEN])
 {
-    http_request *r;
+    dm_http_request *r;
     CURLcode rc;
 
     if (o->url == NULL) {
@@ -1115,18 +1116,18 @@ http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLE
     if (o->sink != NULL) {
         r->has_sink = 1;
         r->sink = *o->sink;
-        r->max_buffered = o->max_buffered > 0 ? o->max_buffered : HTTP_DEFAULT_MAX_BUFFERED;
+        r->max_buffered = o->max_buffered > 0 ? o->max_buffered : DM_HTTP_DEFAULT_MAX_BUFFERED;
         r->streaming = o->stream;
     }
     if (o->body_stream) {
         r->body_stream = 1;
         r->body_length = o->body_length;
-        r->send.cap = o->body_buffer > 0 ? o->body_buffer : HTTP_DEFAULT_BODY_BUFFER;
+        r->send.cap = o->body_buffer > 0 ? o->body_buffer : DM_HTTP_DEFAULT_BODY_BUFFER;
         r->send.data = malloc(r->send.cap);
         if (r->send.data == NULL) {
             r->send.cap = 0;
             set_err(err, "out of memory");
-            http_request_free(r);
+            dm_http_request_free(r);
             return NULL;
         }
     }
@@ -1184,7 +1185,7 @@ http_request *http_request_new(const struct http_options *o, char err[HTTP_ERRLE
     return r;
 fail:
     set_err(err, curl_easy_strerror(rc));
-    http_request_free(r);
+    dm_http_request_free(r);
     return NULL;
 }
 
@@ -1201,7 +1202,7 @@ static int is_content_type(const char *line)
     return line[i] == ':' || line[i] == ';';
 }
 
-int http_request_add_header(http_request *r, const char *line, char err[HTTP_ERRLEN])
+int dm_http_request_add_header(dm_http_request *r, const char *line, char err[DM_HTTP_ERRLEN])
 {
     struct curl_slist *s;
 
@@ -1228,7 +1229,7 @@ int http_request_add_header(http_request *r, const char *line, char err[HTTP_ERR
     return 0;
 }
 
-int http_engine_add(http_engine *e, http_request *r, char err[HTTP_ERRLEN])
+int dm_http_engine_add(dm_http_engine *e, dm_http_request *r, char err[DM_HTTP_ERRLEN])
 {
     CURLMcode mc;
 
@@ -1265,7 +1266,7 @@ int http_engine_add(http_engine *e, http_request *r, char err[HTTP_ERRLEN])
     return 0;
 }
 
-int http_request_cancel(http_request *r)
+int dm_http_request_cancel(dm_http_request *r)
 {
     if (r->state == REQ_RUNNING) {
         if (owned(r->engine->pid))
@@ -1279,7 +1280,7 @@ int http_request_cancel(http_request *r)
     return 1;
 }
 
-void http_request_free(http_request *r)
+void dm_http_request_free(dm_http_request *r)
 {
     if (r->state == REQ_RUNNING || r->state == REQ_FINISHED) {
         if (r->state == REQ_RUNNING) {
@@ -1291,57 +1292,57 @@ void http_request_free(http_request *r)
         }
     }
     release_transfer(r);
-    http_request_drop_response(r);
+    dm_http_request_drop_response(r);
     free(r);
 }
 
-int http_request_detached(const http_request *r)
+int dm_http_request_detached(const dm_http_request *r)
 {
     return r->state == REQ_NEW || r->state == REQ_DONE;
 }
 
-int http_request_done(const http_request *r)
+int dm_http_request_done(const dm_http_request *r)
 {
     return r->state == REQ_FINISHED || r->state == REQ_DONE;
 }
 
-enum http_kind http_request_kind(const http_request *r)
+enum dm_http_kind dm_http_request_kind(const dm_http_request *r)
 {
     return r->kind;
 }
 
-const char *http_request_error(const http_request *r)
+const char *dm_http_request_error(const dm_http_request *r)
 {
     return r->message;
 }
 
-long http_request_status(const http_request *r)
+long dm_http_request_status(const dm_http_request *r)
 {
     return r->status;
 }
 
-const char *http_request_http_version(const http_request *r)
+const char *dm_http_request_http_version(const dm_http_request *r)
 {
     return r->version ? r->version : "";
 }
 
-long http_request_connects(const http_request *r)
+long dm_http_request_connects(const dm_http_request *r)
 {
     return r->connects;
 }
 
-double http_request_time(const http_request *r)
+double dm_http_request_time(const dm_http_request *r)
 {
     return r->time;
 }
 
-const char *http_request_body(const http_request *r, size_t *len)
+const char *dm_http_request_body(const dm_http_request *r, size_t *len)
 {
     *len = r->body.len;
     return r->body.data ? r->body.data : "";
 }
 
-int http_request_peek_headers(const http_request *r, long *status)
+int dm_http_request_peek_headers(const dm_http_request *r, long *status)
 {
     if (r->state != REQ_RUNNING || !r->headers_done || r->easy == NULL || !owned(r->pid))
         return 0;
@@ -1350,12 +1351,12 @@ int http_request_peek_headers(const http_request *r, long *status)
     return *status >= 200;
 }
 
-size_t http_request_raw_count(const http_request *r)
+size_t dm_http_request_raw_count(const dm_http_request *r)
 {
     return r->nraw;
 }
 
-void http_request_raw_header(const http_request *r, size_t i, const char **name, size_t *nlen,
+void dm_http_request_raw_header(const dm_http_request *r, size_t i, const char **name, size_t *nlen,
                              const char **value, size_t *vlen)
 {
     *name = raw_base(r) + r->raw[i].name_off;
@@ -1364,23 +1365,23 @@ void http_request_raw_header(const http_request *r, size_t i, const char **name,
     *vlen = r->raw[i].value_len;
 }
 
-const struct http_header *http_request_headers(const http_request *r, size_t *count)
+const struct dm_http_header *dm_http_request_headers(const dm_http_request *r, size_t *count)
 {
     *count = r->nhdrs;
     return r->hdrs;
 }
 
-int http_request_has_sink(const http_request *r)
+int dm_http_request_has_sink(const dm_http_request *r)
 {
     return r->has_sink;
 }
 
-int http_request_piped(const http_request *r)
+int dm_http_request_piped(const dm_http_request *r)
 {
     return r->has_sink && r->route == ROUTE_SINK;
 }
 
-int http_request_pump(http_request *r, int all)
+int dm_http_request_pump(dm_http_request *r, int all)
 {
     size_t limit;
     int rc;
@@ -1390,15 +1391,15 @@ int http_request_pump(http_request *r, int all)
     if (!all)
         r->streaming = 1;
     limit = all ? SIZE_MAX : sink_limit(r);
-    if (http_request_done(r)) {
-        if (r->kind != HTTP_OK)
+    if (dm_http_request_done(r)) {
+        if (r->kind != DM_HTTP_OK)
             return -1;
         if (r->sink_state == SINK_FINISHING) {
             rc = r->sink.finish(r->sink.ctx, limit);
             if (rc < 0) {
                 sink_failed(r);
                 r->sink_state = SINK_FAILED;
-                http_request_drop_response(r);
+                dm_http_request_drop_response(r);
                 return -1;
             }
             if (rc == 0)
@@ -1434,12 +1435,12 @@ int http_request_pump(http_request *r, int all)
 /* ---- streamed request bodies ---- */
 
 /* Ends a request whose streamed body broke its contract, at once: out of the multi handle and
- * onto the engine's finished list, reported by http_engine_next_finished as any other. */
-static void fail_body(http_request *r, const char *msg)
+ * onto the engine's finished list, reported by dm_http_engine_next_finished as any other. */
+static void fail_body(dm_http_request *r, const char *msg)
 {
-    http_engine *e = r->engine;
+    dm_http_engine *e = r->engine;
 
-    r->kind = HTTP_BODY;
+    r->kind = DM_HTTP_BODY;
     snprintf(r->message, sizeof r->message, "%s", msg);
     if (r->state == REQ_RUNNING) {
         if (owned(e->pid))
@@ -1451,27 +1452,27 @@ static void fail_body(http_request *r, const char *msg)
         r->state = REQ_DONE;
     }
     release_transfer(r);
-    http_request_drop_response(r);
+    dm_http_request_drop_response(r);
 }
 
-int http_request_has_body_stream(const http_request *r)
+int dm_http_request_has_body_stream(const dm_http_request *r)
 {
     return r->body_stream;
 }
 
-int http_request_body_open(const http_request *r)
+int dm_http_request_body_open(const dm_http_request *r)
 {
     return r->body_stream && !r->body_ended;
 }
 
-int http_request_write(http_request *r, const char *p, size_t n, size_t *taken)
+int dm_http_request_write(dm_http_request *r, const char *p, size_t n, size_t *taken)
 {
     struct ring *b = &r->send;
     size_t k, tail, first;
-    char msg[HTTP_ERRLEN];
+    char msg[DM_HTTP_ERRLEN];
 
     *taken = 0;
-    if (http_request_done(r))
+    if (dm_http_request_done(r))
         return -1;
     if (r->body_length >= 0 && n > (unsigned long long)r->body_length - r->body_written) {
         snprintf(msg, sizeof msg, "the streamed body is longer than its body_length (%lld bytes)",
@@ -1496,11 +1497,11 @@ int http_request_write(http_request *r, const char *p, size_t n, size_t *taken)
     return 0;
 }
 
-int http_request_finish_body(http_request *r)
+int dm_http_request_finish_body(dm_http_request *r)
 {
-    char msg[HTTP_ERRLEN];
+    char msg[DM_HTTP_ERRLEN];
 
-    if (http_request_done(r))
+    if (dm_http_request_done(r))
         return -1;
     if (r->body_length >= 0 && r->body_written < (unsigned long long)r->body_length) {
         snprintf(msg, sizeof msg, "the streamed body ended after %llu of its %lld bytes (body_length)",
@@ -1516,16 +1517,16 @@ int http_request_finish_body(http_request *r)
     return 0;
 }
 
-size_t http_request_body_room(const http_request *r)
+size_t dm_http_request_body_room(const dm_http_request *r)
 {
-    if (!http_request_body_open(r) || http_request_done(r))
+    if (!dm_http_request_body_open(r) || dm_http_request_done(r))
         return 0;
     return r->send.cap - r->send.len;
 }
 
-size_t http_request_body_ready(const http_request *r)
+size_t dm_http_request_body_ready(const dm_http_request *r)
 {
-    size_t room = http_request_body_room(r);
+    size_t room = dm_http_request_body_room(r);
 
     if (!r->body_asked || room == 0)
         return 0;
@@ -1539,33 +1540,33 @@ size_t http_request_body_ready(const http_request *r)
 #ifdef DIGIME_FUZZ
 /* ---- test hooks for the fuzz target (see http.h); not built into the module ---- */
 
-http_request *http_fuzz_request(size_t max_headers)
+dm_http_request *dm_http_fuzz_request(size_t max_headers)
 {
-    http_request *r = calloc(1, sizeof *r);
+    dm_http_request *r = calloc(1, sizeof *r);
 
     if (r == NULL)
         return NULL;
     r->pid = getpid();
     r->state = REQ_NEW;
-    r->max_body = HTTP_DEFAULT_MAX_BODY;
+    r->max_body = DM_HTTP_DEFAULT_MAX_BODY;
     r->max_headers = max_headers;
     return r;
 }
 
-size_t http_fuzz_header_line(http_request *r, const char *p, size_t n)
+size_t dm_http_fuzz_header_line(dm_http_request *r, const char *p, size_t n)
 {
     /* libcurl hands over char *; on_header never writes through it */
     return on_header((char *)(uintptr_t)p, 1, n, r);
 }
 
-int http_fuzz_finish(http_request *r)
+int dm_http_fuzz_finish(dm_http_request *r)
 {
     if (r->aborted != ABORT_NONE || !r->headers_done) {
-        http_request_drop_response(r);
+        dm_http_request_drop_response(r);
         return -1;
     }
     if (join_headers(r) != 0) {
-        http_request_drop_response(r);
+        dm_http_request_drop_response(r);
         return -1;
     }
     free_raw_headers(r);

@@ -106,13 +106,13 @@ static void model_line(struct model *m, const char *p, size_t len)
     m->n++;
 }
 
-static void check_raw(const http_request *r, const struct model *m)
+static void check_raw(const dm_http_request *r, const struct model *m)
 {
-    FUZZ_CHECK(http_request_raw_count(r) == m->n);
+    FUZZ_CHECK(dm_http_request_raw_count(r) == m->n);
     for (size_t i = 0; i < m->n; i++) {
         const char *name, *value;
         size_t nlen, vlen;
-        http_request_raw_header(r, i, &name, &nlen, &value, &vlen);
+        dm_http_request_raw_header(r, i, &name, &nlen, &value, &vlen);
         FUZZ_CHECK(nlen == m->h[i].nlen && memcmp(name, m->h[i].name, nlen) == 0);
         FUZZ_CHECK(vlen == m->h[i].vlen && memcmp(value, m->h[i].value, vlen) == 0);
     }
@@ -136,11 +136,11 @@ static int cmp_mhdr(const void *pa, const void *pb)
 
 /* The joined view the model expects: the raw list grouped by name in arrival order (a
  * stable sort: ties broken by position), values joined with ", ". */
-static void check_joined(const http_request *r, struct model *m)
+static void check_joined(const dm_http_request *r, struct model *m)
 {
     struct mhdr *sorted = malloc((m->n ? m->n : 1) * sizeof *sorted);
     size_t *order = malloc((m->n ? m->n : 1) * sizeof *order);
-    const struct http_header *h;
+    const struct dm_http_header *h;
     size_t count = 0, k = 0;
 
     FUZZ_CHECK(sorted != NULL && order != NULL);
@@ -157,7 +157,7 @@ static void check_joined(const http_request *r, struct model *m)
     }
     for (size_t i = 0; i < m->n; i++)
         sorted[i] = m->h[order[i]];
-    h = http_request_headers(r, &count);
+    h = dm_http_request_headers(r, &count);
     for (size_t i = 0; i < m->n;) {
         size_t j = i, off = 0;
         FUZZ_CHECK(k < count);
@@ -185,8 +185,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct fuzz_in in = { data, size };
     uint8_t c0 = fuzz_byte(&in), c1 = fuzz_byte(&in);
-    size_t max_headers = c0 & 0x80 ? HTTP_DEFAULT_MAX_HEADERS : (size_t)((c0 & 0x7f) << 8 | c1);
-    http_request *r = http_fuzz_request(max_headers);
+    size_t max_headers = c0 & 0x80 ? DM_HTTP_DEFAULT_MAX_HEADERS : (size_t)((c0 & 0x7f) << 8 | c1);
+    dm_http_request *r = dm_http_fuzz_request(max_headers);
     struct model m;
     size_t off = 0, bytes = 0, lines = 0;
     int aborted = 0, rc;
@@ -205,7 +205,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
         FUZZ_CHECK(line != NULL);
         memcpy(line, in.p + off, len);
-        ret = http_fuzz_header_line(r, line, len);
+        ret = dm_http_fuzz_header_line(r, line, len);
         if (len > max_headers - bytes) {
             FUZZ_CHECK(ret == 0);
             aborted = 1;
@@ -220,16 +220,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_raw(r, &m);
     }
     check_raw(r, &m);
-    rc = http_fuzz_finish(r);
+    rc = dm_http_fuzz_finish(r);
     if (aborted || !m.done) {
         FUZZ_CHECK(rc == -1);
-        FUZZ_CHECK(http_request_raw_count(r) == 0);
+        FUZZ_CHECK(dm_http_request_raw_count(r) == 0);
     } else {
         FUZZ_CHECK(rc == 0);
-        FUZZ_CHECK(http_request_raw_count(r) == 0);   /* the raw lines were freed */
+        FUZZ_CHECK(dm_http_request_raw_count(r) == 0);   /* the raw lines were freed */
         check_joined(r, &m);
     }
-    http_request_free(r);
+    dm_http_request_free(r);
     free(m.arena);
     free(m.h);
     return 0;

@@ -1,0 +1,36 @@
+/* core_internal.h: what the binding files (core.c, core_cipher.c, core_http.c) share with
+ * each other and with no one else: the key userdata (core.c makes keys, core_cipher.c takes
+ * them), the `nil, message` return, and the entry points one binding calls in another. */
+#ifndef DIGIME_CORE_INTERNAL_H
+#define DIGIME_CORE_INTERNAL_H
+
+#include <openssl/evp.h>
+
+#include "compat.h"
+#include "cipher.h"
+
+#define KEY_MT "digime.key"
+
+typedef struct {
+    EVP_PKEY *pkey;   /* NULL once freed */
+} key_ud;
+
+/* An expected failure: pushes nil, err and returns their count. */
+static inline int push_fail(lua_State *L, const char *err)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+}
+
+/* core_cipher.c: adds file_decryptor, file_encryptor and inflater to the table on top. */
+int dm_open_cipher(lua_State *L);
+
+/* core_http.c: adds dm_http_engine to the table on top (not in a build without libcurl). */
+int dm_open_http(lua_State *L);
+
+/* core_cipher.c, for core_http.c: the pipeline of a decryptor argument that has not been used
+ * yet (raises otherwise). */
+dm_pipeline *dm_check_file_decryptor(lua_State *L, int idx);
+
+#endif
