@@ -19,7 +19,7 @@ local scheduler = require "digime.scheduler"
 local TASKS = 200
 local ROUNDS = 10
 local FILE = "notes.txt"
-local IDLE_ALLOWANCE = 64            -- idle connections the engine keeps (HTTP_MAX_IDLE_CONNECTIONS)
+local IDLE_ALLOWANCE = 64            -- idle connections the engine keeps (DM_HTTP_MAX_IDLE_CONNECTIONS)
 local HEAP_TOLERANCE = 128           -- KiB of Lua heap rounds 3-10 may add to round 2 (LuaJIT
                                      -- grows a few KiB a round early on as traces compile)
 local HEAP_SLOPE = 32                -- KiB rounds 7-10 may add to round 6 (32 KiB / 800 flows)
