@@ -616,9 +616,10 @@ describe("security", function()
 
     local KIB, MIB = 1024, 1024 * 1024
 
-    it("has sane defaults: headers 256 KiB, JSON 16 MiB, JWKS 1 MiB, server token 64 KiB", function()
+    it("has sane defaults: headers 256 KiB, JSON 16 MiB, a file list 128 MiB, JWKS 1 MiB, server token 64 KiB", function()
       local plain = assert(flow.digime.init{ application_id = "x" })
-      assert.are.same({ json = 16 * MIB, headers = 256 * KIB, body = 1024 * MIB }, plain.config.limits)
+      assert.are.same({ json = 16 * MIB, file_list = 128 * MIB, headers = 256 * KIB, body = 1024 * MIB },
+                      plain.config.limits)
       assert.are.equal(MIB, plain.config.jwks.max_size)
       assert.are.equal(64 * KIB, jwt.MAX_TOKEN)
     end)
