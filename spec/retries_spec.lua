@@ -3,6 +3,7 @@
 -- never replayed, a fresh nonce and JWT per attempt, Retry-After, limit and max_time, timeouts
 -- and servers that never answer, the mapping of error answers and of malformed 2xx answers.
 local flow = require "flow"
+local sandbox_hooks = require "sandbox_hooks"
 local cjson = require "cjson"
 
 local JWKS = "/v1.7/jwks/oauth"
@@ -16,13 +17,7 @@ describe("retries", function()
     sb = flow.start()
   end)
 
-  lazy_teardown(function()
-    if sb then sb:stop() end
-  end)
-
-  before_each(function()
-    sb:reset()
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end)
 
   local function fault(method, path, spec)
     spec.method, spec.path, spec.match = method, path, "exact"

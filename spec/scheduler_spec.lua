@@ -2,6 +2,7 @@
 -- tasks, requests that overlap inside run and block outside it, and the single-flight refresh
 -- (refresh tokens rotate: two refreshes with the same token would end the user's session).
 local flow = require "flow"
+local sandbox_hooks = require "sandbox_hooks"
 local digime = require "digime"
 
 describe("scheduler", function()
@@ -12,13 +13,7 @@ describe("scheduler", function()
     sdk = assert(flow.sdk(sb))
   end)
 
-  lazy_teardown(function()
-    if sb then sb:stop() end
-  end)
-
-  before_each(function()
-    sb:reset()
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end)
 
   it("digime.run returns the function's results, nils and arguments included", function()
     local n = select("#", digime.run(function(a, b) return a + b, "x", nil, b end, 1, 2))

@@ -14,6 +14,7 @@
 --     the seed is one where it does not, and the spec checks that premise;
 --   * the failed files are then read again and a new sync delivers the whole library.
 local flow = require "flow"
+local sandbox_hooks = require "sandbox_hooks"
 local core = require "digime.core"
 local request = require "digime.request"
 
@@ -86,13 +87,7 @@ describe("random faults (POST /sandbox/fault with a probability)", function()
     sb = flow.start()
   end)
 
-  lazy_teardown(function()
-    if sb then sb:stop() end
-  end)
-
-  before_each(function()
-    sb:reset()
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end)
 
   local JWKS = "/v1.7/jwks/oauth"
 

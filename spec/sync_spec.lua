@@ -6,6 +6,7 @@
 -- the file list and on the downloads: every file still delivered once, intact, and the final
 -- token still good. Against the sandbox over real HTTP.
 local flow = require "flow"
+local sandbox_hooks = require "sandbox_hooks"
 local core = require "digime.core"
 local digime = require "digime"
 
@@ -34,12 +35,9 @@ describe("read_all_files", function()
     manifest = sb:control("GET", "manifest")
   end)
 
-  lazy_teardown(function()
-    if sb then sb:stop() end
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end)
 
   before_each(function()
-    sb:reset()
     refreshed = {}
     token = flow.login(sdk)
   end)

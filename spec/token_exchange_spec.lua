@@ -3,6 +3,7 @@
 -- rotating refresh tokens, on_token_refresh, a dead refresh token -> reauthorize -> consent ->
 -- exchange, a wrong code verifier, a declined consent.
 local flow = require "flow"
+local sandbox_hooks = require "sandbox_hooks"
 
 local function is_integer(n)
   if type(n) ~= "number" then return false end
@@ -39,12 +40,9 @@ describe("token exchange and refresh", function()
     end }))
   end)
 
-  lazy_teardown(function()
-    if sb then sb:stop() end
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end)
 
   before_each(function()
-    sb:reset()
     refreshed = {}
   end)
 

@@ -5,6 +5,7 @@
 -- through on_token_refresh, a dead refresh token is a ServerError InvalidToken that carries the
 -- token, and a sync whose token expires midway ends with a token that still works.
 local flow = require "flow"
+local sandbox_hooks = require "sandbox_hooks"
 local digime = require "digime"
 
 local QUERY = "/v1.7/permission-access/query/"
@@ -28,12 +29,9 @@ describe("token refresh in the read calls", function()
     end }))
   end)
 
-  lazy_teardown(function()
-    if sb then sb:stop() end
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end)
 
   before_each(function()
-    sb:reset()
     refreshed = {}
     token = flow.login(sdk)
     key = assert(sdk:read_session{ contract = flow.contract(), user_access_token = token,
