@@ -33,20 +33,11 @@ local function write_file(path, data)
   f:close()
 end
 
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = require("shell").read
 
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
+local hex = require("encode").hex
 
-local function urlencode(s)
-  return (s:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
-end
+local urlencode = require("encode").urlencode
 
 local function assert_error(res, status, code, message)
   assert.equal(status, res.status, res.body)
@@ -190,13 +181,7 @@ local function manifest(sb)
   return m
 end
 
-local function count_keys(t)
-  local n = 0
-  for _ in pairs(t) do
-    n = n + 1
-  end
-  return n
-end
+local count_keys = require("tables").count_keys
 
 -- Specs ---------------------------------------------------------------------------------------
 

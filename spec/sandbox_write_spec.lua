@@ -25,25 +25,13 @@ local function json(res)
   return cjson.decode(res.body)
 end
 
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
+local hex = require("encode").hex
 
-local function sha256_hex(s)
-  return hex(core.sha256(s))
-end
+local sha256_hex = require("encode").sha256_hex
 
-local function urlencode(s)
-  return (s:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
-end
+local urlencode = require("encode").urlencode
 
-local function count_keys(t)
-  local n = 0
-  for _ in pairs(t) do
-    n = n + 1
-  end
-  return n
-end
+local count_keys = require("tables").count_keys
 
 -- An API error answer: status, code, message (when given), X-Error-* headers.
 local function assert_error(res, status, code, message)
