@@ -5,6 +5,7 @@
 -- so a mistake there cannot hide one in the sandbox.
 
 local sandbox = require "sandbox"
+local sandbox_hooks = require "sandbox_hooks"
 local cjson = require "cjson"
 local core = require "digime.core"
 local socket = require "socket"
@@ -34,9 +35,7 @@ local function write_file(path, data)
 end
 
 local read_file = require("shell").read
-
 local hex = require("encode").hex
-
 local urlencode = require("encode").urlencode
 
 local function assert_error(res, status, code, message)
@@ -192,14 +191,9 @@ describe("sandbox library", function()
     sb = sandbox.start{ args = { "--sync-pace", "0.1", "--big-file", "1m", "--hostile-names" } }
   end)
 
-  teardown(function()
-    if sb then
-      sb:stop()
-    end
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end, "teardown")
 
   before_each(function()
-    sb:reset()
     token = login(sb)
   end)
 

@@ -6,6 +6,7 @@
 -- and luaossl, never the SDK's code.
 
 local sandbox = require "sandbox"
+local sandbox_hooks = require "sandbox_hooks"
 local cjson = require "cjson"
 local core = require "digime.core"
 local socket = require "socket"
@@ -342,14 +343,9 @@ describe("sandbox writing and managing", function()
     sb = sandbox.start{ args = { "--sync-pace", "0" } }
   end)
 
-  teardown(function()
-    if sb then
-      sb:stop()
-    end
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end, "teardown")
 
   before_each(function()
-    sb:reset()
     token = login(sb)
   end)
 

@@ -4,8 +4,9 @@ local busted = require "busted"
 
 local _M = {}
 
-function _M.stop_after(get)
-  busted.lazy_teardown(function()
+-- hook: busted's lazy_teardown (default, for a lazy_setup start) or teardown (for a setup start).
+function _M.stop_after(get, hook)
+  busted[hook or "lazy_teardown"](function()
     local sb = get()
     if sb then sb:stop() end
   end)
@@ -19,8 +20,8 @@ function _M.reset_before(get)
 end
 
 -- Both: the block's sandbox stopped at its end and reset before each of its tests.
-function _M.stop_and_reset(get)
-  _M.stop_after(get)
+function _M.stop_and_reset(get, hook)
+  _M.stop_after(get, hook)
   _M.reset_before(get)
 end
 
