@@ -3,13 +3,14 @@
 -- with 5% seeded faults on the API calls and on oauth/token. Prints the refreshes, whether any
 -- token was refreshed twice (a session ended), and the latency the store adds.
 -- Usage: lua5.4 bench/fleet.lua [processes=4] [users=100] [seconds=60] [access_ttl=5] [store=redis|memory]
-package.path = "examples/?.lua;" .. package.path
+package.path = "examples/?.lua;./spec/support/?.lua;" .. package.path
 local digime = require "digime"
 local core = require "digime.core"
 local cjson = require "cjson"
 local socket = require "socket"
 local demo = require "digime.sandbox.demo_contract"
 local browser = require "browser"
+local shell = require "shell"
 
 local procs, users = tonumber(arg[1]) or 4, tonumber(arg[2]) or 100
 local seconds, ttl = tonumber(arg[3]) or 60, tonumber(arg[4]) or 5
@@ -17,24 +18,12 @@ local store_kind = arg[5] or "redis"
 
 local dir = io.popen("mktemp -d"):read("*l")
 local function sh(cmd) assert(os.execute(cmd)) end
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
+local function read(path)   -- nil while the file is not there
+  local ok, s = pcall(shell.read, path)
+  return ok and s or nil
 end
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local write = shell.write
+local free_port = require("redis").free_port
 local function wait_for(what, fn)
   local deadline = socket.gettime() + 15
   while not fn() do

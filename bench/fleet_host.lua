@@ -8,12 +8,8 @@ local digime = require "digime"
 local core = require "digime.core"
 local demo = require "digime.sandbox.demo_contract"
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+package.path = "./spec/support/?.lua;" .. package.path
+local read = require("shell").read
 
 local job = cjson.decode(read(arg[1]))
 

@@ -67,12 +67,7 @@ describe("the build", function()
 end)
 
 describe("make docs", function()
-  local function read(path)
-    local f = assert(io.open(path, "rb"))
-    local s = f:read("*a")
-    f:close()
-    return s
-  end
+  local read = sh.read
 
   it("is an API reference of the public face, with the README as its index", function()
     local ok, out = sh.run("make -s docs")

@@ -7,14 +7,7 @@ local flow = require "flow"
 local digime = require "digime"
 local validate = require "digime.validate"
 
-local function refused(err, field, what)
-  assert.is_table(err, what .. ": no error object")
-  assert.are.equal("TypeValidationError", err.kind, what .. ": " .. tostring(err))
-  if field then
-    assert.is_truthy(tostring(err.message):find(field, 1, true),
-      what .. ": the message does not name " .. field .. ": " .. tostring(err.message))
-  end
-end
+local refused = require("probes").refused_err
 
 local function token()
   return { access_token = { value = "a", expiry = 1 }, refresh_token = { value = "r", expiry = 1 } }

@@ -16,12 +16,7 @@ local FAILED = "file decryption failed (wrong key or corrupt data)"
 local CAPS = { [0] = 0, 1, 10, 100, 4096, 65536, 1048576, 16777216 }   -- fuzz_max_output()
 local KINDS = { [0] = "none", "gzip", "brotli" }
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = require("shell").read
 
 local function files(target)
   local p = assert(io.popen("ls -1 " .. CORPUS .. target))

@@ -8,12 +8,7 @@ local sh = require "shell"
 local core = require "digime.core"
 local digime = require "digime"
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = sh.read
 
 -- The first fenced block of `lang` after the heading line `heading`.
 local function block(text, heading, lang)

@@ -3,6 +3,8 @@
 -- never replayed, a fresh nonce and JWT per attempt, Retry-After, limit and max_time, timeouts
 -- and servers that never answer, the mapping of error answers and of malformed 2xx answers.
 local flow = require "flow"
+local leak_check = require "leak_check"
+local sandbox_hooks = require "sandbox_hooks"
 local cjson = require "cjson"
 
 local JWKS = "/v1.7/jwks/oauth"
@@ -16,13 +18,7 @@ describe("retries", function()
     sb = flow.start()
   end)
 
-  lazy_teardown(function()
-    if sb then sb:stop() end
-  end)
-
-  before_each(function()
-    sb:reset()
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end)
 
   local function fault(method, path, spec)
     spec.method, spec.path, spec.match = method, path, "exact"
@@ -615,7 +611,5 @@ describe("retries", function()
     end)
   end)
 
-  it("leaks no secret into errors or log lines", function()
-    flow.assert_no_secrets()
-  end)
+  leak_check.it_leaks_nothing()
 end)

@@ -5,6 +5,7 @@
 -- so a mistake there cannot hide one in the sandbox.
 
 local sandbox = require "sandbox"
+local sandbox_hooks = require "sandbox_hooks"
 local cjson = require "cjson"
 local core = require "digime.core"
 local socket = require "socket"
@@ -33,20 +34,9 @@ local function write_file(path, data)
   f:close()
 end
 
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
-
-local function urlencode(s)
-  return (s:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
-end
+local read_file = require("shell").read
+local hex = require("encode").hex
+local urlencode = require("encode").urlencode
 
 local function assert_error(res, status, code, message)
   assert.equal(status, res.status, res.body)
@@ -190,13 +180,7 @@ local function manifest(sb)
   return m
 end
 
-local function count_keys(t)
-  local n = 0
-  for _ in pairs(t) do
-    n = n + 1
-  end
-  return n
-end
+local count_keys = require("tables").count_keys
 
 -- Specs ---------------------------------------------------------------------------------------
 
@@ -207,14 +191,9 @@ describe("sandbox library", function()
     sb = sandbox.start{ args = { "--sync-pace", "0.1", "--big-file", "1m", "--hostile-names" } }
   end)
 
-  teardown(function()
-    if sb then
-      sb:stop()
-    end
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end, "teardown")
 
   before_each(function()
-    sb:reset()
     token = login(sb)
   end)
 

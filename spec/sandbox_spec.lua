@@ -2,6 +2,7 @@
 -- a mistake in the SDK cannot hide a mistake in the server it is tested against.
 
 local sandbox = require "sandbox"
+local sandbox_hooks = require "sandbox_hooks"
 local cjson = require "cjson"
 local core = require "digime.core"
 local socket = require "socket"
@@ -160,15 +161,7 @@ describe("digime-sandbox", function()
     sb = sandbox.start()
   end)
 
-  teardown(function()
-    if sb then
-      sb:stop()
-    end
-  end)
-
-  before_each(function()
-    sb:reset()
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end, "teardown")
 
   describe("process", function()
     it("prints one JSON line with the four URLs first", function()

@@ -6,6 +6,7 @@
 -- and luaossl, never the SDK's code.
 
 local sandbox = require "sandbox"
+local sandbox_hooks = require "sandbox_hooks"
 local cjson = require "cjson"
 local core = require "digime.core"
 local socket = require "socket"
@@ -25,25 +26,13 @@ local function json(res)
   return cjson.decode(res.body)
 end
 
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
+local hex = require("encode").hex
 
-local function sha256_hex(s)
-  return hex(core.sha256(s))
-end
+local sha256_hex = require("encode").sha256_hex
 
-local function urlencode(s)
-  return (s:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
-end
+local urlencode = require("encode").urlencode
 
-local function count_keys(t)
-  local n = 0
-  for _ in pairs(t) do
-    n = n + 1
-  end
-  return n
-end
+local count_keys = require("tables").count_keys
 
 -- An API error answer: status, code, message (when given), X-Error-* headers.
 local function assert_error(res, status, code, message)
@@ -354,14 +343,9 @@ describe("sandbox writing and managing", function()
     sb = sandbox.start{ args = { "--sync-pace", "0" } }
   end)
 
-  teardown(function()
-    if sb then
-      sb:stop()
-    end
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end, "teardown")
 
   before_each(function()
-    sb:reset()
     token = login(sb)
   end)
 

@@ -2,6 +2,8 @@
 -- tasks, requests that overlap inside run and block outside it, and the single-flight refresh
 -- (refresh tokens rotate: two refreshes with the same token would end the user's session).
 local flow = require "flow"
+local leak_check = require "leak_check"
+local sandbox_hooks = require "sandbox_hooks"
 local digime = require "digime"
 
 describe("scheduler", function()
@@ -12,13 +14,7 @@ describe("scheduler", function()
     sdk = assert(flow.sdk(sb))
   end)
 
-  lazy_teardown(function()
-    if sb then sb:stop() end
-  end)
-
-  before_each(function()
-    sb:reset()
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end)
 
   it("digime.run returns the function's results, nils and arguments included", function()
     local n = select("#", digime.run(function(a, b) return a + b, "x", nil, b end, 1, 2))
@@ -262,7 +258,5 @@ describe("scheduler", function()
     assert.are.equal(before + 1, flow.count(sb, "/v1.7/oauth/token"))
   end)
 
-  it("leaks no secret into errors or log lines", function()
-    flow.assert_no_secrets()
-  end)
+  leak_check.it_leaks_nothing()
 end)

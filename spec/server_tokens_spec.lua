@@ -2,6 +2,7 @@
 -- sandbox can forge is refused with a typed error, never a crash; a jku off the allow-list is
 -- never fetched; broken JWKS answers; the JWKS cache (warm, ttl = 0, unknown kid and cooldown).
 local flow = require "flow"
+local sandbox_hooks = require "sandbox_hooks"
 local cjson = require "cjson"
 
 local KINDS = { "alg_none", "hs512", "rs512", "pss_salt32", "wrong_kid", "no_kid", "foreign_jku",
@@ -27,13 +28,7 @@ describe("server tokens", function()
     sdk = assert(flow.sdk(sb))
   end)
 
-  lazy_teardown(function()
-    if sb then sb:stop() end
-  end)
-
-  before_each(function()
-    sb:reset()
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end)
 
   local function token_fault(path, kind)
     return sb:fault{ method = "POST", path = path, match = "exact", action = "token", token = kind }

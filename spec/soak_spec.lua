@@ -14,6 +14,8 @@
 --     the seed is one where it does not, and the spec checks that premise;
 --   * the failed files are then read again and a new sync delivers the whole library.
 local flow = require "flow"
+local leak_check = require "leak_check"
+local sandbox_hooks = require "sandbox_hooks"
 local core = require "digime.core"
 local request = require "digime.request"
 
@@ -37,15 +39,9 @@ local ACTIONS = {
   { action = "delay", ms = (TIMEOUT + 0.5) * 1000 },
 }
 
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
+local hex = require("encode").hex
 
-local function count_keys(t)
-  local n = 0
-  for _ in pairs(t) do n = n + 1 end
-  return n
-end
+local count_keys = require("tables").count_keys
 
 -- The sandbox's draw (control.lua): does attempt n with this key fail?
 local function fires(seed, key, n, probability)
@@ -86,13 +82,7 @@ describe("random faults (POST /sandbox/fault with a probability)", function()
     sb = flow.start()
   end)
 
-  lazy_teardown(function()
-    if sb then sb:stop() end
-  end)
-
-  before_each(function()
-    sb:reset()
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end)
 
   local JWKS = "/v1.7/jwks/oauth"
 
@@ -476,7 +466,5 @@ describe("fault soak", function()
     end)
   end)
 
-  it("leaks no secret into errors or log lines", function()
-    flow.assert_no_secrets()
-  end)
+  leak_check.it_leaks_nothing()
 end)

@@ -3,9 +3,7 @@
 local flow = require "flow"
 local core = require "digime.core"
 
-local function hex(s)
-  return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
-end
+local hex = require("encode").hex
 
 describe("cloud storage", function()
   local sb, sdk

@@ -19,6 +19,7 @@
 --
 -- Tests that depend on the per-request timeout firing or on Retry-After pacing are #timing.
 local flow = require "flow"
+local sandbox_hooks = require "sandbox_hooks"
 local core = require "digime.core"
 
 local LIMIT = 2
@@ -52,12 +53,9 @@ describe("write/manage/storage calls under faults", function()
                                      onboard_url = closed .. "/apps/saas/", cloud_base_url = closed .. "/cloud/v1/" }))
   end)
 
-  lazy_teardown(function()
-    if sb then sb:stop() end
-  end)
+  sandbox_hooks.stop_and_reset(function() return sb end)
 
   before_each(function()
-    sb:reset()
     for i = #refreshes, 1, -1 do refreshes[i] = nil end
   end)
 

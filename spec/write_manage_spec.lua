@@ -4,9 +4,7 @@
 local flow = require "flow"
 local core = require "digime.core"
 
-local function hex(s)
-  return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
-end
+local hex = require("encode").hex
 
 describe("writing and managing", function()
   local sb, sdk
