@@ -24,7 +24,8 @@ describe("the build", function()
     end
     local _, test = sh.run("sh scripts/deps.sh list test")
     local tset = lines(test)
-    for _, p in ipairs{ "chromium", "valgrind", "nodejs", "lua5.1", "liblua5.1-0-dev", "lua5.2", "liblua5.2-dev", "lua5.3",
+    for _, p in ipairs{ "chromium", "valgrind", "nodejs", "lua5.1", "liblua5.1-0-dev", "lua5.2",
+                        "liblua5.2-dev", "lua5.3",
                         "liblua5.3-dev", "lua-busted", "lua-cjson" } do
       assert.is_true(tset[p], p .. " is missing from the test set")
     end
@@ -38,11 +39,13 @@ describe("the build", function()
 
   -- Each interpreter, in a shell set up by make -s env, loads the SDK and its core and makes
   -- an SDK object (the core's digests run: a core for the wrong Lua fails to load).
-  for _, row in ipairs{ { "lua5.1", "LUA=5.1" }, { "lua5.2", "" }, { "lua5.3", "" }, { "lua5.4", "" }, { "luajit", "" } } do
+  for _, row in ipairs{ { "lua5.1", "LUA=5.1" }, { "lua5.2", "" }, { "lua5.3", "" }, { "lua5.4", "" },
+                        { "luajit", "" } } do
     it("make -s env " .. row[2] .. " gives " .. row[1] .. " the SDK", function()
       local script = [[local d = require "digime"; local c = require "digime.core"; ]]
         .. [[assert(d.init{ application_id = "a" }); assert(#c.sha256("x") == 32); print("ok " .. _VERSION)]]
-      local cmd = "env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_2 -u LUA_CPATH_5_2 -u LUA_PATH_5_3 -u LUA_CPATH_5_3 -u LUA_PATH_5_4 "
+      local cmd = "env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_2 -u LUA_CPATH_5_2 -u LUA_PATH_5_3 "
+        .. "-u LUA_CPATH_5_3 -u LUA_PATH_5_4 "
         .. "-u LUA_CPATH_5_4 sh -c " .. sh.quote('eval "$(make -s env ' .. row[2] .. ')" && cd / && '
         .. row[1] .. " -e " .. sh.quote(script))
       local ok, out = sh.run(cmd)

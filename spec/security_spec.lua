@@ -616,7 +616,8 @@ describe("security", function()
 
     local KIB, MIB = 1024, 1024 * 1024
 
-    it("has sane defaults: headers 256 KiB, JSON 16 MiB, a file list 128 MiB, JWKS 1 MiB, server token 64 KiB", function()
+    it("has sane defaults: headers 256 KiB, JSON 16 MiB, a file list 128 MiB, JWKS 1 MiB, "
+       .. "server token 64 KiB", function()
       local plain = assert(flow.digime.init{ application_id = "x" })
       assert.are.same({ json = 16 * MIB, file_list = 128 * MIB, headers = 256 * KIB, body = 1024 * MIB },
                       plain.config.limits)
