@@ -167,6 +167,7 @@ end
 local function fetch_shared(sdk, jku)
   local cfg = sdk.config.jwks
   local lock = sdk.shared:lock("jwks:" .. jku)
+  local asked = core.monotonic()
   local ok, waited = lock:acquire()
   if not ok and waited.kind == "StoreError" and waited.code == "StoreError" then
     sdk:log("warn", "JWKS: the shared store failed; fetching without it", { error = tostring(waited) })
@@ -174,7 +175,9 @@ local function fetch_shared(sdk, jku)
   if ok and waited then
     from_shared(sdk, jku)
     local entry = sdk.jwks_cache[jku]
-    if entry and core.monotonic() - entry.fetched < cfg.cooldown then
+    -- fetched by the holder we waited for (after we asked), or recently enough: however long
+    -- that holder took, its copy is what a fetch of ours would bring
+    if entry and (entry.fetched >= asked or core.monotonic() - entry.fetched < cfg.cooldown) then
       lock:release()
       return entry.keys, entry.body
     end
