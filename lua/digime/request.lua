@@ -57,6 +57,136 @@ local function path_of(url)
   return match(url, "^https?://[^/]+(/[^?#]*)") or url
 end
 
+-- One attempt: signs afresh, hands the request to the transport.
+-- -> res | nil, message, kind; plus the seconds it took. A signing failure is kind "sign".
+local function attempt_once(sdk, spec, on_data)
+  local cfg = sdk.config
+  local headers = {}
+  for k, v in pairs(spec.headers or {}) do headers[k] = v end
+  if spec.sign then
+    local token, serr = spec.sign()
+    if not token then return nil, serr, "sign", 0 end
+    headers.authorization = "Bearer " .. token
+  end
+  if spec.on_attempt then spec.on_attempt() end
+  local t0 = core.monotonic()
+  local res, msg, kind = sdk.transport:request{
+    method = spec.method, url = spec.url, headers = headers, body = spec.body,
+    body_length = spec.body_length,
+    timeout = spec.timeout,
+    -- a JSON answer is capped at its parse limit while it downloads, not after
+    max_body = spec.max_body or (spec.json and min(cfg.limits.body, spec.max_json or cfg.limits.json)) or nil,
+    decrypt = spec.decrypt, on_data = on_data, cancel = spec.cancel,
+  }
+  return res, msg, kind, core.monotonic() - t0
+end
+
+-- A 2xx answer's JSON body decoded into res.json (when the spec asks for JSON).
+-- -> res | nil, err
+local function decode(sdk, spec, res)
+  if not spec.json then return res end
+  local body = res.body
+  if spec.method == "HEAD" or body == nil or body == "" then
+    res.json = nil
+    return res
+  end
+  local doc, jerr = json.decode(body, spec.max_json or sdk.config.limits.json)
+  if doc == nil then
+    return nil, errors.sdk("InvalidResponse", format("%s: the server's answer is not valid JSON (%s)",
+      spec.what or path_of(spec.url), jerr), { status = res.status })
+  end
+  res.json = doc
+  return res
+end
+
+-- What a failure without an answer means. st: { idempotent, attempt, maybe_done, delivered }.
+-- -> "fail", err | "error", err, retry, wait
+local function classify_failure(sdk, spec, st, msg, kind, elapsed)
+  local method, path = spec.method, path_of(spec.url)
+  if kind == "sign" then
+    return "fail", msg
+  elseif kind == "unavailable" then
+    return "fail", errors.sdk("TransportUnavailable", tostring(msg))
+  elseif kind == "request" then
+    -- The transport would not send it (a header value with a line break, a bad URL): the
+    -- same request would be refused again, and nothing reached the server.
+    return "fail", errors.sdk("RequestNotSent", tostring(msg), { attempts = st.attempt })
+  elseif kind == "cancelled" then
+    return "fail", errors.network(format("%s %s was cancelled", method, path), kind)
+  elseif kind == "decrypt" or kind == "sink" then
+    -- The answer came but its content is bad, or the consumer refused it: not a network
+    -- fault, and not something a second download would change.
+    local e = kind == "decrypt"
+      and errors.new("FileDecryptionError", "FileDecryptionError", tostring(msg))
+      or errors.sdk("SinkError", tostring(msg))
+    e.attempts = st.attempt
+    return "fail", e
+  end
+  local err = errors.network(format("%s %s failed: %s", method, path, tostring(msg)), kind)
+  local retry, wait
+  if kind == "stale" then
+    -- The request went out once on a kept-alive connection that then closed without an
+    -- answer: mostly the server had closed it idle as the request left (a keep-alive race),
+    -- rarely a server that acted on it and died. The transport never sends it again by
+    -- itself; here it is sent again, newly signed and counted as an attempt, only when a
+    -- repeat is harmless (idempotent) or refused by the server itself (single_use: an
+    -- authorization code or refresh token is good once), and at once: nothing is wrong with
+    -- the server.
+    log(sdk, "info", "kept-alive connection closed before answering",
+        { method = method, path = path, attempt = st.attempt })
+    retry, wait = st.idempotent or spec.single_use == true, 0
+    st.maybe_done = true
+  else
+    log(sdk, "warn", "request failed", { method = method, path = path, attempt = st.attempt,
+                                         error = kind, ms = elapsed * 1000 })
+    retry = RETRY_NET[kind] and (st.idempotent or NEVER_SENT[kind])
+    st.maybe_done = st.maybe_done or not NEVER_SENT[kind]
+  end
+  if retry and spec.sink_once and st.delivered > 0 then
+    -- Part of the file is already in the caller's sink: a new download would repeat it.
+    err.message = err.message .. " (after " .. st.delivered .. " bytes went to the sink)"
+    retry = false
+  end
+  return "error", err, retry, wait
+end
+
+-- What an answer means. -> "done", res | "fail", err | "error", err, retry, wait
+local function classify_answer(sdk, spec, st, res, elapsed)
+  local method, status = spec.method, res.status
+  log(sdk, "debug", "request done", { method = method, path = path_of(spec.url),
+                                       attempt = st.attempt, status = status, ms = elapsed * 1000 })
+  if status >= 200 and status < 300 then
+    local decoded, derr = decode(sdk, spec, res)
+    if not decoded then return "fail", derr end
+    res.attempts = st.attempt
+    return "done", res
+  end
+  if status == 404 and method == "DELETE" and st.maybe_done then
+    -- An earlier attempt's answer was lost after it may have been carried out: what it
+    -- was to delete is gone, which is what a DELETE asks for.
+    log(sdk, "info", "DELETE found nothing after an attempt whose answer was lost: done",
+        { method = method, path = path_of(spec.url), attempt = st.attempt })
+    res.attempts, res.gone_before = st.attempt, true
+    return "done", res
+  end
+  local err = errors.from_response(res)
+  if status >= 500 then st.maybe_done = true end
+  local retry = false
+  if RETRY_STATUS[status] or (status >= 500 and status ~= 501) then
+    retry = st.idempotent
+  elseif status == 406 and err.code == "InvalidRequest" and spec.sign then
+    -- A replayed nonce (something between the SDK and the server sent a request twice,
+    -- unchanged): a new attempt carries a new JWT.
+    retry = st.idempotent
+  end
+  local wait
+  if retry then
+    wait = _M.retry_after(res.headers and res.headers["retry-after"])
+    err.retry_after = wait
+  end
+  return "error", err, retry, wait
+end
+
 --- spec = { method, url, headers, sign = function() -> jwt | nil, err,
 --           body = string | reader function, body_length (see transport/curl.lua),
 --           idempotent = bool (POSTs that are safe to repeat),
@@ -69,148 +199,46 @@ end
 --           sink_once = bool (on_data cannot take the data twice: no retry once it had some) }
 -- Returns the response (plus `json` when asked and the body is JSON) for a 2xx answer, and
 -- for a DELETE answered 404 after an attempt whose answer was lost (`gone_before` set);
--- otherwise nil and an error object.
+-- otherwise nil and an error object. Each attempt: attempt_once, then classify_failure or
+-- classify_answer say whether it is done, failed for good, or may be retried.
 function _M.send(sdk, spec)
-  local cfg = sdk.config
-  local ro = cfg.retry_options
-  local method = spec.method
-  local idempotent = IDEMPOTENT[method] or spec.idempotent == true
+  local ro = sdk.config.retry_options
   local started = core.monotonic()
-  local attempt = 0
-  local last_err
-  local maybe_done = false   -- an earlier attempt may have been carried out by the server
-  local delivered = 0
+  -- maybe_done: an earlier attempt may have been carried out by the server
+  local st = { idempotent = IDEMPOTENT[spec.method] or spec.idempotent == true, attempt = 0,
+               maybe_done = false, delivered = 0 }
   local on_data = spec.on_data
   if on_data then
     local user = on_data
     on_data = function(chunk)
-      delivered = delivered + #chunk
+      st.delivered = st.delivered + #chunk
       return user(chunk)
     end
   end
 
   while true do
-    attempt = attempt + 1
-    local headers = {}
-    for k, v in pairs(spec.headers or {}) do headers[k] = v end
-    if spec.sign then
-      local token, serr = spec.sign()
-      if not token then return nil, serr end
-      headers.authorization = "Bearer " .. token
-    end
-
-    if spec.on_attempt then spec.on_attempt() end
-    local t0 = core.monotonic()
-    local res, msg, kind = sdk.transport:request{
-      method = method, url = spec.url, headers = headers, body = spec.body,
-      body_length = spec.body_length,
-      timeout = spec.timeout,
-      -- a JSON answer is capped at its parse limit while it downloads, not after
-      max_body = spec.max_body or (spec.json and min(cfg.limits.body, spec.max_json or cfg.limits.json)) or nil,
-      decrypt = spec.decrypt, on_data = on_data, cancel = spec.cancel,
-    }
-    local elapsed = core.monotonic() - t0
-    local retry, wait
-
-    if not res and kind == "unavailable" then
-      return nil, errors.sdk("TransportUnavailable", tostring(msg))
-    elseif not res and kind == "request" then
-      -- The transport would not send it (a header value with a line break, a bad URL): the
-      -- same request would be refused again, and nothing reached the server.
-      return nil, errors.sdk("RequestNotSent", tostring(msg), { attempts = attempt })
-    elseif not res and kind == "cancelled" then
-      return nil, errors.network(format("%s %s was cancelled", method, path_of(spec.url)), kind)
-    elseif not res and kind == "stale" then
-      -- The request went out once on a kept-alive connection that then closed without an
-      -- answer: mostly the server had closed it idle as the request left (a keep-alive race),
-      -- rarely a server that acted on it and died. The transport never sends it again by
-      -- itself; here it is sent again, newly signed and counted as an attempt, only when a
-      -- repeat is harmless (idempotent) or refused by the server itself (single_use: an
-      -- authorization code or refresh token is good once), and at once: nothing is wrong with
-      -- the server.
-      last_err = errors.network(format("%s %s failed: %s", method, path_of(spec.url), tostring(msg)), kind)
-      log(sdk, "info", "kept-alive connection closed before answering", { method = method,
-          path = path_of(spec.url), attempt = attempt })
-      retry = idempotent or spec.single_use == true
-      maybe_done = true
-      if retry and spec.sink_once and delivered > 0 then retry = false end
-      wait = 0
-    elseif not res and (kind == "decrypt" or kind == "sink") then
-      -- The answer came but its content is bad, or the consumer refused it: not a network
-      -- fault, and not something a second download would change.
-      local e = kind == "decrypt"
-        and errors.new("FileDecryptionError", "FileDecryptionError", tostring(msg))
-        or errors.sdk("SinkError", tostring(msg))
-      e.attempts = attempt
-      return nil, e
-    elseif not res then
-      last_err = errors.network(format("%s %s failed: %s", method, path_of(spec.url), tostring(msg)), kind)
-      log(sdk, "warn", "request failed", { method = method, path = path_of(spec.url),
-                                            attempt = attempt, error = kind, ms = elapsed * 1000 })
-      retry = RETRY_NET[kind] and (idempotent or NEVER_SENT[kind])
-      maybe_done = maybe_done or not NEVER_SENT[kind]
-      if retry and spec.sink_once and delivered > 0 then
-        -- Part of the file is already in the caller's sink: a new download would repeat it.
-        last_err.message = last_err.message .. " (after " .. delivered .. " bytes went to the sink)"
-        retry = false
-      end
+    st.attempt = st.attempt + 1
+    local res, msg, kind, elapsed = attempt_once(sdk, spec, on_data)
+    local outcome, value, retry, wait
+    if res then
+      outcome, value, retry, wait = classify_answer(sdk, spec, st, res, elapsed)
     else
-      log(sdk, "debug", "request done", { method = method, path = path_of(spec.url),
-                                           attempt = attempt, status = res.status, ms = elapsed * 1000 })
-      local status = res.status
-      if status >= 200 and status < 300 then
-        if spec.json then
-          local body = res.body
-          if method == "HEAD" or body == nil or body == "" then
-            res.json = nil
-          else
-            local doc, jerr = json.decode(body, spec.max_json or cfg.limits.json)
-            if doc == nil then
-              return nil, errors.sdk("InvalidResponse", format("%s: the server's answer is not valid JSON (%s)",
-                spec.what or path_of(spec.url), jerr), { status = status })
-            end
-            res.json = doc
-          end
-        end
-        res.attempts = attempt
-        return res
-      end
-      if status == 404 and method == "DELETE" and maybe_done then
-        -- An earlier attempt's answer was lost after it may have been carried out: what it
-        -- was to delete is gone, which is what a DELETE asks for.
-        log(sdk, "info", "DELETE found nothing after an attempt whose answer was lost: done",
-            { method = method, path = path_of(spec.url), attempt = attempt })
-        res.attempts, res.gone_before = attempt, true
-        return res
-      end
-      last_err = errors.from_response(res)
-      if status >= 500 then maybe_done = true end
-      if RETRY_STATUS[status] then
-        retry = idempotent
-      elseif status >= 500 and status ~= 501 then
-        retry = idempotent
-      elseif status == 406 and last_err.code == "InvalidRequest" and spec.sign then
-        -- A replayed nonce (something between the SDK and the server sent a request twice,
-        -- unchanged): a new attempt carries a new JWT.
-        retry = idempotent
-      end
-      if retry then
-        wait = _M.retry_after(res.headers and res.headers["retry-after"])
-        last_err.retry_after = wait
-      end
+      outcome, value, retry, wait = classify_failure(sdk, spec, st, msg, kind, elapsed)
     end
+    if outcome == "done" then return value end
+    if outcome == "fail" then return nil, value end
 
-    if not retry or attempt > ro.limit then
-      last_err.attempts = attempt
-      return nil, last_err
+    if not retry or st.attempt > ro.limit then
+      value.attempts = st.attempt
+      return nil, value
     end
-    wait = wait or backoff(ro, attempt)
+    wait = wait or backoff(ro, st.attempt)
     if core.monotonic() - started + wait > ro.max_time then
-      last_err.attempts = attempt
-      return nil, last_err
+      value.attempts = st.attempt
+      return nil, value
     end
-    log(sdk, "info", "retrying", { method = method, path = path_of(spec.url), attempt = attempt,
-                                   wait = wait })
+    log(sdk, "info", "retrying", { method = spec.method, path = path_of(spec.url),
+                                   attempt = st.attempt, wait = wait })
     scheduler.sleep(wait)
   end
 end
