@@ -46,6 +46,7 @@ build = {
       ["digime.errors"] = "lua/digime/errors.lua",
       ["digime.json"] = "lua/digime/json.lua",
       ["digime.jwt"] = "lua/digime/jwt.lua",
+      ["digime.jwks"] = "lua/digime/jwks.lua",
       ["digime.manage"] = "lua/digime/manage.lua",
       ["digime.metadata"] = "lua/digime/metadata.lua",
       ["digime.onboard"] = "lua/digime/onboard.lua",

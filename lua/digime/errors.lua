@@ -195,4 +195,13 @@ function _M.from_response(res)
                 message or format("HTTP %d %s", status, reasons[status] or "error"), fields)
 end
 
+--- An attacker-chosen value as error text: short, printable, one line (a token header's kid
+-- may be 40 KiB of anything, newlines included).
+function _M.shown(v, max)
+  max = max or 40
+  if type(v) ~= "string" then return "<" .. type(v) .. ">" end
+  local s = v:sub(1, max):gsub("[^\32-\126]", "?")
+  return '"' .. s .. '"' .. (#v > max and string.format("... (%d bytes)", #v) or "")
+end
+
 return _M
