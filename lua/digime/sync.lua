@@ -216,30 +216,30 @@ local function pause(sync, seconds)
   end
 end
 
--- The sync itself; runs inside a task. hold.sync, when hold is given, is the sync object.
-local function run(sdk, opts, hold)
-  local sync = setmetatable({
-    token = opts.user_access_token, files = 0, failures = 0, polls = 0,
-    stopped = false, listing_done = false, in_flight = {}, wake = scheduler.cond(),
-  }, sync_mt)
-  if hold then hold.sync = sync end
-  local concurrency = opts.concurrency or _M.DEFAULT_CONCURRENCY
-  local poll_interval = opts.poll_interval or 3
-  local deadline = core.monotonic() + (opts.max_time or 600)
-  local max_unchanged = opts.max_unchanged_polls or 100
-  local handled = {}          -- file name -> updatedDate seen; names are data, so raw access
-  local queue = { first = 1, last = 0 }
-  sync.listed = function() return queue.last end   -- files listed so far
-  local workers = {}
-  for i = 1, concurrency do
-    workers[i] = scheduler.spawn(worker, sdk, opts, sync, queue)
+-- Queues the files of a poll's list that are new, or updated since they were queued.
+local function enqueue(sync, queue, handled, res)
+  sync.file_list = res.fileList or sync.file_list
+  for _, f in ipairs(res.fileList or {}) do
+    local seen = rawget(handled, f.name)   -- names are data: raw access
+    if seen == nil or seen < f.updatedDate then
+      rawset(handled, f.name, f.updatedDate)
+      queue.last = queue.last + 1
+      queue[queue.last] = f
+    end
   end
+  sync.wake:signal()
+end
 
-  local last_fp, unchanged, status, fatal = nil, 0, nil, nil
+-- Polls the file list until the library is done (partial or completed), the sync is stopped,
+-- or it fails (max_time, a stall, a failed poll). -> last status, fatal error or nil
+local function poll_until_done(sdk, opts, sync, queue, deadline)
+  local poll_interval = opts.poll_interval or 3
+  local max_unchanged = opts.max_unchanged_polls or 100
+  local handled = {}          -- file name -> updatedDate queued
+  local last_fp, unchanged, status = nil, 0, nil
   while not sync.stopped do
     if core.monotonic() >= deadline then
-      fatal = errors.sdk("SyncTimeout", "the library sync did not finish within max_time")
-      break
+      return status, errors.sdk("SyncTimeout", "the library sync did not finish within max_time")
     end
     local polled_with = sync.token
     local res, err = read.read_file_list(sdk, {
@@ -249,8 +249,7 @@ local function run(sdk, opts, hold)
       if type(err) == "table" and err.user_access_token and err.user_access_token ~= polled_with then
         sync.token = err.user_access_token
       end
-      fatal = is_unreachable(err) and unreachable_error(sync, err, queue.last) or err
-      break
+      return status, is_unreachable(err) and unreachable_error(sync, err, queue.last) or err
     end
     sync.polls = sync.polls + 1
     if res.user_access_token ~= polled_with then sync.token = res.user_access_token end
@@ -258,31 +257,22 @@ local function run(sdk, opts, hold)
     sync.status = status
     set_state(sync, opts, status.state)
     if sync.stopped then break end
-    sync.file_list = res.fileList or sync.file_list
-    for _, f in ipairs(res.fileList or {}) do
-      local seen = rawget(handled, f.name)
-      if seen == nil or seen < f.updatedDate then
-        rawset(handled, f.name, f.updatedDate)
-        queue.last = queue.last + 1
-        queue[queue.last] = f
-      end
-    end
-    sync.wake:signal()
+    enqueue(sync, queue, handled, res)
     if status.state == "partial" or status.state == "completed" then break end
     local fp = fingerprint(res)
     unchanged = fp == last_fp and unchanged + 1 or 0
     last_fp = fp
     if unchanged >= max_unchanged then
-      fatal = errors.sdk("SyncStalled", "the library sync made no progress in " .. max_unchanged .. " polls")
-      break
+      return status, errors.sdk("SyncStalled", "the library sync made no progress in " .. max_unchanged .. " polls")
     end
     pause(sync, min(poll_interval, deadline - core.monotonic()))
   end
+  return status, nil
+end
 
-  sync.listing_done = true
-  if fatal then sync:stop() end
-  sync.wake:signal()
-  -- Downloads go on within the deadline; past it they are cancelled.
+-- Lets the downloads finish within the deadline; past it they are cancelled.
+-- -> fatal error or nil
+local function drain_workers(sync, workers, deadline, fatal)
   for _, w in ipairs(workers) do
     while not w:done() and core.monotonic() < deadline do
       pause(sync, min(0.1, deadline - core.monotonic()))
@@ -299,6 +289,29 @@ local function run(sdk, opts, hold)
     end
   end
   for _, w in ipairs(workers) do w:wait() end
+  return fatal
+end
+
+-- The sync itself; runs inside a task. hold.sync, when hold is given, is the sync object.
+local function run(sdk, opts, hold)
+  local sync = setmetatable({
+    token = opts.user_access_token, files = 0, failures = 0, polls = 0,
+    stopped = false, listing_done = false, in_flight = {}, wake = scheduler.cond(),
+  }, sync_mt)
+  if hold then hold.sync = sync end
+  local deadline = core.monotonic() + (opts.max_time or 600)
+  local queue = { first = 1, last = 0 }
+  sync.listed = function() return queue.last end   -- files listed so far
+  local workers = {}
+  for i = 1, opts.concurrency or _M.DEFAULT_CONCURRENCY do
+    workers[i] = scheduler.spawn(worker, sdk, opts, sync, queue)
+  end
+
+  local status, fatal = poll_until_done(sdk, opts, sync, queue, deadline)
+  sync.listing_done = true
+  if fatal then sync:stop() end
+  sync.wake:signal()
+  fatal = drain_workers(sync, workers, deadline, fatal)
 
   fatal = sync.fatal or fatal
   local result = {
