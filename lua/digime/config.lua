@@ -17,12 +17,6 @@ local DEFAULTS = {
   cloud_base_url = "https://cloud.digi.me/v1/",
 }
 
-local TOP = validate.set{
-  "application_id", "base_url", "onboard_url", "cloud_base_url", "retry_options", "timeout",
-  "connect_timeout", "tls", "proxy", "transport", "jwks", "clock_leeway", "on_token_refresh",
-  "logger", "agent", "limits", "keepalive", "store",
-}
-
 local invalid = errors.validation
 
 local function lua_version()
@@ -74,122 +68,137 @@ local function check_table(v, field, allowed)
   return validate.options(v, validate.set(allowed), field)
 end
 
-local function check(opts)
-  local ok, err = validate.options(opts, TOP, "options")
-  if not ok then return nil, err end
-  ok, err = validate.digime_id(opts.application_id, "application_id")
-  if not ok then return nil, err end
-  for _, name in ipairs{ "base_url", "onboard_url", "cloud_base_url" } do
-    ok, err = url(opts[name], name)
+-- Each option's checker: (value, opts) -> true | nil, err. The options come in this order
+-- (the first bad one is the one reported).
+local function check_retry(r)
+  local ok, err = check_table(r, "retry_options", { "limit", "max_time", "backoff", "max_backoff" })
+  if not ok or not r then return ok, err end
+  if r.limit ~= nil and not (validate.is_integer(r.limit) and r.limit >= 0 and r.limit <= 20) then
+    return nil, invalid("retry_options.limit", "must be an integer within 0..20")
+  end
+  for _, k in ipairs{ "max_time", "backoff", "max_backoff" } do
+    ok, err = validate.number(r[k], "retry_options." .. k, true, 0, 86400)
     if not ok then return nil, err end
   end
+  return true
+end
 
-  local r = opts.retry_options
-  ok, err = check_table(r, "retry_options", { "limit", "max_time", "backoff", "max_backoff" })
+local function check_tls(t)
+  local ok, err = check_table(t, "tls", { "verify", "cafile", "capath" })
+  if not ok or not t then return ok, err end
+  ok, err = validate.boolean(t.verify, "tls.verify", true)
   if not ok then return nil, err end
-  if r then
-    if r.limit ~= nil and not (validate.is_integer(r.limit) and r.limit >= 0 and r.limit <= 20) then
-      return nil, invalid("retry_options.limit", "must be an integer within 0..20")
-    end
-    for _, k in ipairs{ "max_time", "backoff", "max_backoff" } do
-      ok, err = validate.number(r[k], "retry_options." .. k, true, 0, 86400)
-      if not ok then return nil, err end
-    end
-  end
+  ok, err = validate.string(t.cafile, "tls.cafile", true)
+  if not ok then return nil, err end
+  return validate.string(t.capath, "tls.capath", true)
+end
 
-  ok, err = validate.number(opts.timeout, "timeout", true, 0.001, 86400)
-  if not ok then return nil, err end
-  ok, err = validate.number(opts.connect_timeout, "connect_timeout", true, 0.001, 86400)
-  if not ok then return nil, err end
-
-  ok, err = check_table(opts.tls, "tls", { "verify", "cafile", "capath" })
-  if not ok then return nil, err end
-  if opts.tls then
-    ok, err = validate.boolean(opts.tls.verify, "tls.verify", true)
-    if not ok then return nil, err end
-    ok, err = validate.string(opts.tls.cafile, "tls.cafile", true)
-    if not ok then return nil, err end
-    ok, err = validate.string(opts.tls.capath, "tls.capath", true)
+local function check_proxy(p)
+  local ok, err = check_table(p, "proxy", { "http", "https", "no_proxy" })
+  if not ok or not p then return ok, err end
+  for _, k in ipairs{ "http", "https", "no_proxy" } do
+    ok, err = validate.string(p[k], "proxy." .. k, true)
     if not ok then return nil, err end
   end
+  return true
+end
 
-  ok, err = check_table(opts.proxy, "proxy", { "http", "https", "no_proxy" })
-  if not ok then return nil, err end
-  if opts.proxy then
-    for _, k in ipairs{ "http", "https", "no_proxy" } do
-      ok, err = validate.string(opts.proxy[k], "proxy." .. k, true)
-      if not ok then return nil, err end
-    end
-  end
-
-  local t = opts.transport
+local function check_transport(t)
   if t ~= nil and t ~= "curl" and t ~= "ngx"
      and not (type(t) == "table" and type(t.request) == "function") then
     return nil, invalid("transport", 'must be "curl", "ngx" or an object with a request method')
   end
+  return true
+end
 
-  local j = opts.jwks
-  ok, err = check_table(j, "jwks", { "allowed", "ttl", "cooldown", "shared_dict", "max_size" })
-  if not ok then return nil, err end
-  if j then
-    if j.allowed ~= nil then
-      if not validate.is_array(j.allowed) or #j.allowed == 0 then
-        return nil, invalid("jwks.allowed", "must be a non-empty array of URLs")
-      end
-      for i, u in ipairs(j.allowed) do
-        ok, err = url(u, "jwks.allowed[" .. i .. "]")
-        if not ok then return nil, err end
-      end
+local function check_jwks(j)
+  local ok, err = check_table(j, "jwks", { "allowed", "ttl", "cooldown", "shared_dict", "max_size" })
+  if not ok or not j then return ok, err end
+  if j.allowed ~= nil then
+    if not validate.is_array(j.allowed) or #j.allowed == 0 then
+      return nil, invalid("jwks.allowed", "must be a non-empty array of URLs")
     end
-    for _, k in ipairs{ "ttl", "cooldown" } do
-      ok, err = validate.number(j[k], "jwks." .. k, true, 0, 86400 * 30)
-      if not ok then return nil, err end
-    end
-    ok, err = validate.number(j.max_size, "jwks.max_size", true, 1024, 64 * 1024 * 1024)
-    if not ok then return nil, err end
-    ok, err = validate.string(j.shared_dict, "jwks.shared_dict", true)
-    if not ok then return nil, err end
-  end
-
-  local ka = opts.keepalive
-  if ka ~= nil and ka ~= false then
-    ok, err = check_table(ka, "keepalive", { "idle" })
-    if not ok then return nil, err end
-    ok, err = validate.number(ka.idle, "keepalive.idle", true, 1, 3600)
-    if not ok then return nil, err end
-  end
-
-  ok, err = store.check(opts.store, opts.jwks)
-  if not ok then return nil, err end
-
-  ok, err = check_table(opts.limits, "limits", { "json", "file_list", "headers", "body" })
-  if not ok then return nil, err end
-  if opts.limits then
-    for _, k in ipairs{ "json", "file_list", "headers", "body" } do
-      ok, err = validate.number(opts.limits[k], "limits." .. k, true, 1024, 2^50)
+    for i, u in ipairs(j.allowed) do
+      ok, err = url(u, "jwks.allowed[" .. i .. "]")
       if not ok then return nil, err end
     end
   end
-
-  ok, err = validate.number(opts.clock_leeway, "clock_leeway", true, 0, 86400)
-  if not ok then return nil, err end
-  ok, err = validate.func(opts.on_token_refresh, "on_token_refresh", true)
-  if not ok then return nil, err end
-  ok, err = validate.func(opts.logger, "logger", true)
-  if not ok then return nil, err end
-
-  local a = opts.agent
-  if a ~= nil then
-    if type(a) ~= "table" or type(a.sdk) ~= "table" then
-      return nil, invalid("agent", "must be a table { sdk = { name, version, meta? } }")
-    end
-    ok, err = validate.string(a.sdk.name, "agent.sdk.name")
+  for _, k in ipairs{ "ttl", "cooldown" } do
+    ok, err = validate.number(j[k], "jwks." .. k, true, 0, 86400 * 30)
     if not ok then return nil, err end
-    ok, err = validate.string(a.sdk.version, "agent.sdk.version")
+  end
+  ok, err = validate.number(j.max_size, "jwks.max_size", true, 1024, 64 * 1024 * 1024)
+  if not ok then return nil, err end
+  return validate.string(j.shared_dict, "jwks.shared_dict", true)
+end
+
+local function check_keepalive(ka)
+  if ka == nil or ka == false then return true end
+  local ok, err = check_table(ka, "keepalive", { "idle" })
+  if not ok then return nil, err end
+  return validate.number(ka.idle, "keepalive.idle", true, 1, 3600)
+end
+
+local function check_limits(l)
+  local ok, err = check_table(l, "limits", { "json", "file_list", "headers", "body" })
+  if not ok or not l then return ok, err end
+  for _, k in ipairs{ "json", "file_list", "headers", "body" } do
+    ok, err = validate.number(l[k], "limits." .. k, true, 1024, 2^50)
     if not ok then return nil, err end
-    if a.sdk.meta ~= nil and not validate.is_record(a.sdk.meta) then
-      return nil, invalid("agent.sdk.meta", "must be a table")
-    end
+  end
+  return true
+end
+
+local function check_agent(a)
+  if a == nil then return true end
+  if type(a) ~= "table" or type(a.sdk) ~= "table" then
+    return nil, invalid("agent", "must be a table { sdk = { name, version, meta? } }")
+  end
+  local ok, err = validate.string(a.sdk.name, "agent.sdk.name")
+  if not ok then return nil, err end
+  ok, err = validate.string(a.sdk.version, "agent.sdk.version")
+  if not ok then return nil, err end
+  if a.sdk.meta ~= nil and not validate.is_record(a.sdk.meta) then
+    return nil, invalid("agent.sdk.meta", "must be a table")
+  end
+  return true
+end
+
+local function number_in(field, min, max)
+  return function(v) return validate.number(v, field, true, min, max) end
+end
+
+local CHECKS = {
+  { "application_id", function(v) return validate.digime_id(v, "application_id") end },
+  { "base_url", function(v) return url(v, "base_url") end },
+  { "onboard_url", function(v) return url(v, "onboard_url") end },
+  { "cloud_base_url", function(v) return url(v, "cloud_base_url") end },
+  { "retry_options", check_retry },
+  { "timeout", number_in("timeout", 0.001, 86400) },
+  { "connect_timeout", number_in("connect_timeout", 0.001, 86400) },
+  { "tls", check_tls },
+  { "proxy", check_proxy },
+  { "transport", check_transport },
+  { "jwks", check_jwks },
+  { "keepalive", check_keepalive },
+  { "store", function(v, opts) return store.check(v, opts.jwks) end },
+  { "limits", check_limits },
+  { "clock_leeway", number_in("clock_leeway", 0, 86400) },
+  { "on_token_refresh", function(v) return validate.func(v, "on_token_refresh", true) end },
+  { "logger", function(v) return validate.func(v, "logger", true) end },
+  { "agent", check_agent },
+}
+
+-- The options init knows: those with a checker.
+local TOP = {}
+for _, c in ipairs(CHECKS) do TOP[c[1]] = true end
+
+local function check(opts)
+  local ok, err = validate.options(opts, TOP, "options")
+  if not ok then return nil, err end
+  for _, c in ipairs(CHECKS) do
+    ok, err = c[2](opts[c[1]], opts)
+    if not ok then return nil, err end
   end
   return true
 end
