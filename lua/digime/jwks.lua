@@ -99,20 +99,20 @@ end
 
 -- A fetch once for all sharing the store: the lock holder fetches and shares; the others read
 -- its copy. When the store fails, this process fetches on its own (a JWKS is public).
-local function fetch_shared(sdk, jku)
+local function fetch_shared(sdk, jku, looked)
   local cfg = sdk.config.jwks
   local lock = sdk.shared:lock("jwks:" .. jku)
-  local asked = core.monotonic()
   local ok, waited = lock:acquire()
   if not ok and waited.kind == "StoreError" and waited.code == "StoreError" then
     sdk:log("warn", "JWKS: the shared store failed; fetching without it", { error = tostring(waited) })
   end
-  if ok and waited then
+  if ok then
+    -- Another holder may have fetched between our look at the store and our taking the lock
+    -- (we waited for it, or it had just finished): its copy, fetched after we looked, is what
+    -- a fetch of ours would bring, however long it took.
     from_shared(sdk, jku)
     local entry = sdk.jwks_cache[jku]
-    -- fetched by the holder we waited for (after we asked), or recently enough: however long
-    -- that holder took, its copy is what a fetch of ours would bring
-    if entry and (entry.fetched >= asked or core.monotonic() - entry.fetched < cfg.cooldown) then
+    if entry and (entry.fetched >= looked or (waited and core.monotonic() - entry.fetched < cfg.cooldown)) then
       lock:release()
       return entry.keys, entry.body
     end
@@ -132,8 +132,9 @@ function _M.key(sdk, jku, kid)
   local cfg = sdk.config.jwks
   local cache = sdk.jwks_cache
   local entry = cache[jku]
+  local looked = core.monotonic()   -- what the store holds from here on is new enough
   -- the store is asked only when this copy will not do (a round trip with Redis)
-  if not (entry and core.monotonic() - entry.fetched < cfg.ttl and entry.keys[kid]) then
+  if not (entry and looked - entry.fetched < cfg.ttl and entry.keys[kid]) then
     from_shared(sdk, jku)
     entry = cache[jku]
   end
@@ -146,7 +147,7 @@ function _M.key(sdk, jku, kid)
     end
   end
   local keys, body = scheduler.single_flight("jwks:" .. jku, function()
-    return fetch_shared(sdk, jku)
+    return fetch_shared(sdk, jku, looked)
   end)
   if not keys then return nil, body end
   cache[jku] = { keys = keys, body = body, fetched = core.monotonic() }

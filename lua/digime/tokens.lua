@@ -92,7 +92,7 @@ function _M.refresh(sdk, contract, token, reuse)
     -- One refresh for every worker and host sharing the store (digime.store.flight).
     local new, err, handed = flight.run(sdk, flight_key, reuse, DONE_TTL, function()
       return _M.token_call(sdk, key, refresh_claims(sdk, contract, token))
-    end)
+    end, now)
     if not new then return nil, err end
     if handed then return new end   -- another worker or host refreshed (and ran its hook)
     for k, d in pairs(done_refreshes) do

@@ -36,10 +36,12 @@ local function after_wait(done)
 end
 
 --- Runs refresh() (-> new token | nil, err) once for `name` across the store's users.
--- reuse: a recorded token is taken even without waiting (the automatic path). done_ttl:
+-- reuse: a recorded token is taken even without waiting (the automatic path); without it, a
+-- recorded token is taken when its refresh ended after `began` (epoch s: when the caller's
+-- own refresh began; the two ran at the same time, however the lock went). done_ttl:
 -- seconds the new token is kept for late callers. -> new token (and nil, true when another
 -- made it) | nil, err
-function _M.run(sdk, name, reuse, done_ttl, refresh)
+function _M.run(sdk, name, reuse, done_ttl, refresh, began)
   local store = sdk.shared
   local lock = store:lock(name)
   local ok, waited = lock:acquire(STORE_GRACE)
@@ -49,7 +51,8 @@ function _M.run(sdk, name, reuse, done_ttl, refresh)
     lock:release()
     return nil, derr
   end
-  if done and done.token and (waited or reuse) then
+  local concurrent = done and began and type(done.at) == "number" and done.at >= began
+  if done and done.token and (waited or reuse or concurrent) then
     lock:release()
     return done.token, nil, true
   end

@@ -114,7 +114,8 @@ end
 
 --- Records the new token of a finished refresh for ttl seconds: true | nil, StoreError
 function _M:done_put(name, token, ttl)
-  return put_done(self, name, { token = token }, ttl)
+  -- `at`: when it was made (epoch s), so that a refresh that began before it takes it
+  return put_done(self, name, { token = token, at = core.time() }, ttl)
 end
 
 --- Records that a refresh failed (so that who waited does not present the token again
