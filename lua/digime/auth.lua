@@ -8,7 +8,7 @@ local jwt = require "digime.jwt"
 local tokens = require "digime.tokens"
 local validate = require "digime.validate"
 local urls = require "digime.urls"
-local contract_call = require "digime.contract_call"
+local consent = require "digime.consent"
 
 local type = type
 
@@ -26,16 +26,9 @@ end
 
 local check_all = validate.all
 local invalid_response = errors.invalid_response
--- A session as the server sends it: { expiry = number, key = string }.
-local function check_session(session, what)
-  if type(session) ~= "table" or type(session.key) ~= "string" or session.key == ""
-     or type(session.expiry) ~= "number" then
-    return nil, invalid_response(what, "no valid session { expiry, key } in the answer")
-  end
-  session.expiry = json.integer(session.expiry) or session.expiry
-  return session
-end
-
+local check_session, reference = consent.check_session, consent.reference
+local check_sample_data, check_source_type = consent.check_sample_data, consent.check_source_type
+local check_service_id = consent.check_service_id
 -- POSTs a JSON body signed per attempt by claims(); verifies the answer's token; returns the
 -- token payload and the body.
 local function signed_post(sdk, key, path, body, claims, what)
@@ -59,72 +52,11 @@ local function actions_body(sdk, session_options)
   return json.object_of("agent", sdk.config.agent, "actions", session_options)
 end
 
--- POST reference { type, value } -> id (used for storage and account references).
-local function reference(sdk, contract, ref_type, value)
-  local res, err = contract_call.send(sdk, contract, {
-    method = "POST", url = sdk.config.base_url .. "reference",
-    headers = { ["content-type"] = "application/json", accept = "application/json" },
-    body = json.encode(json.object_of("type", ref_type, "value", value)),
-    json = true, what = "reference",
-  })
-  if not res then return nil, err end
-  local id = type(res.json) == "table" and res.json.id
-  if type(id) ~= "string" or id == "" then
-    return nil, invalid_response("reference", "the answer has no id")
-  end
-  return id
-end
-_M.reference = reference
-_M.check_session = check_session
-
---- The query of the authorize and onboard pages (doc/protocol.md): the same parameters
--- in the same order; only authorize has a storageRef.
-function _M.service_url(page, code, opts, storage_ref)
-  local sample = opts.sample_data
-  return urls.build(page,
-    "code", code,
-    "sourceType", opts.source_type or "pull",
-    "service", opts.service_id and opts.service_id ~= 0 and urls.number(opts.service_id) or nil,
-    "sampleDataSet", sample and sample.data_set or nil,
-    "sampleDataAutoOnboard", sample and sample.auto_onboard == true and "true" or nil,
-    "lng", opts.locale,
-    "includeSampleDataOnlySources", urls.flag(opts.include_sample_data_only_sources),
-    "storageRef", storage_ref,
-    "triggerQuery", urls.flag(opts.trigger_query),
-    "sourcesScope", opts.sources_scope and urls.sources_scope(opts.sources_scope) or nil)
-end
-
 local AUTHORIZE_OPTS = validate.set{
   "contract", "callback", "state", "service_id", "user_access_token", "session_options",
   "source_type", "sample_data", "locale", "include_sample_data_only_sources", "storage_id",
   "trigger_query", "sources_scope",
 }
-
-local function check_sample_data(v)  -- also used by onboard.lua
-  if v == nil then return true end
-  local ok, err = validate.options(v, validate.set{ "data_set", "auto_onboard" }, "sample_data")
-  if not ok then return nil, err end
-  ok, err = validate.string(v.data_set, "sample_data.data_set")
-  if not ok then return nil, err end
-  return validate.boolean(v.auto_onboard, "sample_data.auto_onboard", true)
-end
-
-local function check_source_type(v)  -- also used by onboard.lua
-  if v == nil or v == "pull" or v == "push" then return true end
-  return nil, errors.validation("source_type", 'must be "pull" or "push"')
-end
-
-local function check_service_id(v)
-  if v == nil then return true end
-  if not validate.is_integer(v) or v < 0 then
-    return nil, errors.validation("service_id", "must be a non-negative integer")
-  end
-  return true
-end
-
-_M.check_sample_data = check_sample_data
-_M.check_source_type = check_source_type
-_M.check_service_id = check_service_id
 
 --- sdk:get_authorize_url{ contract, callback, state, ... } -> { url, code_verifier, session }
 function _M.get_authorize_url(sdk, opts)
@@ -185,7 +117,7 @@ function _M.get_authorize_url(sdk, opts)
     if not storage_ref then return nil, rerr end
   end
 
-  local url = _M.service_url(sdk.config.onboard_url .. "authorize", code, opts, storage_ref)
+  local url = consent.service_url(sdk.config.onboard_url .. "authorize", code, opts, storage_ref)
   return { url = url, code_verifier = verifier, session = session }
 end
 

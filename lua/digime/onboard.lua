@@ -5,7 +5,7 @@ local errors = require "digime.errors"
 local validate = require "digime.validate"
 local jwt = require "digime.jwt"
 local urls = require "digime.urls"
-local auth = require "digime.auth"
+local consent = require "digime.consent"
 local user_call = require "digime.user_call"
 
 local type = type
@@ -39,7 +39,7 @@ local function reference_call(sdk, opts, body, claims_for, finish)
     if type(code) ~= "string" or code == "" then
       return nil, invalid_response("oauth/token/reference", "the token carries no reference_code")
     end
-    local s, serr = auth.check_session(res.json.session, "oauth/token/reference")
+    local s, serr = consent.check_session(res.json.session, "oauth/token/reference")
     if not s then return nil, serr end
     return finish(code, s)
   end)
@@ -60,9 +60,9 @@ function _M.get_onboard_service_url(sdk, opts)
     { validate.contract, opts.contract },
     { validate.string, opts.callback, "callback" },
     { validate.user_access_token, opts.user_access_token, "user_access_token" },
-    { auth.check_service_id, opts.service_id },
-    { auth.check_source_type, opts.source_type },
-    { auth.check_sample_data, opts.sample_data },
+    { consent.check_service_id, opts.service_id },
+    { consent.check_source_type, opts.source_type },
+    { consent.check_sample_data, opts.sample_data },
     { validate.session_options, opts.session_options, "session_options", true },
     { validate.string, opts.locale, "locale", true },
     { validate.boolean, opts.include_sample_data_only_sources, "include_sample_data_only_sources", true },
@@ -84,7 +84,7 @@ function _M.get_onboard_service_url(sdk, opts)
         "timestamp", jwt.now_ms())
     end,
     function(code, session)
-      local url = auth.service_url(sdk.config.onboard_url .. "onboard", code, opts)
+      local url = consent.service_url(sdk.config.onboard_url .. "onboard", code, opts)
       return { url = url, session = session }
     end)
 end
@@ -117,7 +117,7 @@ function _M.get_reauthorize_account_url(sdk, opts)
     function(code, session) return { code = code, session = session } end)
   if not res then return nil, rerr end
   -- The account reference (a contract call: a 401 here is not about the user's token).
-  local account_ref, aerr = auth.reference(sdk, opts.contract, "accountId", opts.account_id)
+  local account_ref, aerr = consent.reference(sdk, opts.contract, "accountId", opts.account_id)
   if not account_ref then
     aerr.user_access_token = res.user_access_token
     return nil, aerr

@@ -5,9 +5,9 @@ local validate = require "digime.validate"
 local request = require "digime.request"
 local metadata = require "digime.metadata"
 local user_call = require "digime.user_call"
-local scheduler = require "digime.scheduler"
+local sink = require "digime.sink"
 
-local type, pairs, ipairs, tostring, pcall, next = type, pairs, ipairs, tostring, pcall, next
+local type, pairs, ipairs, tostring, next = type, pairs, ipairs, tostring, next
 local concat, huge = table.concat, math.huge
 local jwt = require "digime.jwt"
 
@@ -135,33 +135,7 @@ function _M.read_file_metadata(sdk, opts)
   end)
 end
 
---- Wraps a sink (a function, or a file handle) as on_data(chunk) -> true | nil, err, plus
--- close() for the end. Raising, or returning nil/false with an error, stops the read.
-local function wrap_sink(sink)
-  if type(sink) == "function" then
-    local function call(chunk)
-      local ok, r1, r2 = scheduler.pcall(sink, chunk)   -- a sink may yield (Lua 5.1 too)
-      if not ok then return nil, "the sink raised: " .. tostring(r1) end
-      if not r1 and r2 ~= nil then return nil, "the sink failed: " .. tostring(r2) end
-      return true
-    end
-    return call, function() return call(nil) end
-  end
-  return function(chunk)
-    local ok, r1, r2 = pcall(sink.write, sink, chunk)
-    if not ok then return nil, "the sink raised: " .. tostring(r1) end
-    if not r1 then return nil, "the sink failed: " .. tostring(r2) end
-    return true
-  end, function() return true end
-end
-
-local function is_sink(v)
-  if type(v) == "function" then return true end
-  local ok, write = pcall(function() return v.write end)
-  return ok and type(write) == "function"
-end
-
-_M.wrap_sink, _M.is_sink = wrap_sink, is_sink
+local wrap_sink, is_sink = sink.wrap, sink.is_sink
 
 local FILE_OPTS = validate.set{ "contract", "user_access_token", "session_key", "file_name",
                                 "sink", "max_size" }

@@ -8,8 +8,8 @@ local jwt = require "digime.jwt"
 local request = require "digime.request"
 local user_call = require "digime.user_call"
 local contract_call = require "digime.contract_call"
-local read = require "digime.read"
-local write = require "digime.write"
+local sink_of = require "digime.sink"
+local source = require "digime.source"
 
 local type, ipairs = type, ipairs
 local concat, floor = table.concat, math.floor
@@ -160,7 +160,7 @@ function _M.list_storage_files(sdk, opts)
 end
 
 -- The upload body: the plaintext from a string, a file handle or a reader function, encrypted
--- in C chunk by chunk as the request takes it (write.data_source, write.streamed_body), so an
+-- in C chunk by chunk as the request takes it (source.data_source, source.streamed_body), so an
 -- upload of any size holds about a chunk and the engine's send buffer in memory. The
 -- encryptor always writes the key and IV, so an empty file is a valid object.
 local function encrypting(key)
@@ -216,9 +216,9 @@ function _M.upload_file_to_storage(sdk, opts)
   end
   local key, kerr = jwt.contract_key(opts.contract)
   if not key then return nil, kerr end
-  local src, serr = write.data_source(opts.file_data, "file_data", sdk.config.limits.body)
+  local src, serr = source.data_source(opts.file_data, "file_data", sdk.config.limits.body)
   if not src then return nil, serr end
-  local body = write.streamed_body(src, encrypting(key))
+  local body = source.streamed_body(src, encrypting(key))
   local res, rerr = cloud_send(sdk, opts.contract, {
     method = "POST",
     url = files_url(sdk, opts.storage_id) .. encode_path(lead_trail(opts.path)) .. seg(opts.file_name),
@@ -227,7 +227,7 @@ function _M.upload_file_to_storage(sdk, opts)
     on_attempt = body.on_attempt, what = "storage upload",
   })
   body.close()
-  if not res then return nil, write.body_error(body, rerr) end
+  if not res then return nil, source.body_error(body, rerr) end
   return { uploaded = true, status = res.status }
 end
 
@@ -244,7 +244,7 @@ function _M.download_storage_file(sdk, opts)
     { validate.segments, opts.path, "path" },
   }
   if not ok then return nil, err end
-  if opts.sink ~= nil and not read.is_sink(opts.sink) then
+  if opts.sink ~= nil and not sink_of.is_sink(opts.sink) then
     return nil, errors.validation("sink", "must be a function or an object with a write method")
   end
   local key, kerr = jwt.contract_key(opts.contract)
@@ -253,7 +253,7 @@ function _M.download_storage_file(sdk, opts)
   local sink = opts.sink
   local on_data, close_sink
   if sink then
-    on_data, close_sink = read.wrap_sink(sink)
+    on_data, close_sink = sink_of.wrap(sink)
   else
     on_data = function(chunk)
       parts[#parts + 1] = chunk
