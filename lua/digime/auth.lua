@@ -20,9 +20,7 @@ local function pkce()
   return verifier, core.b64url_encode(core.sha256(verifier))
 end
 
-local function client_id(sdk, contract)
-  return sdk.config.application_id .. "_" .. contract.id
-end
+local client_id = jwt.client_id
 
 local check_all = validate.all
 local invalid_response = errors.invalid_response
@@ -41,9 +39,7 @@ local function signed_post(sdk, key, path, body, claims, what)
     sign = function() return jwt.sign(key, nil, claims()) end,
   })
   if not res then return nil, err end
-  local token, terr = jwt.token_of(res.json, path)
-  if not token then return nil, terr end
-  local payload, perr = jwt.verify_server_token(sdk, token)
+  local payload, perr = jwt.verified_payload(sdk, res.json, path)
   if not payload then return nil, perr end
   return payload, res.json
 end

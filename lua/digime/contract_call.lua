@@ -8,7 +8,7 @@ local _M = {}
 
 function _M.claims(sdk, contract)
   return json.object_of(
-    "client_id", sdk.config.application_id .. "_" .. contract.id,
+    "client_id", jwt.client_id(sdk, contract),
     "nonce", jwt.nonce(),
     "timestamp", jwt.now_ms())
 end

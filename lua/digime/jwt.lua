@@ -161,4 +161,17 @@ function _M.verify_server_token(sdk, token)
   return payload
 end
 
+--- The payload of the token an answer carries (`{ "token": "..." }`), verified: the one way
+-- every call that gets a token from digi.me reads it. -> payload | nil, err
+function _M.verified_payload(sdk, body, what)
+  local token, terr = _M.token_of(body, what)
+  if not token then return nil, terr end
+  return _M.verify_server_token(sdk, token)
+end
+
+--- The client_id of a contract's JWTs: "<application id>_<contract id>".
+function _M.client_id(sdk, contract)
+  return sdk.config.application_id .. "_" .. contract.id
+end
+
 return _M

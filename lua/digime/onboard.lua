@@ -31,9 +31,7 @@ local function reference_call(sdk, opts, body, claims_for, finish)
   }, function(token)
     return jwt.sign(key, nil, claims_for(token))
   end, function(res)
-    local tok, terr = jwt.token_of(res.json, "oauth/token/reference")
-    if not tok then return nil, terr end
-    local payload, perr = jwt.verify_server_token(sdk, tok)
+    local payload, perr = jwt.verified_payload(sdk, res.json, "oauth/token/reference")
     if not payload then return nil, perr end
     local code = payload.reference_code
     if type(code) ~= "string" or code == "" then
@@ -71,7 +69,7 @@ function _M.get_onboard_service_url(sdk, opts)
     { validate.any_string, opts.state, "state", true },
   }
   if not ok then return nil, err end
-  local client_id = sdk.config.application_id .. "_" .. opts.contract.id
+  local client_id = jwt.client_id(sdk, opts.contract)
   return reference_call(sdk, opts,
     json.object_of("agent", sdk.config.agent, "actions", opts.session_options),
     function(token)
@@ -104,7 +102,7 @@ function _M.get_reauthorize_account_url(sdk, opts)
     { validate.string, opts.locale, "locale", true },
   }
   if not ok then return nil, err end
-  local client_id = sdk.config.application_id .. "_" .. opts.contract.id
+  local client_id = jwt.client_id(sdk, opts.contract)
   local res, rerr = reference_call(sdk, opts, json.object_of("agent", sdk.config.agent),
     function(token)
       return json.object_of(

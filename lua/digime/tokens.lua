@@ -50,9 +50,7 @@ function _M.token_call(sdk, key, claims_fn)
     sign = function() return jwt.sign(key, nil, claims_fn.claims()) end,
   })
   if not res then return nil, err end
-  local token, terr = jwt.token_of(res.json, "oauth/token")
-  if not token then return nil, terr end
-  local payload, perr = jwt.verify_server_token(sdk, token)
+  local payload, perr = jwt.verified_payload(sdk, res.json, "oauth/token")
   if not payload then return nil, perr end
   return _M.from_payload(payload)
 end
@@ -62,7 +60,7 @@ local function refresh_claims(sdk, contract, token)
     headers = { ["content-type"] = "application/json" },
     claims = function()
       return json.object_of(
-        "client_id", sdk.config.application_id .. "_" .. contract.id,
+        "client_id", jwt.client_id(sdk, contract),
         "grant_type", "refresh_token",
         "nonce", jwt.nonce(),
         "refresh_token", token.refresh_token.value,

@@ -11,7 +11,7 @@ local _M = {}
 function _M.claims(sdk, contract, token)
   return json.object_of(
     "access_token", token.access_token.value,
-    "client_id", sdk.config.application_id .. "_" .. contract.id,
+    "client_id", jwt.client_id(sdk, contract),
     "nonce", jwt.nonce(),
     "timestamp", jwt.now_ms())
 end
