@@ -149,9 +149,7 @@ function _M.read_file(sdk, opts)
   return _M.fetch_file(sdk, opts, nil)
 end
 
---- read_file with a table `cancel` that holds the engine request while it runs (so that a
--- sync can cancel its downloads).
-function _M.fetch_file(sdk, opts, cancel)
+local function check_file_opts(opts)
   local ok, err = base_checks(opts, FILE_OPTS, "read_file")
   if not ok then return nil, err end
   ok, err = check_all{
@@ -166,6 +164,14 @@ function _M.fetch_file(sdk, opts, cancel)
   if opts.sink ~= nil and not is_sink(opts.sink) then
     return nil, errors.validation("sink", "must be a function or an object with a write method")
   end
+  return true
+end
+
+--- read_file with a table `cancel` that holds the engine request while it runs (so that a
+-- sync can cancel its downloads).
+function _M.fetch_file(sdk, opts, cancel)
+  local ok, err = check_file_opts(opts)
+  if not ok then return nil, err end
   local key, kerr = jwt.contract_key(opts.contract)
   if not key then return nil, kerr end
 

@@ -23,6 +23,72 @@ local function not_rewindable(field, what)
     "stored by the refused attempt)")
 end
 
+-- Openers: open(started) -> next_raw | nil, err, once per start of the source.
+local function string_opener(src, data)
+  src.length = #data
+  src.rewindable = true
+  return function()
+    local pos = 1
+    return function()
+      if pos > #data then return nil end
+      local chunk = sub(data, pos, pos + CHUNK - 1)
+      pos = pos + CHUNK
+      return chunk
+    end
+  end
+end
+
+local function reader_opener(src, data, field)
+  src.not_rewindable = not_rewindable(field, "is a reader function")
+  return function()
+    return function()
+      local ok, chunk = scheduler.pcall(data)   -- a reader may yield (Lua 5.1 too)
+      if not ok then return nil, errors.sdk("SinkError", "the reader raised: " .. tostring(chunk)) end
+      if chunk == nil or chunk == "" then return nil end
+      if type(chunk) ~= "string" then
+        return nil, invalid(field, "reader returned a " .. type(chunk) .. ", not a string")
+      end
+      return chunk
+    end
+  end
+end
+
+-- A file handle (or anything with read, and seek when it can be rewound): read from where it
+-- stands; its length known when it can seek. -> open | nil, err
+local function handle_opener(src, data, field)
+  local ok, at = pcall(data.seek, data, "cur")
+  if ok and type(at) == "number" then
+    src.rewindable = true
+    local eok, size = pcall(data.seek, data, "end")
+    if eok and type(size) == "number" and size >= at then src.length = size - at end
+    local sok, back = pcall(data.seek, data, "set", at)
+    if not sok or back ~= at then
+      return nil, errors.sdk("SinkError", "seeking in " .. field .. " failed: " .. tostring(back))
+    end
+  else
+    src.not_rewindable = not_rewindable(field, "cannot be rewound")
+  end
+  return function(started)
+    if started and src.rewindable then
+      local sok, back = pcall(data.seek, data, "set", at)
+      if not sok or back ~= at then
+        return nil, errors.sdk("SinkError", "rewinding " .. field .. " failed: " .. tostring(back))
+      end
+    end
+    return function()
+      local rok, chunk = pcall(data.read, data, CHUNK)
+      if not rok then
+        return nil, errors.sdk("SinkError", "reading " .. field .. " failed: " .. tostring(chunk))
+      end
+      if chunk == nil or chunk == "" then return nil end
+      if type(chunk) ~= "string" then
+        return nil, errors.sdk("SinkError", "reading " .. field .. " gave a " .. type(chunk))
+      end
+      return chunk
+    end
+  end
+end
+
 --- A data source (a string, a file handle or a reader function) read in chunks, that can be
 -- read again from its start when possible. field names it in messages; limit: bytes at most
 -- (more is a TypeValidationError, checked up front when the length is known).
@@ -38,74 +104,23 @@ end
 --   src.not_rewindable the StreamNotRewindable error of a source that is not rewindable
 function _M.data_source(data, field, limit)
   local src = {}
-  local started = false
-  local open   -- () -> next_raw, once per start
+  local open, oerr
   if type(data) == "string" then
-    src.length = #data
-    open = function()
-      local pos = 1
-      return function()
-        if pos > #data then return nil end
-        local chunk = sub(data, pos, pos + CHUNK - 1)
-        pos = pos + CHUNK
-        return chunk
-      end
-    end
-    src.rewindable = true
+    open = string_opener(src, data)
   elseif type(data) == "function" then
-    open = function()
-      return function()
-        local ok, chunk = scheduler.pcall(data)   -- a reader may yield (Lua 5.1 too)
-        if not ok then return nil, errors.sdk("SinkError", "the reader raised: " .. tostring(chunk)) end
-        if chunk == nil or chunk == "" then return nil end
-        if type(chunk) ~= "string" then
-          return nil, invalid(field, "reader returned a " .. type(chunk) .. ", not a string")
-        end
-        return chunk
-      end
-    end
-    src.not_rewindable = not_rewindable(field, "is a reader function")
+    open = reader_opener(src, data, field)
   else
-    -- a file handle (or anything with read, and seek when it can be rewound)
-    local ok, at = pcall(data.seek, data, "cur")
-    if ok and type(at) == "number" then
-      src.rewindable = true
-      local eok, size = pcall(data.seek, data, "end")
-      if eok and type(size) == "number" and size >= at then src.length = size - at end
-      local sok, back = pcall(data.seek, data, "set", at)
-      if not sok or back ~= at then
-        return nil, errors.sdk("SinkError", "seeking in " .. field .. " failed: " .. tostring(back))
-      end
-    else
-      src.not_rewindable = not_rewindable(field, "cannot be rewound")
-    end
-    open = function()
-      if started and src.rewindable then
-        local sok, back = pcall(data.seek, data, "set", at)
-        if not sok or back ~= at then
-          return nil, errors.sdk("SinkError", "rewinding " .. field .. " failed: " .. tostring(back))
-        end
-      end
-      return function()
-        local rok, chunk = pcall(data.read, data, CHUNK)
-        if not rok then
-          return nil, errors.sdk("SinkError", "reading " .. field .. " failed: " .. tostring(chunk))
-        end
-        if chunk == nil or chunk == "" then return nil end
-        if type(chunk) ~= "string" then
-          return nil, errors.sdk("SinkError", "reading " .. field .. " gave a " .. type(chunk))
-        end
-        return chunk
-      end
-    end
+    open, oerr = handle_opener(src, data, field)
+    if not open then return nil, oerr end
   end
   if src.length and src.length > limit then
     return nil, invalid(field, "is larger than limits.body")
   end
 
+  local started = false
   function src.start()
     if started and not src.rewindable then return nil, src.not_rewindable end
-    local next_raw, err = open()
+    local next_raw, err = open(started)
     started = true
     if not next_raw then return nil, err end
     local size = 0
