@@ -422,6 +422,81 @@ local function connect(c, u, o, fresh)
   return true
 end
 
+-- Sends the request line, the headers and the body. -> true | nil, message, kind
+local function send_request(c, req, u)
+  local body = req.body
+  local method = req.method or "GET"
+  local chunked = type(body) == "function" and not req.body_length
+  local body_length
+  if type(body) == "string" then
+    body_length = #body
+  elseif type(body) == "function" then
+    body_length = req.body_length
+  elseif method == "POST" or method == "PUT" or method == "PATCH" then
+    body_length = 0
+  end
+  local head, herr = request_head(req, u, body_length, chunked)
+  if not head then return nil, herr, "request" end
+  if body == nil or (type(body) == "string" and #body <= PIECE) then
+    return send_all(c, body and head .. body or head)
+  end
+  local ok, err, kind = send_all(c, head)
+  if ok then ok, err, kind = send_body(c, req, chunked) end
+  return ok, err, kind
+end
+
+-- Where the answer's body goes: through the decryptor to on_data (a 2xx file), or into
+-- chunks, capped at max_body (an error answer's at MAX_ERROR_BODY: the rest is never read).
+-- -> emit, consumer | nil, chunks | nil, message, kind
+local function body_target(c, req, o, status, headers, method)
+  local max_body = req.max_body or o.limits.body
+  if req.decrypt and status >= 200 and status < 300 and method ~= "HEAD" then
+    local consumer, cerr = decrypting(req, headers)
+    if not consumer then return nil, cerr, "decrypt" end
+    -- the consumer's own time (a slow sink) is not a stall of the server's
+    return function(piece)
+      local eok, eerr, ekind = consumer.emit(piece)
+      moved(c)
+      return eok, eerr, ekind
+    end, consumer
+  end
+  local cut
+  if (status < 200 or status > 299) and MAX_ERROR_BODY < max_body then
+    max_body, cut = MAX_ERROR_BODY, true
+  end
+  local cl = tonumber(headers["content-length"] or "")
+  if cl and cl > max_body and not cut then
+    return nil, format("the response body (%d bytes) exceeds the limit of %d bytes", cl, max_body), "too_large"
+  end
+  local chunks, size = {}, 0
+  return function(piece)
+    if cut and size + #piece > max_body then
+      chunks[#chunks + 1] = sub(piece, 1, max_body - size)
+      return nil, "cut", "cut"
+    end
+    size = size + #piece
+    if size > max_body then
+      return nil, format("the response body exceeds the limit of %d bytes", max_body), "too_large"
+    end
+    chunks[#chunks + 1] = piece
+    return true
+  end, nil, chunks
+end
+
+-- Back to the pool only when the answer ended where its framing said, nothing more came,
+-- and neither side asked to close; closed otherwise.
+local function release(c, o, framed, fresh, headers, version)
+  local conn_hdr = lower(headers["connection"] or "")
+  local reusable = framed and not fresh and c.pos > #c.buf and not find(conn_hdr, "close", 1, true)
+    and (version == "1.1" or find(conn_hdr, "keep-alive", 1, true))
+  if reusable then
+    -- Idle at most keepalive.idle: retired before a server's keep-alive timeout.
+    c.sock:setkeepalive(floor(o.keepalive.idle * 1000), POOL_SIZE)
+  else
+    c.sock:close()
+  end
+end
+
 -- One exchange on one connection. Returns res | nil, message, kind, answered (true once any
 -- byte of an answer came), reused (the connection came from the pool).
 local function exchange(self, req, u, fresh)
@@ -443,65 +518,16 @@ local function exchange(self, req, u, fresh)
 
   local ok, err, kind = connect(c, u, o, fresh)
   if not ok then return fail(err, kind) end
-
-  local body = req.body
-  local method = req.method or "GET"
-  local chunked = type(body) == "function" and not req.body_length
-  local body_length
-  if type(body) == "string" then
-    body_length = #body
-  elseif type(body) == "function" then
-    body_length = req.body_length
-  elseif method == "POST" or method == "PUT" or method == "PATCH" then
-    body_length = 0
-  end
-  local head, herr = request_head(req, u, body_length, chunked)
-  if not head then return fail(herr, "request") end
-  if body == nil or (type(body) == "string" and #body <= PIECE) then
-    ok, err, kind = send_all(c, body and head .. body or head)
-  else
-    ok, err, kind = send_all(c, head)
-    if ok then ok, err, kind = send_body(c, req, chunked) end
-  end
+  ok, err, kind = send_request(c, req, u)
   if not ok then return fail(err, kind) end
 
+  local method = req.method or "GET"
   local status, headers, version = read_head(c, (o.limits and o.limits.headers) or 256 * 1024)
   if not status then return fail(headers, version) end
-
   local res = { status = status, headers = headers, http_version = version }
-  local consumer, chunks, size = nil, {}, 0
-  local max_body = req.max_body or o.limits.body
-  local cut   -- an error answer's body: kept up to MAX_ERROR_BODY, the rest never read
-  if req.decrypt and status >= 200 and status < 300 and method ~= "HEAD" then
-    local cerr
-    consumer, cerr = decrypting(req, headers)
-    if not consumer then return fail(cerr, "decrypt") end
-  else
-    if (status < 200 or status > 299) and MAX_ERROR_BODY < max_body then
-      max_body, cut = MAX_ERROR_BODY, true
-    end
-    local cl = tonumber(headers["content-length"] or "")
-    if cl and cl > max_body and not cut then
-      return fail(format("the response body (%d bytes) exceeds the limit of %d bytes", cl, max_body), "too_large")
-    end
-  end
-  -- the consumer's own time (a slow sink) is not a stall of the server's
-  local emit = consumer and function(piece)
-    local eok, eerr, ekind = consumer.emit(piece)
-    moved(c)
-    return eok, eerr, ekind
-  end or function(piece)
-    if cut and size + #piece > max_body then
-      chunks[#chunks + 1] = sub(piece, 1, max_body - size)
-      return nil, "cut", "cut"
-    end
-    size = size + #piece
-    if size > max_body then
-      return nil, format("the response body exceeds the limit of %d bytes", max_body), "too_large"
-    end
-    chunks[#chunks + 1] = piece
-    return true
-  end
+  local emit, consumer, chunks = body_target(c, req, o, status, headers, method)
+  if not emit then return fail(consumer, chunks) end
+
   local framed, berr, bkind = read_body(c, status, headers, method, emit)
   if framed == nil and bkind == "cut" then framed = false end   -- closed below
   if framed == nil then
@@ -517,17 +543,7 @@ local function exchange(self, req, u, fresh)
     res.body = concat(chunks)
   end
 
-  -- Back to the pool only when the answer ended where its framing said, nothing more came,
-  -- and neither side asked to close.
-  local conn_hdr = lower(headers["connection"] or "")
-  local reusable = framed and not fresh and c.pos > #c.buf and not find(conn_hdr, "close", 1, true)
-    and (version == "1.1" or find(conn_hdr, "keep-alive", 1, true))
-  if reusable then
-    -- Idle at most keepalive.idle: retired before a server's keep-alive timeout.
-    c.sock:setkeepalive(floor(o.keepalive.idle * 1000), POOL_SIZE)
-  else
-    c.sock:close()
-  end
+  release(c, o, framed, fresh, headers, version)
   if cancel then cancel[c] = nil end
   update_time()
   res.time = now() - started
