@@ -172,7 +172,7 @@ local function download(sdk, opts, sync, entry)
   -- only a token this download refreshed is newer than the one in force now
   if token and token ~= started_with then sync.token = token end
   if sync.stopped and not res then return end   -- cancelled by stop(): not a failure of the file
-  note_outcome(sync, not res and err or nil, sync.listed())
+  note_outcome(sync, not res and err or nil, sync.queue.last)
   if res then
     sync.files = sync.files + 1
     res.file_list = file_list
@@ -300,8 +300,8 @@ local function run(sdk, opts, hold)
   }, sync_mt)
   if hold then hold.sync = sync end
   local deadline = core.monotonic() + (opts.max_time or 600)
-  local queue = { first = 1, last = 0 }
-  sync.listed = function() return queue.last end   -- files listed so far
+  local queue = { first = 1, last = 0 }   -- queue.last: the files listed so far
+  sync.queue = queue
   local workers = {}
   for i = 1, opts.concurrency or _M.DEFAULT_CONCURRENCY do
     workers[i] = scheduler.spawn(worker, sdk, opts, sync, queue)
