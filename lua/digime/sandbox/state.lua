@@ -45,6 +45,7 @@ function _M:reset()
   self.syncs = {}        -- user id -> { step = 0..3, at = monotonic time of the last step }
   self.nonces = {}       -- nonce -> timestamp (ms) of the JWT that used it
   self.nonce_count = 0
+  self.nonce_prune_at = nil   -- 10,000
   self.faults = {}       -- in creation order
   self.fault_seq = 0
   self.consent = { decision = "accept", error_code = "UserCancelled" }
@@ -71,7 +72,9 @@ end
 -- Nonces ------------------------------------------------------------------------------------
 
 -- A nonce only needs remembering while its JWT's timestamp is inside the window: after that
--- the timestamp check refuses a replay anyway. Pruned when the table grows.
+-- the timestamp check refuses a replay anyway. Pruned when the table has doubled since the
+-- last pruning (never below 10,000): a window full of live nonces (a sync of 100,000 files)
+-- must not be scanned again at every request.
 function _M:nonce_used(nonce)
   return self.nonces[nonce] ~= nil
 end
@@ -79,7 +82,7 @@ end
 function _M:remember_nonce(nonce, ts_ms, now_ms)
   self.nonces[nonce] = ts_ms
   self.nonce_count = self.nonce_count + 1
-  if self.nonce_count > 10000 then
+  if self.nonce_count > (self.nonce_prune_at or 10000) then
     local horizon = now_ms - 2 * self.cfg.timestamp_window * 1000
     local n = 0
     for k, ts in pairs(self.nonces) do
@@ -90,6 +93,7 @@ function _M:remember_nonce(nonce, ts_ms, now_ms)
       end
     end
     self.nonce_count = n
+    self.nonce_prune_at = n * 2 > 10000 and n * 2 or 10000
   end
 end
 
