@@ -737,6 +737,14 @@ static int l_request_close(lua_State *L)
 
     if (u->r != NULL && !dm_http_request_detached(u->r))
         return luaL_error(L, "http request is still in its engine (cancel it first)");
+    /* the cached result too: the caller has it, and the request's finaliser would keep it (a
+     * body of megabytes) alive for one more collection */
+    compat_getuservalue(L, 1);
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        lua_setfield(L, -2, "result");
+    }
+    lua_pop(L, 1);
     return l_request_gc(L);
 }
 
