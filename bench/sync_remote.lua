@@ -41,6 +41,7 @@ local token = assert(sdk:exchange_code_for_token{ contract = contract, authoriza
 local session = assert(sdk:read_session{ contract = contract, user_access_token = token })
 
 local before = stats()
+local rss_start_kb = tonumber(io.open("/proc/self/status"):read("*a"):match("VmRSS:%s*(%d+) kB"))
 local bytes = 0
 local cpu0, t0 = os.clock(), core.monotonic()
 local res = assert(sdk:read_all_files{ contract = contract, user_access_token = token,
@@ -52,6 +53,6 @@ local after = stats()
 local status = io.open("/proc/self/status"):read("*a")
 local hwm_kb = tonumber(status:match("VmHWM:%s*(%d+) kB"))
 local function delta(k) return (after[k] or 0) - (before[k] or 0) end
-print(("%s wall=%.2f cpu=%.2f rss_mib=%.1f files=%d failures=%d mib=%.1f connections=%d tls_full=%d tls_resumed=%d")
-  :format(label, wall, cpu, hwm_kb / 1024, res.files, res.failures, bytes / 1048576,
+print(("%s wall=%.2f cpu=%.2f rss_mib=%.1f rss_start_mib=%.1f files=%d failures=%d mib=%.1f connections=%d tls_full=%d tls_resumed=%d")
+  :format(label, wall, cpu, hwm_kb / 1024, rss_start_kb / 1024, res.files, res.failures, bytes / 1048576,
           delta("connections"), delta("tls_handshakes"), delta("tls_resumed")))
