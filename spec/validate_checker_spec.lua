@@ -4,13 +4,9 @@
 -- SDK: every public call refuses an unknown key first, and calls whose lists do not start with
 -- contract and user_access_token keep their order. Nothing here reaches the network: each
 -- call is refused before it would send.
-local digime = require "digime"
 local validate = require "digime.validate"
+local digime = require "digime"
 local flow = require "flow"
-
-local function token()
-  return { access_token = { value = "a", expiry = 1 }, refresh_token = { value = "r", expiry = 1 } }
-end
 
 describe("validate.checker", function()
   local check = validate.checker("some_call",
@@ -82,6 +78,7 @@ end)
 
 describe("the public calls' option checks", function()
   local sdk = assert(digime.init{ application_id = flow.APP_ID, base_url = "http://127.0.0.1:9/" })
+  local TOKEN = { access_token = { value = "a", expiry = 1 }, refresh_token = { value = "r", expiry = 1 } }
   local CALLS = {
     "get_authorize_url", "get_reauthorize_url", "exchange_code_for_token", "refresh_token",
     "read_session", "read_file_list", "read_file", "read_file_metadata", "read_accounts",
@@ -112,9 +109,9 @@ describe("the public calls' option checks", function()
       { "get_onboard_service_url", { contract = c, callback = 1, user_access_token = 1 }, "callback" },
       { "get_reauthorize_account_url", { contract = c, callback = 1, user_access_token = 1 }, "callback" },
       { "get_authorize_url", { contract = c, callback = "https://x/", state = 1, service_id = -1 }, "state" },
-      { "get_revoke_account_permission_url", { contract = c, user_access_token = token(),
+      { "get_revoke_account_permission_url", { contract = c, user_access_token = TOKEN,
         account_id = "a\r\nb", redirect_uri = 1 }, "account_id" },
-      { "read_file", { contract = c, user_access_token = token(), session_key = "s",
+      { "read_file", { contract = c, user_access_token = TOKEN, session_key = "s",
         file_name = "f", max_size = -1, sink = 1 }, "max_size" },
       { "upload_file_to_storage", { contract = c, storage_id = "s", file_name = "a/b",
         file_data = 1 }, "file_data" },
@@ -125,8 +122,8 @@ describe("the public calls' option checks", function()
       { "download_storage_file", { contract = c, storage_id = "s", path = "a/../b", sink = 1 },
         "path" },
       { "push_data", { contract = c, user_access_token = 1, type = "x" }, "user_access_token" },
-      { "push_data", { contract = c, user_access_token = token(), type = "x" }, "type" },
-      { "get_portability_report", { contract = c, user_access_token = token(), format = "xml",
+      { "push_data", { contract = c, user_access_token = TOKEN, type = "x" }, "type" },
+      { "get_portability_report", { contract = c, user_access_token = TOKEN, format = "xml",
         service_type = "medmij", from = -1, to = -1 }, "from" },
       { "query_sources", { contract = c, sources_body_params = { 1, 2 } }, "sources_body_params" },
     }

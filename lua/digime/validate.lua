@@ -42,37 +42,40 @@ function _M.is_record(v)
   return not _M.is_array(v)
 end
 
---- Data a call can read: a string, a reader function, or an object with a read method.
-function _M.is_data_source(v)
-  if type(v) == "string" or type(v) == "function" then return true end
-  local ok, read = pcall(function() return v.read end)
-  return ok and type(read) == "function"
+-- v.<name> is a function (v may be anything: indexing that raises is no method).
+local function has_method(v, name)
+  local ok, m = pcall(function() return v[name] end)
+  return ok and type(m) == "function"
 end
 
---- A data source (above) as an option: "must be a string, a file handle or a reader function".
-function _M.data_source(v, field, optional)
-  if v == nil and optional then return true end
-  if not _M.is_data_source(v) then
-    return nil, invalid(field, "must be a string, a file handle or a reader function")
-  end
-  return true
+--- Data a call can read: a string, a reader function, or an object with a read method.
+function _M.is_data_source(v)
+  return type(v) == "string" or type(v) == "function" or has_method(v, "read")
 end
 
 --- Where a download's plaintext can go (digime.sink): a function, or an object with a write
 -- method.
 function _M.is_sink(v)
-  if type(v) == "function" then return true end
-  local ok, write = pcall(function() return v.write end)
-  return ok and type(write) == "function"
+  return type(v) == "function" or has_method(v, "write")
 end
 
-function _M.sink(v, field, optional)
-  if v == nil and optional then return true end
-  if not _M.is_sink(v) then
-    return nil, invalid(field, "must be a function or an object with a write method")
+-- A check (v, field, optional) -> true | nil, err from a predicate and what it asks for.
+local function check_of(is, problem)
+  return function(v, field, optional)
+    if v == nil and optional then return true end
+    if not is(v) then return nil, invalid(field, problem) end
+    return true
   end
-  return true
 end
+
+local function is_type(t)
+  return function(v) return type(v) == t end
+end
+
+_M.boolean = check_of(is_type("boolean"), "must be a boolean")
+_M.func = check_of(is_type("function"), "must be a function")
+_M.data_source = check_of(_M.is_data_source, "must be a string, a file handle or a reader function")
+_M.sink = check_of(_M.is_sink, "must be a function or an object with a write method")
 
 local function sorted_names(set)
   local names = {}
@@ -198,14 +201,6 @@ function _M.any_string(v, field, optional)
   return _M.length(v, field)
 end
 
-function _M.boolean(v, field, optional)
-  if v == nil and optional then return true end
-  if type(v) ~= "boolean" then
-    return nil, invalid(field, "must be a boolean")
-  end
-  return true
-end
-
 function _M.number(v, field, optional, min, max)
   if v == nil and optional then return true end
   if not _M.is_number(v) or (min and v < min) or (max and v > max) then
@@ -221,14 +216,6 @@ function _M.integer(v, field, optional, min, max)
   if not _M.is_integer(v) or (min and v < min) or (max and v > max) then
     return nil, invalid(field, "must be an integer" ..
       (min and (" >= " .. tostring(min)) or "") .. (max and (" <= " .. tostring(max)) or ""))
-  end
-  return true
-end
-
-function _M.func(v, field, optional)
-  if v == nil and optional then return true end
-  if type(v) ~= "function" then
-    return nil, invalid(field, "must be a function")
   end
   return true
 end
