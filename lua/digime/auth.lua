@@ -22,7 +22,6 @@ end
 
 local client_id = jwt.client_id
 
-local check_all = validate.all
 local invalid_response = errors.invalid_response
 local check_session, reference = consent.check_session, consent.reference
 local check_sample_data, check_source_type = consent.check_sample_data, consent.check_source_type
@@ -48,31 +47,25 @@ local function actions_body(sdk, session_options)
   return json.object_of("agent", sdk.config.agent, "actions", session_options)
 end
 
-local AUTHORIZE_OPTS = validate.set{
-  "contract", "callback", "state", "service_id", "user_access_token", "session_options",
-  "source_type", "sample_data", "locale", "include_sample_data_only_sources", "storage_id",
-  "trigger_query", "sources_scope",
-}
+local check_authorize = validate.checker("get_authorize_url", {
+  { "contract", validate.contract },
+  { "callback", validate.string },
+  { "state", validate.any_string },
+  { "service_id", check_service_id },
+  { "user_access_token", validate.user_access_token, true },
+  { "session_options", validate.session_options, true },
+  { "source_type", check_source_type },
+  { "sample_data", check_sample_data },
+  { "locale", validate.string, true },
+  { "include_sample_data_only_sources", validate.boolean, true },
+  { "storage_id", validate.string, true },
+  { "trigger_query", validate.boolean, true },
+  { "sources_scope", validate.sources_scope, true },
+})
 
 --- sdk:get_authorize_url{ contract, callback, state, ... } -> { url, code_verifier, session }
 function _M.get_authorize_url(sdk, opts)
-  local ok, err = validate.options(opts, AUTHORIZE_OPTS, "get_authorize_url")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.string, opts.callback, "callback" },
-    { validate.any_string, opts.state, "state" },
-    { check_service_id, opts.service_id },
-    { validate.user_access_token, opts.user_access_token, "user_access_token", true },
-    { validate.session_options, opts.session_options, "session_options", true },
-    { check_source_type, opts.source_type },
-    { check_sample_data, opts.sample_data },
-    { validate.string, opts.locale, "locale", true },
-    { validate.boolean, opts.include_sample_data_only_sources, "include_sample_data_only_sources", true },
-    { validate.string, opts.storage_id, "storage_id", true },
-    { validate.boolean, opts.trigger_query, "trigger_query", true },
-    { validate.sources_scope, opts.sources_scope, "sources_scope", true },
-  }
+  local ok, err = check_authorize(opts)
   if not ok then return nil, err end
   local contract = opts.contract
   local key, kerr = jwt.contract_key(contract)
@@ -117,25 +110,20 @@ function _M.get_authorize_url(sdk, opts)
   return { url = url, code_verifier = verifier, session = session }
 end
 
-local REAUTHORIZE_OPTS = validate.set{
-  "contract", "callback", "user_access_token", "state", "locale", "session_options",
-  "trigger_query",
-}
+local check_reauthorize = validate.checker("get_reauthorize_url", {
+  { "contract", validate.contract },
+  { "callback", validate.string },
+  { "user_access_token", validate.user_access_token },
+  { "state", validate.any_string, true },
+  { "locale", validate.string, true },
+  { "session_options", validate.session_options, true },
+  { "trigger_query", validate.boolean, true },
+})
 
 --- sdk:get_reauthorize_url{ contract, callback, user_access_token, state?, locale?,
 --   session_options?, trigger_query? } -> { url, code_verifier, session, user_access_token }
 function _M.get_reauthorize_url(sdk, opts)
-  local ok, err = validate.options(opts, REAUTHORIZE_OPTS, "get_reauthorize_url")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.string, opts.callback, "callback" },
-    { validate.user_access_token, opts.user_access_token, "user_access_token" },
-    { validate.any_string, opts.state, "state", true },
-    { validate.string, opts.locale, "locale", true },
-    { validate.session_options, opts.session_options, "session_options", true },
-    { validate.boolean, opts.trigger_query, "trigger_query", true },
-  }
+  local ok, err = check_reauthorize(opts)
   if not ok then return nil, err end
   local contract = opts.contract
   local key, kerr = jwt.contract_key(contract)
@@ -172,17 +160,14 @@ function _M.get_reauthorize_url(sdk, opts)
            user_access_token = opts.user_access_token }
 end
 
-local EXCHANGE_OPTS = validate.set{ "contract", "authorization_code", "code_verifier" }
+local check_exchange = validate.checker("exchange_code_for_token", validate.CONTRACT_CALL, {
+  { "authorization_code", validate.string },
+  { "code_verifier", validate.string },
+})
 
 --- sdk:exchange_code_for_token{ contract, authorization_code, code_verifier } -> token
 function _M.exchange_code_for_token(sdk, opts)
-  local ok, err = validate.options(opts, EXCHANGE_OPTS, "exchange_code_for_token")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.string, opts.authorization_code, "authorization_code" },
-    { validate.string, opts.code_verifier, "code_verifier" },
-  }
+  local ok, err = check_exchange(opts)
   if not ok then return nil, err end
   local contract = opts.contract
   local key, kerr = jwt.contract_key(contract)
@@ -200,16 +185,11 @@ function _M.exchange_code_for_token(sdk, opts)
   })
 end
 
-local REFRESH_OPTS = validate.set{ "contract", "user_access_token" }
+local check_refresh = validate.checker("refresh_token", validate.USER_CALL)
 
 --- sdk:refresh_token{ contract, user_access_token } -> the new token
 function _M.refresh_token(sdk, opts)
-  local ok, err = validate.options(opts, REFRESH_OPTS, "refresh_token")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.user_access_token, opts.user_access_token, "user_access_token" },
-  }
+  local ok, err = check_refresh(opts)
   if not ok then return nil, err end
   return tokens.refresh(sdk, opts.contract, opts.user_access_token)
 end

@@ -28,22 +28,14 @@ local function url_integer(v, field)
   return true
 end
 
-local check_all = validate.all
-local function user_checks(opts, allowed, name, more)
-  local ok, err = validate.options(opts, allowed, name)
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.user_access_token, opts.user_access_token, "user_access_token" },
-  }
-  if not ok then return nil, err end
-  return check_all(more or {})
-end
-
+local USER_CALL = validate.USER_CALL
 local invalid_response = errors.invalid_response
+
+local check_delete_user = validate.checker("delete_user", USER_CALL)
+
 --- sdk:delete_user{ contract, user_access_token } -> { deleted = true, status }
 function _M.delete_user(sdk, opts)
-  local ok, err = user_checks(opts, validate.set{ "contract", "user_access_token" }, "delete_user")
+  local ok, err = check_delete_user(opts)
   if not ok then return nil, err end
   return user_call.send(sdk, opts.contract, opts.user_access_token, {
     method = "DELETE", url = sdk.config.base_url .. "user",
@@ -53,10 +45,13 @@ function _M.delete_user(sdk, opts)
   end)
 end
 
+local check_delete_account = validate.checker("delete_account", USER_CALL, {
+  { "account_id", header_string },
+})
+
 --- sdk:delete_account{ contract, user_access_token, account_id } -> { deleted = true, status }
 function _M.delete_account(sdk, opts)
-  local ok, err = user_checks(opts, validate.set{ "contract", "user_access_token", "account_id" },
-    "delete_account", { { header_string, opts and opts.account_id, "account_id" } })
+  local ok, err = check_delete_account(opts)
   if not ok then return nil, err end
   return user_call.send(sdk, opts.contract, opts.user_access_token, {
     method = "DELETE", url = sdk.config.base_url .. "permission-access/service/h:accountId",
@@ -68,18 +63,18 @@ function _M.delete_account(sdk, opts)
   end)
 end
 
-local REPORT_OPTS = validate.set{ "contract", "user_access_token", "format", "service_type", "from", "to" }
+local check_report = validate.checker("get_portability_report", USER_CALL, {
+  { "format", validate.string },
+  { "service_type", validate.segment },
+  { "from", validate.number, true, 0, MAX_URL_NUMBER },
+  { "to", validate.number, true, 0, MAX_URL_NUMBER },
+})
 
 --- sdk:get_portability_report{ contract, user_access_token, format = "xml",
 --   service_type = "medmij", from?, to? } -> { file = <report text>, user_access_token }
 -- (absent from/to are left out, not sent as "undefined"; values are encoded.)
 function _M.get_portability_report(sdk, opts)
-  local ok, err = user_checks(opts, REPORT_OPTS, "get_portability_report", {
-    { validate.string, opts and opts.format, "format" },
-    { validate.segment, opts and opts.service_type, "service_type" },
-    { validate.number, opts and opts.from, "from", true, 0, MAX_URL_NUMBER },
-    { validate.number, opts and opts.to, "to", true, 0, MAX_URL_NUMBER },
-  })
+  local ok, err = check_report(opts)
   if not ok then return nil, err end
   local url = urls.build(sdk.config.base_url .. "export/" .. seg(opts.service_type) .. "/report",
     "format", opts.format,
@@ -93,16 +88,14 @@ function _M.get_portability_report(sdk, opts)
   end)
 end
 
+local check_sample_sets = validate.checker("get_service_sample_data_sets", validate.CONTRACT_CALL, {
+  { "source_id", url_integer },
+})
+
 --- sdk:get_service_sample_data_sets{ contract, source_id } -> { data_sets = { <id> = { name,
 --   description } } }
 function _M.get_service_sample_data_sets(sdk, opts)
-  local ok, err = validate.options(opts, validate.set{ "contract", "source_id" },
-                                   "get_service_sample_data_sets")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { url_integer, opts.source_id, "source_id" },
-  }
+  local ok, err = check_sample_sets(opts)
   if not ok then return nil, err end
   local res, rerr = contract_call.send(sdk, opts.contract, {
     method = "GET",
@@ -116,12 +109,12 @@ function _M.get_service_sample_data_sets(sdk, opts)
   return { data_sets = res.json }
 end
 
+local check_contract_details = validate.checker("get_contract_details", validate.CONTRACT_CALL)
+
 --- sdk:get_contract_details{ contract } -> the contract as digi.me describes it
 -- ({ id, accessType, application = { id, name, ... }, expirationDate, ... }).
 function _M.get_contract_details(sdk, opts)
-  local ok, err = validate.options(opts, validate.set{ "contract" }, "get_contract_details")
-  if not ok then return nil, err end
-  ok, err = validate.contract(opts.contract)
+  local ok, err = check_contract_details(opts)
   if not ok then return nil, err end
   local res, rerr = contract_call.send(sdk, opts.contract, {
     method = "GET", url = sdk.config.base_url .. "permission-access/contract",

@@ -12,7 +12,6 @@ local type = type
 
 local _M = {}
 
-local check_all = validate.all
 local invalid_response = errors.invalid_response
 
 local header_string = validate.header_string
@@ -43,31 +42,25 @@ local function reference_call(sdk, opts, body, claims_for, finish)
   end)
 end
 
-local ONBOARD_OPTS = validate.set{
-  "contract", "callback", "user_access_token", "service_id", "source_type", "sample_data",
-  "session_options", "locale", "include_sample_data_only_sources", "trigger_query",
-  "sources_scope", "state",
-}
+local check_onboard = validate.checker("get_onboard_service_url", {
+  { "contract", validate.contract },
+  { "callback", validate.string },
+  { "user_access_token", validate.user_access_token },
+  { "service_id", consent.check_service_id },
+  { "source_type", consent.check_source_type },
+  { "sample_data", consent.check_sample_data },
+  { "session_options", validate.session_options, true },
+  { "locale", validate.string, true },
+  { "include_sample_data_only_sources", validate.boolean, true },
+  { "trigger_query", validate.boolean, true },
+  { "sources_scope", validate.sources_scope, true },
+  { "state", validate.any_string, true },
+})
 
 --- sdk:get_onboard_service_url{ contract, callback, user_access_token, service_id?, ... }
 -- -> { url, session, user_access_token }
 function _M.get_onboard_service_url(sdk, opts)
-  local ok, err = validate.options(opts, ONBOARD_OPTS, "get_onboard_service_url")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.string, opts.callback, "callback" },
-    { validate.user_access_token, opts.user_access_token, "user_access_token" },
-    { consent.check_service_id, opts.service_id },
-    { consent.check_source_type, opts.source_type },
-    { consent.check_sample_data, opts.sample_data },
-    { validate.session_options, opts.session_options, "session_options", true },
-    { validate.string, opts.locale, "locale", true },
-    { validate.boolean, opts.include_sample_data_only_sources, "include_sample_data_only_sources", true },
-    { validate.boolean, opts.trigger_query, "trigger_query", true },
-    { validate.sources_scope, opts.sources_scope, "sources_scope", true },
-    { validate.any_string, opts.state, "state", true },
-  }
+  local ok, err = check_onboard(opts)
   if not ok then return nil, err end
   local client_id = jwt.client_id(sdk, opts.contract)
   return reference_call(sdk, opts,
@@ -87,20 +80,18 @@ function _M.get_onboard_service_url(sdk, opts)
     end)
 end
 
-local REAUTH_ACCOUNT_OPTS = validate.set{ "contract", "callback", "user_access_token", "account_id", "locale" }
+local check_reauth_account = validate.checker("get_reauthorize_account_url", {
+  { "contract", validate.contract },
+  { "callback", validate.string },
+  { "user_access_token", validate.user_access_token },
+  { "account_id", validate.string },
+  { "locale", validate.string, true },
+})
 
 --- sdk:get_reauthorize_account_url{ contract, callback, user_access_token, account_id, locale? }
 -- -> { url, session, user_access_token }
 function _M.get_reauthorize_account_url(sdk, opts)
-  local ok, err = validate.options(opts, REAUTH_ACCOUNT_OPTS, "get_reauthorize_account_url")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.string, opts.callback, "callback" },
-    { validate.user_access_token, opts.user_access_token, "user_access_token" },
-    { validate.string, opts.account_id, "account_id" },
-    { validate.string, opts.locale, "locale", true },
-  }
+  local ok, err = check_reauth_account(opts)
   if not ok then return nil, err end
   local client_id = jwt.client_id(sdk, opts.contract)
   local res, rerr = reference_call(sdk, opts, json.object_of("agent", sdk.config.agent),
@@ -128,19 +119,15 @@ function _M.get_reauthorize_account_url(sdk, opts)
   }
 end
 
-local REVOKE_OPTS = validate.set{ "contract", "user_access_token", "account_id", "redirect_uri" }
+local check_revoke = validate.checker("get_revoke_account_permission_url", validate.USER_CALL, {
+  { "account_id", header_string },
+  { "redirect_uri", header_string },
+})
 
 --- sdk:get_revoke_account_permission_url{ contract, user_access_token, account_id,
 --   redirect_uri } -> { location, user_access_token }
 function _M.get_revoke_account_permission_url(sdk, opts)
-  local ok, err = validate.options(opts, REVOKE_OPTS, "get_revoke_account_permission_url")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.user_access_token, opts.user_access_token, "user_access_token" },
-    { header_string, opts.account_id, "account_id" },
-    { header_string, opts.redirect_uri, "redirect_uri" },
-  }
+  local ok, err = check_revoke(opts)
   if not ok then return nil, err end
   return user_call.send(sdk, opts.contract, opts.user_access_token, {
     method = "GET", url = sdk.config.base_url .. "permission-access/revoke/h:accountId",

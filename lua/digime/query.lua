@@ -58,21 +58,21 @@ local function post(sdk, contract, path, params, params_key)
   return doc
 end
 
+-- A call's body parameters (optional): a table whose `query`, if any, is { include?, filter? }.
+local function check_params(params, field)
+  if params == nil then return true end
+  if not validate.is_record(params) then
+    return nil, errors.validation(field, "must be a table")
+  end
+  return check_include(params, field)
+end
+
 local function make(name, path, params_key, add_defaults)
-  local allowed = validate.set{ "contract", params_key }
+  local check = validate.checker(name, validate.CONTRACT_CALL, { { params_key, check_params } })
   return function(sdk, opts)
-    local ok, err = validate.options(opts, allowed, name)
-    if not ok then return nil, err end
-    ok, err = validate.contract(opts.contract)
+    local ok, err = check(opts)
     if not ok then return nil, err end
     local params = opts[params_key]
-    if params ~= nil then
-      if not validate.is_record(params) then
-        return nil, errors.validation(params_key, "must be a table")
-      end
-      ok, err = check_include(params, params_key)
-      if not ok then return nil, err end
-    end
     if add_defaults then params = add_defaults(deep_copy(params or {})) end
     return post(sdk, opts.contract, path, params, params_key)
   end

@@ -16,28 +16,18 @@ local _M = {}
 local seg = request.encode_segment
 
 local invalid_response = errors.invalid_response
-local check_all = validate.all
-local function base_checks(opts, allowed, name)
-  local ok, err = validate.options(opts, allowed, name)
-  if not ok then return nil, err end
-  return check_all{
-    { validate.contract, opts.contract },
-    { validate.user_access_token, opts.user_access_token, "user_access_token" },
-  }
-end
+local USER_CALL = validate.USER_CALL
 
-local SESSION_OPTS = validate.set{ "contract", "user_access_token", "session_options" }
+local check_session = validate.checker("read_session", USER_CALL, {
+  { "session_options", validate.pull_options, true },
+})
 
 --- sdk:read_session{ contract, user_access_token, session_options? }
 -- -> { session = { expiry, key }, user_access_token }
 function _M.read_session(sdk, opts)
-  local ok, err = base_checks(opts, SESSION_OPTS, "read_session")
+  local ok, err = check_session(opts)
   if not ok then return nil, err end
   local so = opts.session_options
-  if so ~= nil then
-    ok, err = validate.pull_options(so, "session_options")
-    if not ok then return nil, err end
-  end
   -- The options' keys at the top level, then agent (which overrides any agent given).
   local body = {}
   if so then
@@ -90,14 +80,14 @@ function _M.check_file_list(body)
   return body
 end
 
-local LIST_OPTS = validate.set{ "contract", "user_access_token", "session_key" }
+local check_list = validate.checker("read_file_list", USER_CALL, {
+  { "session_key", validate.segment },
+})
 
 --- sdk:read_file_list{ contract, user_access_token, session_key }
 -- -> { status = { state, details? }, fileList = {...}?, user_access_token, ... }
 function _M.read_file_list(sdk, opts)
-  local ok, err = base_checks(opts, LIST_OPTS, "read_file_list")
-  if not ok then return nil, err end
-  ok, err = validate.segment(opts.session_key, "session_key")
+  local ok, err = check_list(opts)
   if not ok then return nil, err end
   return user_call.send(sdk, opts.contract, opts.user_access_token, {
     method = "GET", url = sdk.config.base_url .. "permission-access/query/" .. seg(opts.session_key),
@@ -111,17 +101,13 @@ function _M.read_file_list(sdk, opts)
   end)
 end
 
-local META_OPTS = validate.set{ "contract", "user_access_token", "session_key", "file_name" }
+local FILE_IN_SESSION = { { "session_key", validate.segment }, { "file_name", validate.segment } }
+local check_meta = validate.checker("read_file_metadata", USER_CALL, FILE_IN_SESSION)
 
 --- sdk:read_file_metadata{ contract, user_access_token, session_key, file_name }
 -- -> { file_metadata, file_name, compression, user_access_token }
 function _M.read_file_metadata(sdk, opts)
-  local ok, err = base_checks(opts, META_OPTS, "read_file_metadata")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.segment, opts.session_key, "session_key" },
-    { validate.segment, opts.file_name, "file_name" },
-  }
+  local ok, err = check_meta(opts)
   if not ok then return nil, err end
   return user_call.send(sdk, opts.contract, opts.user_access_token, {
     method = "HEAD",
@@ -135,10 +121,7 @@ function _M.read_file_metadata(sdk, opts)
   end)
 end
 
-local wrap_sink, is_sink = sink.wrap, sink.is_sink
-
-local FILE_OPTS = validate.set{ "contract", "user_access_token", "session_key", "file_name",
-                                "sink", "max_size" }
+local wrap_sink = sink.wrap
 
 --- sdk:read_file{ contract, user_access_token, session_key, file_name, sink?, max_size? }
 -- -> { file_data, file_name, file_metadata, last_modified, compression, user_access_token }
@@ -149,23 +132,17 @@ function _M.read_file(sdk, opts)
   return _M.fetch_file(sdk, opts, nil)
 end
 
-local function check_file_opts(opts)
-  local ok, err = base_checks(opts, FILE_OPTS, "read_file")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.segment, opts.session_key, "session_key" },
-    { validate.segment, opts.file_name, "file_name" },
-  }
-  if not ok then return nil, err end
-  local ms = opts.max_size
+local function check_max_size(ms, field)
   if ms ~= nil and not (ms == huge or (validate.is_integer(ms) and ms >= 0)) then
-    return nil, errors.validation("max_size", "must be an integer >= 0 (or math.huge)")
-  end
-  if opts.sink ~= nil and not is_sink(opts.sink) then
-    return nil, errors.validation("sink", "must be a function or an object with a write method")
+    return nil, errors.validation(field, "must be an integer >= 0 (or math.huge)")
   end
   return true
 end
+
+local check_file_opts = validate.checker("read_file", USER_CALL, FILE_IN_SESSION, {
+  { "max_size", check_max_size },
+  { "sink", validate.sink, true },
+})
 
 --- read_file with a table `cancel` that holds the engine request while it runs (so that a
 -- sync can cancel its downloads).
@@ -242,12 +219,12 @@ function _M.fetch_file(sdk, opts, cancel)
   }
 end
 
-local ACCOUNTS_OPTS = validate.set{ "contract", "user_access_token" }
+local check_accounts = validate.checker("read_accounts", USER_CALL)
 
 --- sdk:read_accounts{ contract, user_access_token } -> { accounts = {...}, user_access_token }
 -- Accounts are kept as the server sends them; an unknown account `type` is not an error.
 function _M.read_accounts(sdk, opts)
-  local ok, err = base_checks(opts, ACCOUNTS_OPTS, "read_accounts")
+  local ok, err = check_accounts(opts)
   if not ok then return nil, err end
   return user_call.send(sdk, opts.contract, opts.user_access_token, {
     method = "GET", url = sdk.config.base_url .. "permission-access/accounts",

@@ -26,12 +26,5 @@ function _M.wrap(sink)
   end, function() return true end
 end
 
---- Whether v can be a sink: a function, or an object with a write method.
-function _M.is_sink(v)
-  if type(v) == "function" then return true end
-  local ok, write = pcall(function() return v.write end)
-  return ok and type(write) == "function"
-end
-
 
 return _M

@@ -17,7 +17,6 @@ local find, sub, lower, gsub = string.find, string.sub, string.lower, string.gsu
 
 local _M = {}
 
-local check_all = validate.all
 local invalid_response = errors.invalid_response
 local seg = request.encode_segment
 
@@ -74,11 +73,11 @@ local function check_storage(v)
   return { id = s.id, kid = s.kid }
 end
 
+local check_create = validate.checker("create_provisional_storage", validate.CONTRACT_CALL)
+
 --- sdk:create_provisional_storage{ contract } -> { storage = { id, kid } }
 function _M.create_provisional_storage(sdk, opts)
-  local ok, err = validate.options(opts, validate.set{ "contract" }, "create_provisional_storage")
-  if not ok then return nil, err end
-  ok, err = validate.contract(opts.contract)
+  local ok, err = check_create(opts)
   if not ok then return nil, err end
   local res, rerr = contract_call.send(sdk, opts.contract, {
     method = "POST", url = sdk.config.base_url .. "storage",
@@ -91,15 +90,12 @@ function _M.create_provisional_storage(sdk, opts)
   return { storage = s }
 end
 
+local check_user_storage = validate.checker("get_user_storage", validate.USER_CALL)
+
 --- sdk:get_user_storage{ contract, user_access_token } -> { storage = { id, kid },
 --   user_access_token }
 function _M.get_user_storage(sdk, opts)
-  local ok, err = validate.options(opts, validate.set{ "contract", "user_access_token" }, "get_user_storage")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.user_access_token, opts.user_access_token, "user_access_token" },
-  }
+  local ok, err = check_user_storage(opts)
   if not ok then return nil, err end
   return user_call.send(sdk, opts.contract, opts.user_access_token, {
     method = "GET", url = sdk.config.base_url .. "storage",
@@ -122,18 +118,20 @@ local function strip_marker(value, marker)
   return k and sub(rest, 1, k - 1) or rest
 end
 
+-- The options of the calls on a storage's files: contract and storage_id first.
+local IN_STORAGE = { { "contract", validate.contract }, { "storage_id", validate.segment } }
+-- A path to a file or folder (required): a non-empty string without "." or ".." segments.
+local FILE_PATH = { { "path", validate.string }, { "path", validate.segments } }
+
+local check_list = validate.checker("list_storage_files", IN_STORAGE, {
+  { "path", validate.segments, true },
+  { "recursive", validate.boolean, true },
+})
+
 --- sdk:list_storage_files{ contract, storage_id, path?, recursive? } -> { files, total }
 -- files: { id, name, originalName, originalPath, path }, paths relative to the application.
 function _M.list_storage_files(sdk, opts)
-  local ok, err = validate.options(opts, validate.set{ "contract", "storage_id", "path", "recursive" },
-                                   "list_storage_files")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.segment, opts.storage_id, "storage_id" },
-    { validate.segments, opts.path, "path", true },
-    { validate.boolean, opts.recursive, "recursive", true },
-  }
+  local ok, err = check_list(opts)
   if not ok then return nil, err end
   local res, rerr = cloud_send(sdk, opts.contract, {
     method = "GET",
@@ -193,27 +191,25 @@ local function encrypted_size(key, n)
 end
 _M.encrypted_size = encrypted_size
 
-local is_data_source = validate.is_data_source
+local function no_slash(v, field)
+  if find(v, "/", 1, true) then
+    return nil, errors.validation(field, "must not contain '/' (use path)")
+  end
+  return true
+end
+
+local check_upload = validate.checker("upload_file_to_storage", IN_STORAGE, {
+  { "file_name", validate.segment },
+  { "path", validate.segments, true },
+  { "file_data", validate.data_source },
+  { "file_name", no_slash },
+})
 
 --- sdk:upload_file_to_storage{ contract, storage_id, file_name, file_data, path? }
 -- -> { uploaded = true, status }. file_data: a string, a file handle or a reader function.
 function _M.upload_file_to_storage(sdk, opts)
-  local ok, err = validate.options(opts, validate.set{ "contract", "storage_id", "file_name",
-                                   "file_data", "path" }, "upload_file_to_storage")
+  local ok, err = check_upload(opts)
   if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.segment, opts.storage_id, "storage_id" },
-    { validate.segment, opts.file_name, "file_name" },
-    { validate.segments, opts.path, "path", true },
-  }
-  if not ok then return nil, err end
-  if not is_data_source(opts.file_data) then
-    return nil, errors.validation("file_data", "must be a string, a file handle or a reader function")
-  end
-  if find(opts.file_name, "/", 1, true) then
-    return nil, errors.validation("file_name", "must not contain '/' (use path)")
-  end
   local key, kerr = jwt.contract_key(opts.contract)
   if not key then return nil, kerr end
   local src, serr = source.data_source(opts.file_data, "file_data", sdk.config.limits.body)
@@ -231,22 +227,15 @@ function _M.upload_file_to_storage(sdk, opts)
   return { uploaded = true, status = res.status }
 end
 
+local check_download = validate.checker("download_storage_file", IN_STORAGE, FILE_PATH, {
+  { "sink", validate.sink, true },
+})
+
 --- sdk:download_storage_file{ contract, storage_id, path, sink? } -> { file_data | (sink),
 --   status }. Decrypted in C as it arrives; an HTTP error is an error, never decrypted.
 function _M.download_storage_file(sdk, opts)
-  local ok, err = validate.options(opts, validate.set{ "contract", "storage_id", "path", "sink" },
-                                   "download_storage_file")
+  local ok, err = check_download(opts)
   if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.segment, opts.storage_id, "storage_id" },
-    { validate.string, opts.path, "path" },
-    { validate.segments, opts.path, "path" },
-  }
-  if not ok then return nil, err end
-  if opts.sink ~= nil and not sink_of.is_sink(opts.sink) then
-    return nil, errors.validation("sink", "must be a function or an object with a write method")
-  end
   local key, kerr = jwt.contract_key(opts.contract)
   if not key then return nil, kerr end
   local parts = {}
@@ -275,18 +264,12 @@ function _M.download_storage_file(sdk, opts)
   return { file_data = not sink and concat(parts) or nil, status = res.status }
 end
 
+local check_delete = validate.checker("delete_storage_files", IN_STORAGE, FILE_PATH)
+
 --- sdk:delete_storage_files{ contract, storage_id, path } -> { deleted = true, status }
 -- A path ending in "/" deletes that folder.
 function _M.delete_storage_files(sdk, opts)
-  local ok, err = validate.options(opts, validate.set{ "contract", "storage_id", "path" },
-                                   "delete_storage_files")
-  if not ok then return nil, err end
-  ok, err = check_all{
-    { validate.contract, opts.contract },
-    { validate.segment, opts.storage_id, "storage_id" },
-    { validate.string, opts.path, "path" },
-    { validate.segments, opts.path, "path" },
-  }
+  local ok, err = check_delete(opts)
   if not ok then return nil, err end
   local res, rerr = cloud_send(sdk, opts.contract, {
     method = "DELETE", url = files_url(sdk, opts.storage_id) .. encode_path(lead(opts.path)),

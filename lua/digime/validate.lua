@@ -2,7 +2,7 @@
 -- naming the field. Unknown option keys are refused: a typo must not pass silently.
 local errors = require "digime.errors"
 
-local type, pairs, ipairs, tostring, next, pcall = type, pairs, ipairs, tostring, next, pcall
+local type, pairs, ipairs, tostring, next, pcall, select = type, pairs, ipairs, tostring, next, pcall, select
 local sort, concat = table.sort, table.concat
 local find, match = string.find, string.match
 local floor = math.floor
@@ -42,44 +42,103 @@ function _M.is_record(v)
   return not _M.is_array(v)
 end
 
---- Data a call can read: a string, a reader function, or an object with a read method.
-function _M.is_data_source(v)
-  if type(v) == "string" or type(v) == "function" then return true end
-  local ok, read = pcall(function() return v.read end)
-  return ok and type(read) == "function"
+-- v.<name> is a function (v may be anything: indexing that raises is no method).
+local function has_method(v, name)
+  local ok, m = pcall(function() return v[name] end)
+  return ok and type(m) == "function"
 end
 
---- Runs a list of checks { fn, value, args... } in order; the first failure wins.
-function _M.all(checks)
-  for i = 1, #checks do
-    local c = checks[i]
-    local ok, err = c[1](c[2], c[3], c[4], c[5], c[6])
-    if not ok then return nil, err end
+--- Data a call can read: a string, a reader function, or an object with a read method.
+function _M.is_data_source(v)
+  return type(v) == "string" or type(v) == "function" or has_method(v, "read")
+end
+
+--- Where a download's plaintext can go (digime.sink): a function, or an object with a write
+-- method.
+function _M.is_sink(v)
+  return type(v) == "function" or has_method(v, "write")
+end
+
+-- A check (v, field, optional) -> true | nil, err from a predicate and what it asks for.
+local function check_of(is, problem)
+  return function(v, field, optional)
+    if v == nil and optional then return true end
+    if not is(v) then return nil, invalid(field, problem) end
+    return true
+  end
+end
+
+local function is_type(t)
+  return function(v) return type(v) == t end
+end
+
+_M.boolean = check_of(is_type("boolean"), "must be a boolean")
+_M.func = check_of(is_type("function"), "must be a function")
+_M.data_source = check_of(_M.is_data_source, "must be a string, a file handle or a reader function")
+_M.sink = check_of(_M.is_sink, "must be a function or an object with a write method")
+
+local function sorted_names(set)
+  local names = {}
+  for name in pairs(set) do names[#names + 1] = name end
+  sort(names)
+  return concat(names, ", ")
+end
+
+-- opts is a table whose keys are all in `allowed`; `known` lists them for the message (made
+-- here when not given).
+local function known_keys(opts, allowed, what, known)
+  if type(opts) ~= "table" then
+    return nil, invalid(what, "must be a table of options")
+  end
+  for k in pairs(opts) do
+    if type(k) ~= "string" or not allowed[k] then
+      return nil, invalid(what .. "." .. tostring(k),
+        "is not a known option (known: " .. (known or sorted_names(allowed)) .. ")")
+    end
   end
   return true
 end
 
 --- Checks that opts is a table whose keys are all in `allowed` (a set); `what` names it.
 function _M.options(opts, allowed, what)
-  if type(opts) ~= "table" then
-    return nil, invalid(what, "must be a table of options")
-  end
-  for k in pairs(opts) do
-    if type(k) ~= "string" or not allowed[k] then
-      local names = {}
-      for name in pairs(allowed) do names[#names + 1] = name end
-      sort(names)
-      return nil, invalid(what .. "." .. tostring(k),
-        "is not a known option (known: " .. concat(names, ", ") .. ")")
-    end
-  end
-  return true
+  return known_keys(opts, allowed, what)
 end
 
 function _M.set(list)
   local s = {}
   for _, v in pairs(list) do s[v] = true end
   return s
+end
+
+--- A call's options, declared once. `checker(name, list, ...)` takes lists of entries
+-- { key, check, a?, b?, c? } (joined in order) and returns check(opts) -> true | nil, err,
+-- built once when the module loads. check(opts) refuses what options() refuses (opts not a
+-- table: `name`; a key no entry names: `name.key`, before any value is looked at), then runs
+-- each entry's check(opts[key], key, a, b, c) in order: the first failure wins. An entry
+-- without a check names an option the call checks itself; a key may have several entries.
+--   local check = validate.checker("read_file_list", validate.USER_CALL,
+--     { { "session_key", validate.segment }, { "max", validate.integer, true, 1 } })
+function _M.checker(name, ...)
+  local entries, allowed = {}, {}
+  for i = 1, select("#", ...) do
+    for _, e in ipairs((select(i, ...))) do
+      entries[#entries + 1] = e
+      allowed[e[1]] = true
+    end
+  end
+  local known, n = sorted_names(allowed), #entries
+  return function(opts)
+    local ok, err = known_keys(opts, allowed, name, known)
+    if not ok then return nil, err end
+    for i = 1, n do
+      local e = entries[i]
+      if e[2] then
+        ok, err = e[2](opts[e[1]], e[1], e[3], e[4], e[5])
+        if not ok then return nil, err end
+      end
+    end
+    return true
+  end
 end
 
 --- Longest strings (bytes) the SDK takes as options. Every one of them goes to the server in
@@ -142,14 +201,6 @@ function _M.any_string(v, field, optional)
   return _M.length(v, field)
 end
 
-function _M.boolean(v, field, optional)
-  if v == nil and optional then return true end
-  if type(v) ~= "boolean" then
-    return nil, invalid(field, "must be a boolean")
-  end
-  return true
-end
-
 function _M.number(v, field, optional, min, max)
   if v == nil and optional then return true end
   if not _M.is_number(v) or (min and v < min) or (max and v > max) then
@@ -159,10 +210,12 @@ function _M.number(v, field, optional, min, max)
   return true
 end
 
-function _M.func(v, field, optional)
+--- An integer within [min, max] (either bound may be nil).
+function _M.integer(v, field, optional, min, max)
   if v == nil and optional then return true end
-  if type(v) ~= "function" then
-    return nil, invalid(field, "must be a function")
+  if not _M.is_integer(v) or (min and v < min) or (max and v > max) then
+    return nil, invalid(field, "must be an integer" ..
+      (min and (" >= " .. tostring(min)) or "") .. (max and (" <= " .. tostring(max)) or ""))
   end
   return true
 end
@@ -273,7 +326,8 @@ function _M.scope(s, field)
 end
 
 --- Pull session options (doc/protocol.md "Reading a library"), sent to the server as given.
-function _M.pull_options(p, field)
+function _M.pull_options(p, field, optional)
+  if p == nil and optional then return true end
   if not _M.is_record(p) then
     return nil, invalid(field, "must be a table")
   end
@@ -375,5 +429,10 @@ function _M.segments(v, field, optional)
   end
   return true
 end
+
+--- The options every contract-signed call takes, and those every user call takes: lists of
+-- entries for checker().
+_M.CONTRACT_CALL = { { "contract", _M.contract } }
+_M.USER_CALL = { { "contract", _M.contract }, { "user_access_token", _M.user_access_token } }
 
 return _M

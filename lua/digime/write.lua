@@ -42,19 +42,14 @@ local function check_descriptor(d)
   return true
 end
 
-local is_data_source = validate.is_data_source
-
-local PUSH_OPTS = validate.set{ "contract", "user_access_token", "type", "data", "version",
-                                "standard", "account_id" }
 
 local function push_library(sdk, opts)
   local data = opts.data
   if not validate.is_record(data) then return nil, invalid("data", "must be a table") end
   local ok, err = validate.options(data, validate.set{ "file_data", "file_name", "file_descriptor" }, "data")
   if not ok then return nil, err end
-  if not is_data_source(data.file_data) then
-    return nil, invalid("data.file_data", "must be a string, a file handle or a reader function")
-  end
+  ok, err = validate.data_source(data.file_data, "data.file_data")
+  if not ok then return nil, err end
   ok, err = validate.string(data.file_name, "data.file_name")
   if not ok then return nil, err end
   ok, err = check_descriptor(data.file_descriptor)
@@ -108,6 +103,17 @@ local function push_provider(sdk, opts)
   }, function() return {} end)
 end
 
+local function check_type(v, field)
+  if v == "library" or v == "provider" then return true end
+  return nil, invalid(field, 'must be "library" or "provider"')
+end
+
+-- data, version, standard and account_id are checked by push_library or push_provider, by type.
+local check_push = validate.checker("push_data", validate.USER_CALL, {
+  { "type", check_type },
+  { "data" }, { "version" }, { "standard" }, { "account_id" },
+})
+
 --- sdk:push_data{ contract, user_access_token, type = "library", data = { file_data,
 --   file_name, file_descriptor = { mimeType, accounts, reference?, tags? } } }
 -- sdk:push_data{ contract, user_access_token, type = "provider", data = <JSON table>,
@@ -115,22 +121,14 @@ end
 -- -> { user_access_token }. file_data: a string, a file handle (rewound if a token refresh
 -- needs a resend) or a reader function (one-shot: a resend fails with StreamNotRewindable).
 function _M.push_data(sdk, opts)
-  local ok, err = validate.options(opts, PUSH_OPTS, "push_data")
+  local ok, err = check_push(opts)
   if not ok then return nil, err end
-  ok, err = validate.contract(opts.contract)
-  if not ok then return nil, err end
-  ok, err = validate.user_access_token(opts.user_access_token, "user_access_token")
-  if not ok then return nil, err end
-  if opts.type == "library" then
-    -- The provider-only options have no meaning here: given, they are a mistake to report.
-    for _, k in ipairs{ "account_id", "standard", "version" } do
-      if opts[k] ~= nil then return nil, invalid(k, 'applies only to type = "provider"') end
-    end
-    return push_library(sdk, opts)
-  elseif opts.type == "provider" then
-    return push_provider(sdk, opts)
+  if opts.type == "provider" then return push_provider(sdk, opts) end
+  -- The provider-only options have no meaning here: given, they are a mistake to report.
+  for _, k in ipairs{ "account_id", "standard", "version" } do
+    if opts[k] ~= nil then return nil, invalid(k, 'applies only to type = "provider"') end
   end
-  return nil, invalid("type", 'must be "library" or "provider"')
+  return push_library(sdk, opts)
 end
 
 return _M
