@@ -162,8 +162,9 @@ FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer $(FUZZ_SAN) $(WARN) -std=c99 \
                 -D_POSIX_C_SOURCE=200809L -DDIGIME_FUZZ $(DEP_CFLAGS)
 FUZZ_TARGETS := b64url public_key private_key decryptor decryptor_real inflate_gzip \
-                inflate_brotli http_headers
-FUZZ_LIBSRC  := csrc/jws.c csrc/keys.c csrc/random.c csrc/cipher.c csrc/inflate.c csrc/http.c
+                inflate_brotli http_headers list_scan
+FUZZ_LIBSRC  := csrc/jws.c csrc/keys.c csrc/random.c csrc/cipher.c csrc/inflate.c csrc/http.c \
+                csrc/listscan.c
 FUZZ_OBJS    := $(FUZZ_LIBSRC:csrc/%.c=build/fuzz/obj/%.o)
 FUZZ_BINS    := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 

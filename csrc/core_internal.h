@@ -1,5 +1,5 @@
-/* core_internal.h: what the binding files (core.c, core_cipher.c, core_http.c) share with
- * each other and with no one else: the key userdata (core.c makes keys, core_cipher.c takes
+/* core_internal.h: what the binding files (core.c, core_cipher.c, core_http.c, core_list.c)
+ * share with each other and with no one else: the key userdata (core.c makes keys, core_cipher.c takes
  * them), the `nil, message` return, and the entry points one binding calls in another. */
 #ifndef DIGIME_CORE_INTERNAL_H
 #define DIGIME_CORE_INTERNAL_H
@@ -28,6 +28,9 @@ int dm_open_cipher(lua_State *L);
 
 /* core_http.c: adds dm_http_engine to the table on top (not in a build without libcurl). */
 int dm_open_http(lua_State *L);
+
+/* core_list.c: adds file_list_index to the table on top. */
+int dm_open_list(lua_State *L);
 
 /* core_cipher.c, for core_http.c: the pipeline of a decryptor argument that has not been used
  * yet (raises otherwise). */

@@ -32,6 +32,7 @@ build = {
          sources = {
             "csrc/core.c", "csrc/core_http.c", "csrc/http.c", "csrc/keys.c", "csrc/jws.c",
             "csrc/random.c", "csrc/cipher.c", "csrc/core_cipher.c", "csrc/inflate.c",
+            "csrc/core_list.c", "csrc/listscan.c",
          },
          defines = { "_POSIX_C_SOURCE=200809L" },
          libraries = { "crypto", "curl", "z", "brotlidec" },
@@ -44,6 +45,7 @@ build = {
       ["digime.config"] = "lua/digime/config.lua",
       ["digime.contract_call"] = "lua/digime/contract_call.lua",
       ["digime.errors"] = "lua/digime/errors.lua",
+      ["digime.file_list"] = "lua/digime/file_list.lua",
       ["digime.json"] = "lua/digime/json.lua",
       ["digime.jwt"] = "lua/digime/jwt.lua",
       ["digime.jwks"] = "lua/digime/jwks.lua",

@@ -30,7 +30,7 @@ JWS_KEY=jws_key.pem
 } > test_key.h
 
 for t in b64url public_key private_key decryptor decryptor_real inflate_gzip inflate_brotli \
-         http_headers; do
+         http_headers list_scan; do
   mkdir -p "$C/$t"
   rm -f "$C/$t"/seed-*
 done
@@ -239,3 +239,12 @@ seed $t small-cap 0040 "$tmp/h1"   # 64 bytes: aborted
 seed $t bare-lf 8000 "$(text "$(printf 'HTTP/1.0 404 Not Found\nServer: x\n\n')")"
 
 du -sh "$C" | sed 's/^/corpus size: /'
+
+# --- file list answers (JSON): c0 = max_depth - 1 (mod 80) ---
+t=list_scan
+seed $t typical 3f "$(text '{"status":{"state":"running","details":{"a1":{"state":"running"}}},"fileList":[{"name":"18_4_10_1_1.json","objectCount":3,"schema":{"id":"x","standard":"digime","version":"1.0.0"},"updatedDate":1568716294874},{"name":"a.b.c.json","updatedDate":1.5e3}]}')"
+seed $t escapes 3f "$(text '{"st\u0061tus":{"state":"completed"},"fileList":[{"n\u0061me":"q\"u\\o\/te\u00e9\ud83d\ude00.json","updatedDate":-0},{"name":"","updatedDate":1E+2}],"fileList":[{"name":"last.json","updatedDate":2}]}')"
+seed $t odd-entries 3f "$(text ' { "status" : { "state" : "partial" } , "fileList" : [ 1 , "x" , null , [ ] , { } , { "name" : 5 , "updatedDate" : "7" } , true , false ] } ')"
+seed $t not-array 3f "$(text '{"status":{"state":"pending"},"fileList":{"name":"x"}}')"
+seed $t deep 02 "$(text '{"status":{"a":[[[{"b":[1]}]]]},"fileList":[{"name":"n","updatedDate":1,"x":[[[[1]]]]}]}')"
+seed $t numbers 3f "$(text '{"fileList":[{"name":"n","updatedDate":12345678901234567890123456789012345678901234567890123456789012345678901234567890e-70},{"name":"m","updatedDate":-0.5e-3}]}')"
