@@ -7,10 +7,11 @@ local errors = require "digime.errors"
 local validate = require "digime.validate"
 local scheduler = require "digime.scheduler"
 local read = require "digime.read"
+local file_list = require "digime.file_list"
 
 local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
 local setmetatable, rawget, rawset = setmetatable, rawget, rawset
-local min, concat, format = math.min, table.concat, string.format
+local min, format = math.min, string.format
 
 local _M = {}
 
@@ -19,42 +20,22 @@ local _M = {}
 -- figures in bench/RESULTS.md); on loopback more in flight changes little either way.
 _M.DEFAULT_CONCURRENCY = 16
 
-local OPTS = validate.set{
-  "contract", "user_access_token", "session_key", "on_file_data", "on_file_error",
-  "on_status_change", "sink", "concurrency", "poll_interval", "max_time", "max_unchanged_polls",
+-- The options of read_all_files and files, in the order they are checked.
+local SESSION = { { "session_key", validate.segment } }
+local CALLBACKS = {
+  { "on_file_data", validate.func, true },
+  { "on_file_error", validate.func, true },
+  { "on_status_change", validate.func, true },
 }
-
-local ITER_OPTS = validate.set{
-  "contract", "user_access_token", "session_key", "sink", "concurrency", "poll_interval",
-  "max_time", "max_unchanged_polls",
+local TUNING = {
+  { "sink", validate.func, true },
+  { "poll_interval", validate.number, true, 0, 3600 },
+  { "max_time", validate.number, true, 0 },
+  { "concurrency", validate.integer, true, 1 },
+  { "max_unchanged_polls", validate.integer, true, 1 },
 }
-
-local function check(opts, allowed, name)
-  local ok, err = validate.options(opts, allowed, name)
-  if not ok then return nil, err end
-  local checks = {
-    { validate.contract, opts.contract },
-    { validate.user_access_token, opts.user_access_token, "user_access_token" },
-    { validate.segment, opts.session_key, "session_key" },
-    { validate.func, opts.on_file_data, "on_file_data", true },
-    { validate.func, opts.on_file_error, "on_file_error", true },
-    { validate.func, opts.on_status_change, "on_status_change", true },
-    { validate.func, opts.sink, "sink", true },
-    { validate.number, opts.poll_interval, "poll_interval", true, 0, 3600 },
-    { validate.number, opts.max_time, "max_time", true, 0 },
-  }
-  for _, c in ipairs(checks) do
-    ok, err = c[1](c[2], c[3], c[4], c[5], c[6])
-    if not ok then return nil, err end
-  end
-  for _, k in ipairs{ "concurrency", "max_unchanged_polls" } do
-    local v = opts[k]
-    if v ~= nil and not (validate.is_integer(v) and v >= 1) then
-      return nil, errors.validation(k, "must be an integer >= 1")
-    end
-  end
-  return true
-end
+local check_all_files = validate.checker("read_all_files", validate.USER_CALL, SESSION, CALLBACKS, TUNING)
+local check_files = validate.checker("files", validate.USER_CALL, SESSION, TUNING)
 
 local sync_mt = {}
 sync_mt.__index = sync_mt
@@ -103,15 +84,6 @@ local function account_problems(status)
   return out
 end
 
--- A fingerprint of a file list answer, to tell a poll that changed nothing.
-local function fingerprint(res)
-  local parts = { res.status.state }
-  for _, f in ipairs(res.fileList or {}) do
-    parts[#parts + 1] = f.name .. "\0" .. tostring(f.updatedDate)
-  end
-  return concat(parts, "\1")
-end
-
 -- Giving up on a server that is gone. A file that failed all its attempts because connections
 -- are refused, reset or its name no longer resolves says the server is unreachable; once
 -- UNREACHABLE_AFTER files in a row (no file delivered between them) failed so, the rest would
@@ -148,16 +120,30 @@ local function note_outcome(sync, err, known)
   end
 end
 
-local function download(sdk, opts, sync, entry)
-  -- The newest list, not the one that scheduled this file: a queued file keeps only its own
-  -- entry alive, never a whole superseded list (memory stays ~ one list, however many polls).
-  local file_list = sync.file_list
+-- What the callbacks are given carries `file_list`, the newest list polled when the callback
+-- came, decoded only when read: a sync whose callbacks never look at it never holds the list
+-- as Lua tables.
+local list_of = setmetatable({}, { __mode = "k" })   -- callback argument -> newest list then
+local with_list_mt = {
+  __index = function(t, k)
+    local list = list_of[t]
+    if k == "file_list" and list then return list:decoded() end
+  end,
+}
+
+local function with_list(t, sync)
+  list_of[t] = sync.list
+  return setmetatable(t, with_list_mt)
+end
+
+local function download(sdk, opts, sync, list, i)
+  local name = list:name_and_date(i)
   local sink
   if opts.sink then
-    local ok, s = scheduler.pcall(opts.sink, entry.name, entry)
+    local ok, s = scheduler.pcall(opts.sink, name, list:entry(i))
     if not ok then
-      callback(sync, opts.on_file_error, { error = errors.sdk("SinkError",
-        "the sink factory raised: " .. tostring(s)), file_name = entry.name, file_list = file_list }, sync)
+      callback(sync, opts.on_file_error, with_list({ error = errors.sdk("SinkError",
+        "the sink factory raised: " .. tostring(s)), file_name = name }, sync), sync)
       sync.failures = sync.failures + 1
       return
     end
@@ -166,7 +152,7 @@ local function download(sdk, opts, sync, entry)
   local started_with = sync.token
   local res, err = read.fetch_file(sdk, {
     contract = opts.contract, user_access_token = started_with,
-    session_key = opts.session_key, file_name = entry.name, sink = sink,
+    session_key = opts.session_key, file_name = name, sink = sink,
   }, sync.in_flight)
   local token = res and res.user_access_token or (type(err) == "table" and err.user_access_token)
   -- only a token this download refreshed is newer than the one in force now
@@ -175,22 +161,37 @@ local function download(sdk, opts, sync, entry)
   note_outcome(sync, not res and err or nil, sync.queue.last)
   if res then
     sync.files = sync.files + 1
-    res.file_list = file_list
-    callback(sync, opts.on_file_data, res, sync)
+    callback(sync, opts.on_file_data, with_list(res, sync), sync)
   else
     sync.failures = sync.failures + 1
-    callback(sync, opts.on_file_error, { error = err, file_name = entry.name, file_list = file_list }, sync)
+    callback(sync, opts.on_file_error, with_list({ error = err, file_name = name }, sync), sync)
   end
+end
+
+-- The queue holds entry numbers, in batches of one list each (a poll's files are queued
+-- together): a queued file costs one array slot, and a superseded list lives only as long as
+-- files of it wait. -> list, entry number | nil
+local function dequeue(queue)
+  local at = queue.first
+  if at > queue.last then return nil end
+  local i = queue[at]
+  queue[at] = nil
+  queue.first = at + 1
+  local batches, b = queue.batches, queue.batch
+  while batches[b + 1] and batches[b + 1].first <= at do
+    batches[b] = nil
+    b = b + 1
+  end
+  queue.batch = b
+  return batches[b].list, i
 end
 
 local function worker(sdk, opts, sync, queue)
   while true do
     if sync.stopped then return end   -- stopped: what is still queued is not downloaded
-    local entry = queue.first <= queue.last and queue[queue.first]
-    if entry then
-      queue[queue.first] = nil
-      queue.first = queue.first + 1
-      download(sdk, opts, sync, entry)
+    local list, i = dequeue(queue)
+    if list then
+      download(sdk, opts, sync, list, i)
     elseif sync.stopped or sync.listing_done then
       return
     else
@@ -217,17 +218,24 @@ local function pause(sync, seconds)
 end
 
 -- Queues the files of a poll's list that are new, or updated since they were queued.
-local function enqueue(sync, queue, handled, res)
-  sync.file_list = res.fileList or sync.file_list
-  for _, f in ipairs(res.fileList or {}) do
-    local seen = rawget(handled, f.name)   -- names are data: raw access
-    if seen == nil or seen < f.updatedDate then
-      rawset(handled, f.name, f.updatedDate)
+-- -> how many were queued
+local function enqueue(sync, queue, handled, list)
+  if list.listed then sync.list = list end   -- an answer without fileList keeps the last one
+  local first = queue.last + 1
+  for i = 1, list.count do
+    local name, updated = list:name_and_date(i)
+    local seen = rawget(handled, name)   -- names are data: raw access
+    if seen == nil or seen < updated then
+      rawset(handled, name, updated)
       queue.last = queue.last + 1
-      queue[queue.last] = f
+      queue[queue.last] = i
     end
   end
+  if queue.last >= first then
+    queue.batches[#queue.batches + 1] = { first = first, list = list }
+  end
   sync.wake:signal()
+  return queue.last - first + 1
 end
 
 -- Polls the file list until the library is done (partial or completed), the sync is stopped,
@@ -236,15 +244,13 @@ local function poll_until_done(sdk, opts, sync, queue, deadline)
   local poll_interval = opts.poll_interval or 3
   local max_unchanged = opts.max_unchanged_polls or 100
   local handled = {}          -- file name -> updatedDate queued
-  local last_fp, unchanged, status = nil, 0, nil
+  local last_count, unchanged, status = nil, 0, nil
   while not sync.stopped do
     if core.monotonic() >= deadline then
       return status, errors.sdk("SyncTimeout", "the library sync did not finish within max_time")
     end
     local polled_with = sync.token
-    local res, err = read.read_file_list(sdk, {
-      contract = opts.contract, user_access_token = polled_with, session_key = opts.session_key,
-    })
+    local res, err = file_list.fetch(sdk, opts.contract, polled_with, opts.session_key)
     if not res then
       if type(err) == "table" and err.user_access_token and err.user_access_token ~= polled_with then
         sync.token = err.user_access_token
@@ -253,15 +259,18 @@ local function poll_until_done(sdk, opts, sync, queue, deadline)
     end
     sync.polls = sync.polls + 1
     if res.user_access_token ~= polled_with then sync.token = res.user_access_token end
-    status = res.status
+    local list = res.list
+    local state_before = status and status.state
+    status = list.status
     sync.status = status
     set_state(sync, opts, status.state)
     if sync.stopped then break end
-    enqueue(sync, queue, handled, res)
+    local queued = enqueue(sync, queue, handled, list)
     if status.state == "partial" or status.state == "completed" then break end
-    local fp = fingerprint(res)
-    unchanged = fp == last_fp and unchanged + 1 or 0
-    last_fp = fp
+    -- progress: a new state, a file new or updated, a file gone
+    local same = queued == 0 and status.state == state_before and list.count == last_count
+    unchanged = same and unchanged + 1 or 0
+    last_count = list.count
     if unchanged >= max_unchanged then
       return status, errors.sdk("SyncStalled", "the library sync made no progress in " .. max_unchanged .. " polls")
     end
@@ -300,7 +309,7 @@ local function run(sdk, opts, hold)
   }, sync_mt)
   if hold then hold.sync = sync end
   local deadline = core.monotonic() + (opts.max_time or 600)
-  local queue = { first = 1, last = 0 }   -- queue.last: the files listed so far
+  local queue = { first = 1, last = 0, batches = {}, batch = 1 }   -- last: the files listed so far
   sync.queue = queue
   local workers = {}
   for i = 1, opts.concurrency or _M.DEFAULT_CONCURRENCY do
@@ -333,7 +342,7 @@ end
 --   on_file_error?, on_status_change?, sink?, concurrency?, poll_interval?, max_time?,
 --   max_unchanged_polls? } -> result | nil, err (err.result and err.user_access_token are set)
 function _M.read_all_files(sdk, opts)
-  local ok, err = check(opts, OPTS, "read_all_files")
+  local ok, err = check_all_files(opts)
   if not ok then return nil, err end
   if scheduler.in_task() then
     return run(sdk, opts)
@@ -357,7 +366,7 @@ end
 -- `false, err` and ends the loop. Breaking out stops the sync (on Lua 5.4 through the for
 -- loop's closing value; elsewhere call the fourth value's close()).
 function _M.files(sdk, opts)
-  local ok, err = check(opts, ITER_OPTS, "files")
+  local ok, err = check_files(opts)
   if not ok then return _M.failed_iterator(err) end
   local queue, head, tail = {}, 1, 0   -- explicit ends: consumed slots become holes
   local finished, final_err = false, nil
