@@ -526,3 +526,28 @@ describe("hostile inputs through digime.core", function()
     end
   end)
 end)
+
+describe("fuzz corpus of the file list scan", function()
+  it("every file list seed gives an index or a message, at its depth and a byte shorter", function()
+    for _, name in ipairs(files("list_scan")) do
+      local input = read(CORPUS .. "list_scan/" .. name)
+      local depth, text = 1 + input:byte(1) % 80, input:sub(2)
+      for _, t in ipairs{ text, text:sub(1, -2) } do
+        local index, err = core.file_list_index(t, depth)
+        if index then
+          for i = 1, index:count() do
+            assert.is_string(index:text(i))
+            index:name(i)
+          end
+        else
+          assert_clean(nil, err)
+        end
+      end
+      if name == "seed-typical" then
+        local index = assert(core.file_list_index(text, depth))
+        assert.are.equal(2, index:count())
+        assert.are.same({ "18_4_10_1_1.json", 1568716294874 }, { index:name(1) })
+      end
+    end
+  end)
+end)
