@@ -495,6 +495,7 @@ DIGIME_EXPORT int luaopen_digime_core(lua_State *L)
     dm_open_http(L);    /* a build for nginx only (CURL=no) has no HTTP engine */
 #endif
     dm_open_cipher(L);
+    dm_open_bytes(L);
     dm_open_list(L);
     return 1;
 }

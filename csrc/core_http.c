@@ -25,19 +25,21 @@ struct engine_ud {
 struct request_ud {
     dm_http_request *r;
     dm_pipeline *pipe;  /* a reference, for `pipeline`: the request's sink */
+    int body_bytes;     /* a 2xx body comes back as a bytes object (core_bytes.c) */
 };
 
 enum {
     O_METHOD, O_URL, O_HEADERS, O_BODY, O_TIMEOUT, O_CONNECT_TIMEOUT, O_VERIFY, O_CAFILE,
     O_CAPATH, O_PROXY, O_NO_PROXY, O_HTTP2, O_MAX_BODY, O_MAX_HEADERS, O_FOLLOW, O_PIPELINE,
     O_MAX_BUFFERED, O_FRESH_CONNECT, O_BODY_STREAM, O_BODY_LENGTH, O_BODY_BUFFER, O_MAX_IDLE,
-    O_COUNT
+    O_BODY_BYTES, O_COUNT
 };
 
 static const char *const option_names[O_COUNT] = {
     "method", "url", "headers", "body", "timeout", "connect_timeout", "verify", "cafile",
     "capath", "proxy", "no_proxy", "http2", "max_body", "max_headers", "follow", "pipeline",
-    "max_buffered", "fresh_connect", "body_stream", "body_length", "body_buffer", "max_idle"
+    "max_buffered", "fresh_connect", "body_stream", "body_length", "body_buffer", "max_idle",
+    "body_bytes"
 };
 
 static int option_error(lua_State *L, int opt, const char *what)
@@ -350,6 +352,7 @@ static int l_engine_add(lua_State *L)
     ru = compat_newuserdata(L, sizeof *ru);
     ru->r = NULL;
     ru->pipe = NULL;
+    ru->body_bytes = opt_bool(L, base, O_BODY_BYTES, 0);
     luaL_setmetatable(L, REQUEST_MT);
     req = lua_gettop(L);
     lua_newtable(L);
@@ -489,14 +492,17 @@ static int l_request_cancel(lua_State *L)
     return 1;
 }
 
-static void push_response(lua_State *L, dm_http_request *r, dm_pipeline *pipe)
+static void push_response(lua_State *L, struct request_ud *u)
 {
+    dm_http_request *r = u->r;
+    dm_pipeline *pipe = u->pipe;
+    long status = dm_http_request_status(r);
     const struct dm_http_header *h;
     const char *body;
     size_t i, n, len;
 
     lua_createtable(L, 0, 5);
-    lua_pushinteger(L, (lua_Integer)dm_http_request_status(r));
+    lua_pushinteger(L, (lua_Integer)status);
     lua_setfield(L, -2, "status");
     h = dm_http_request_headers(r, &n);
     lua_createtable(L, 0, (int)(n < INT_MAX ? n : INT_MAX));
@@ -511,6 +517,9 @@ static void push_response(lua_State *L, dm_http_request *r, dm_pipeline *pipe)
         body = (const char *)dm_pipeline_output(pipe, &len);
         lua_pushlstring(L, body, len);
         dm_pipeline_drain(pipe);
+    } else if (u->body_bytes && status >= 200 && status <= 299) {
+        struct dm_bytes *b = dm_new_bytes(L);
+        b->data = dm_http_request_take_body(r, &b->len);
     } else {
         body = dm_http_request_body(r, &len);
         lua_pushlstring(L, body, len);
@@ -562,7 +571,7 @@ static int l_request_result(lua_State *L)
     lua_getfield(L, -1, "result");
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
-        push_response(L, r, u->pipe);
+        push_response(L, u);
         lua_pushvalue(L, -1);
         lua_setfield(L, -3, "result");
         dm_http_request_drop_response(r);

@@ -1,4 +1,5 @@
-/* core_internal.h: what the binding files (core.c, core_cipher.c, core_http.c, core_list.c)
+/* core_internal.h: what the binding files (core.c, core_bytes.c, core_cipher.c,
+ * core_http.c, core_list.c)
  * share with each other and with no one else: the key userdata (core.c makes keys, core_cipher.c takes
  * them), the `nil, message` return, and the entry points one binding calls in another. */
 #ifndef DIGIME_CORE_INTERNAL_H
@@ -28,6 +29,18 @@ int dm_open_cipher(lua_State *L);
 
 /* core_http.c: adds dm_http_engine to the table on top (not in a build without libcurl). */
 int dm_open_http(lua_State *L);
+
+/* core_bytes.c: a C buffer owned by a userdata ("digime.bytes"). dm_new_bytes pushes an empty
+ * one (fill data, a malloc'd block, and len after: the userdata exists before the buffer is
+ * handed to it); dm_take_bytes hands the buffer over and leaves it empty. */
+struct dm_bytes {
+    char *data;
+    size_t len;
+};
+struct dm_bytes *dm_new_bytes(lua_State *L);
+struct dm_bytes *dm_test_bytes(lua_State *L, int idx);   /* NULL when not a bytes object */
+char *dm_take_bytes(struct dm_bytes *b, size_t *len);
+int dm_open_bytes(lua_State *L);
 
 /* core_list.c: adds file_list_index to the table on top. */
 int dm_open_list(lua_State *L);

@@ -1,7 +1,8 @@
 /* core_list.c: core.file_list_index(text [, max_depth]) -> index | nil, err; the Lua face of
- * listscan.c. The index keeps its own copy of the text, outside the Lua heap: a sync holds a
- * library's list for as long as it runs, and the collector lets its heap grow to about twice
- * what is live, so a list held as a Lua string would cost twice its size.
+ * listscan.c. text is a string (copied) or a bytes object (core_bytes.c: its buffer is taken
+ * over, and the bytes object left empty). The index keeps the text outside the Lua heap: a
+ * sync holds a library's list for as long as it runs, and the collector lets its heap grow to
+ * about twice what is live, so a list held as a Lua string would cost twice its size.
  *   index:count() -> number of entries of "fileList" (0 when it is not an array)
  *   index:info() -> top_is_object, list_kind ("absent"|"array"|"other"), status_text?
  *   index:check(i) -> is_object, has_name (a non-empty string), name_escaped, has_updated
@@ -38,20 +39,27 @@ static void free_index(list_ud *u)
 
 static int l_file_list_index(lua_State *L)
 {
-    size_t n;
-    const char *text = luaL_checklstring(L, 1, &n);
+    struct dm_bytes *bytes = dm_test_bytes(L, 1);
+    const char *text = NULL;
+    size_t n = 0;
     lua_Integer depth = luaL_optinteger(L, 2, 64);
     const char *err = NULL;
     list_ud *u;
 
+    if (bytes == NULL)
+        text = luaL_checklstring(L, 1, &n);
     luaL_argcheck(L, depth >= 1 && depth <= 1000, 2, "max_depth must be 1..1000");
     /* the userdata first: whatever it then holds, the collector frees */
     u = compat_newuserdata(L, sizeof *u);
     memset(u, 0, sizeof *u);
     luaL_setmetatable(L, LIST_MT);
-    if ((u->text = malloc(n ? n : 1)) == NULL)
-        return push_fail(L, "out of memory");
-    memcpy(u->text, text, n);
+    if (bytes != NULL) {
+        u->text = dm_take_bytes(bytes, &n);   /* taken over: no copy */
+    } else {
+        if ((u->text = malloc(n ? n : 1)) == NULL)
+            return push_fail(L, "out of memory");
+        memcpy(u->text, text, n);
+    }
     u->len = n;
     if (dm_list_scan(u->text, n, (int)depth, &u->scan, &err) != 0) {
         free_index(u);

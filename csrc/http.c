@@ -1342,6 +1342,19 @@ const char *dm_http_request_body(const dm_http_request *r, size_t *len)
     return r->body.data ? r->body.data : "";
 }
 
+char *dm_http_request_take_body(dm_http_request *r, size_t *len)
+{
+    char *data = r->body.data;
+
+    *len = r->body.len;
+    memset(&r->body, 0, sizeof r->body);
+    if (*len == 0) {
+        free(data);
+        return NULL;
+    }
+    return data;
+}
+
 int dm_http_request_peek_headers(const dm_http_request *r, long *status)
 {
     if (r->state != REQ_RUNNING || !r->headers_done || r->easy == NULL || !owned(r->pid))

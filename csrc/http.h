@@ -132,6 +132,9 @@ double dm_http_request_time(const dm_http_request *r);         /* seconds */
 long dm_http_request_connects(const dm_http_request *r);       /* new connections it made */
 const char *dm_http_request_body(const dm_http_request *r, size_t *len);
 const struct dm_http_header *dm_http_request_headers(const dm_http_request *r, size_t *count);
+/* The body's buffer, handed over (malloc'd; the caller frees it), or NULL when it is empty;
+ * the request keeps an empty body. */
+char *dm_http_request_take_body(dm_http_request *r, size_t *len);
 /* Frees body and headers once copied out. */
 void dm_http_request_drop_response(dm_http_request *r);
 

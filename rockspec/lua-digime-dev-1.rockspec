@@ -32,7 +32,7 @@ build = {
          sources = {
             "csrc/core.c", "csrc/core_http.c", "csrc/http.c", "csrc/keys.c", "csrc/jws.c",
             "csrc/random.c", "csrc/cipher.c", "csrc/core_cipher.c", "csrc/inflate.c",
-            "csrc/core_list.c", "csrc/listscan.c",
+            "csrc/core_bytes.c", "csrc/core_list.c", "csrc/listscan.c",
          },
          defines = { "_POSIX_C_SOURCE=200809L" },
          libraries = { "crypto", "curl", "z", "brotlidec" },
