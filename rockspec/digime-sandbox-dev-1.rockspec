@@ -43,6 +43,7 @@ build = {
       ["digime.sandbox.tls"] = "lua/digime/sandbox/tls.lua",
       ["digime.sandbox.tls_peek"] = "lua/digime/sandbox/tls_peek.lua",
       ["digime.sandbox.tokens"] = "lua/digime/sandbox/tokens.lua",
+      ["digime.sandbox.util"] = "lua/digime/sandbox/util.lua",
       ["digime.sandbox.wire"] = "lua/digime/sandbox/wire.lua",
       ["digime.sandbox.write"] = "lua/digime/sandbox/write.lua",
    },

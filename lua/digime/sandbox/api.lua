@@ -9,11 +9,12 @@
 local core = require "digime.core"
 local tokens = require "digime.sandbox.tokens"
 local wire = require "digime.sandbox.wire"
+local util = require "digime.sandbox.util"
 local library = require "digime.sandbox.library"
 
 local type, tostring, ipairs = type, tostring, ipairs
 local os_time = os.time
-local math_floor, math_abs = math.floor, math.abs
+local math_abs = math.abs
 
 local _M = {}
 
@@ -68,16 +69,13 @@ _M.invalid_token = invalid_token
 
 -- Bearer check (doc/protocol.md "How the server checks a request") ---------------------------
 
-local function now_ms()
-  -- Whole seconds are precise enough against a window of minutes, and keep the sandbox free
-  -- of a wall-clock dependency.
+-- The server time of the timestamp check, in whole seconds (precise enough against a window of
+-- minutes); not util.now_ms on purpose: the window is checked on os.time's clock.
+local function whole_second_ms()
   return os_time() * 1000
 end
-_M.now_ms = now_ms
 
-local function is_integer(v)
-  return type(v) == "number" and v == math_floor(v) and math_abs(v) < 2 ^ 53
-end
+local is_integer = util.is_integer
 
 -- -> auth | nil, response. auth = { claims, client_id, contract, header }
 function _M.authenticate(app, req)
@@ -118,7 +116,7 @@ function _M.authenticate(app, req)
   if not is_integer(ts) then
     return nil, validation(400)
   end
-  local now = now_ms()
+  local now = whole_second_ms()
   local window = app.cfg.timestamp_window * 1000
   if math_abs(ts - now) > window then
     return nil, wire.error(406, "ValidationErrors",
@@ -357,9 +355,7 @@ local function user_session(app, key, auth, user)
   return s
 end
 
-local function is_object(v)
-  return type(v) == "table" and (next(v) == nil or v[1] == nil)
-end
+local is_object = util.is_object
 
 -- Pull session options (doc/protocol.md "Reading a library"), as far as their shape goes.
 local function pull_options_ok(body)

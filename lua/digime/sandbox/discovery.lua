@@ -28,10 +28,11 @@
 
 local api = require "digime.sandbox.api"
 local wire = require "digime.sandbox.wire"
+local util = require "digime.sandbox.util"
 local data = require "digime.sandbox.discovery_data"
 
 local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
-local getmetatable, setmetatable = getmetatable, setmetatable
+local getmetatable = getmetatable
 local sort = table.sort
 local math_floor, math_min = math.floor, math.min
 
@@ -39,24 +40,8 @@ local _M = {}
 
 local DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 
-local function bad(why)
-  return wire.error(400, "ValidationErrors", "Parameter validation errors: " .. why)
-end
-
-local function is_object(v)
-  return type(v) == "table" and (next(v) == nil or v[1] == nil)
-end
-
-local function is_list(v)
-  if type(v) ~= "table" then
-    return false
-  end
-  local n = 0
-  for _ in pairs(v) do
-    n = n + 1
-  end
-  return n == #v
-end
+local bad = wire.invalid_params
+local is_object, is_list = util.is_object, util.is_list
 
 local function is_int(v)
   return type(v) == "number" and v == math_floor(v) and v >= 0 and v < 2 ^ 53
@@ -81,16 +66,7 @@ local function is_string(v)
   return type(v) == "string"
 end
 
-local function copy(v)
-  if type(v) ~= "table" then
-    return v
-  end
-  local c = setmetatable({}, getmetatable(v))
-  for k, x in pairs(v) do
-    c[k] = copy(x)
-  end
-  return c
-end
+local copy = util.copy
 
 -- The wire shape of a record (internal fields dropped).
 local function public(rec)

@@ -43,6 +43,7 @@ local core = require "digime.core"
 local cipher = require "openssl.cipher"
 local digest = require "openssl.digest"
 local wire = require "digime.sandbox.wire"
+local util = require "digime.sandbox.util"
 
 local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
 local concat, sort = table.concat, table.sort
@@ -59,30 +60,11 @@ local RETRY_AFTER = 60            -- seconds, in the partial account's error
 
 -- Helpers -----------------------------------------------------------------------------------
 
-local function hex(s)
-  return (s:gsub(".", function(c) return format("%02x", byte(c)) end))
-end
-
-local function now_ms()
-  return math_floor(core.time() * 1000)
-end
-
-local function encode(v)
-  return assert(cjson.encode(v))
-end
+local hex, now_ms, copy, read_all = util.hex, util.now_ms, util.copy, util.read_file
+local encode = wire.encode
 
 local function sh_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function read_all(path)
-  local f, err = io.open(path, "rb")
-  if not f then
-    return nil, err
-  end
-  local s = f:read("a")
-  f:close()
-  return s
 end
 
 local function write_all(path, data)
@@ -103,17 +85,6 @@ end
 -- "Tue, 15 Nov 1994 08:12:31 GMT" of a millisecond time.
 function _M.http_date(ms)
   return os.date("!%a, %d %b %Y %H:%M:%S GMT", math_floor(ms / 1000))
-end
-
-local function copy(t)
-  if type(t) ~= "table" then
-    return t
-  end
-  local c = {}
-  for k, v in pairs(t) do
-    c[k] = copy(v)
-  end
-  return c
 end
 
 -- Accounts ----------------------------------------------------------------------------------

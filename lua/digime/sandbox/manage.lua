@@ -21,9 +21,9 @@
 --          a sourceId that is not a number -> 400
 --   GET    permission-access/contract  CONTRACT -> the contract object (doc/protocol.md)
 
-local core = require "digime.core"
 local api = require "digime.sandbox.api"
 local wire = require "digime.sandbox.wire"
+local util = require "digime.sandbox.util"
 local tokens = require "digime.sandbox.tokens"
 local library = require "digime.sandbox.library"
 local storage = require "digime.sandbox.storage"
@@ -39,11 +39,9 @@ local esc = wire.escape_html
 
 local _M = {}
 
-local bad = write.bad
+local bad = wire.invalid_params
 
-local function now_ms()
-  return math_floor(core.time() * 1000)
-end
+local now_ms = util.now_ms
 
 -- POST reference
 local function reference(app, req, auth)

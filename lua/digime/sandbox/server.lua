@@ -16,6 +16,7 @@ local core = require "digime.core"
 local config = require "digime.sandbox.config"
 local state_mod = require "digime.sandbox.state"
 local wire = require "digime.sandbox.wire"
+local util = require "digime.sandbox.util"
 local api = require "digime.sandbox.api"
 local onboard = require "digime.sandbox.onboard"
 local control = require "digime.sandbox.control"
@@ -61,15 +62,7 @@ end
 
 -- Setup --------------------------------------------------------------------------------------
 
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then
-    return nil, err
-  end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = util.read_file
 
 local function load_contracts(cfg)
   local list = cfg.contracts

@@ -17,6 +17,7 @@ local pkey = require "openssl.pkey"
 local bignum = require "openssl.bignum"
 local rand = require "openssl.rand"
 local http_tls = require "http.tls"
+local util = require "digime.sandbox.util"
 
 local os_time = os.time
 
@@ -80,15 +81,7 @@ local function make_server_cert(ca, ca_key, host)
   return crt, key
 end
 
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then
-    return nil, err
-  end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = util.read_file
 
 -- -> { ctx, ca_file, cleanup = function } | nil, err
 function _M.setup(cfg)

@@ -19,28 +19,21 @@
 -- AccountNotFound for an accountId that is not the user's; 413 PayloadTooLarge.
 
 local cjson = require "cjson.safe"
-local core = require "digime.core"
 local api = require "digime.sandbox.api"
 local wire = require "digime.sandbox.wire"
+local util = require "digime.sandbox.util"
 local tokens = require "digime.sandbox.tokens"
 local library = require "digime.sandbox.library"
 local bodies = require "digime.sandbox.body"
 
 local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
-local math_floor = math.floor
 
 local _M = {}
 
 local RETENTION_MS = 30 * 86400 * 1000    -- "expires" of a delivered push: 30 days on
 
-local function bad(why)
-  return wire.error(400, "ValidationErrors", "Parameter validation errors: " .. why)
-end
-_M.bad = bad
-
-local function now_ms()
-  return math_floor(core.time() * 1000)
-end
+local bad = wire.invalid_params
+local now_ms = util.now_ms
 
 -- The media type of the request, lower-cased, without parameters.
 function _M.media_type(req)
@@ -78,20 +71,7 @@ function _M.read_body(app, req)
   return nil, res
 end
 
-local function is_object(v)
-  return type(v) == "table" and (next(v) == nil or v[1] == nil)
-end
-
-local function is_list(v)
-  if type(v) ~= "table" then
-    return false
-  end
-  local n = 0
-  for _ in pairs(v) do
-    n = n + 1
-  end
-  return n == #v
-end
+local is_object, is_list = util.is_object, util.is_list
 
 local function string_list(v)
   if not is_list(v) then
