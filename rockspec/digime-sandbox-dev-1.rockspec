@@ -37,6 +37,7 @@ build = {
       ["digime.sandbox.netctl"] = "lua/digime/sandbox/netctl.lua",
       ["digime.sandbox.onboard"] = "lua/digime/sandbox/onboard.lua",
       ["digime.sandbox.relay"] = "lua/digime/sandbox/relay.lua",
+      ["digime.sandbox.routes"] = "lua/digime/sandbox/routes.lua",
       ["digime.sandbox.server"] = "lua/digime/sandbox/server.lua",
       ["digime.sandbox.state"] = "lua/digime/sandbox/state.lua",
       ["digime.sandbox.storage"] = "lua/digime/sandbox/storage.lua",

@@ -2,9 +2,9 @@
 -- oauth/token/reference, oauth/token; the Bearer check every other endpoint shares; the agent
 -- check; and the foreign JWKS used to catch clients that fetch a jku off their allow-list.
 --
--- Later families of endpoints register themselves with _M.route(...): write.lua (pushes),
--- manage.lua (references, deletion, revoke, reports, sample data, contract), discovery.lua and
--- storage.lua (the storage endpoints here; the cloud API is its own mount).
+-- The other families of endpoints under /v1.7/ live in write.lua (pushes), manage.lua
+-- (references, deletion, revoke, reports, sample data, contract), discovery.lua and storage.lua;
+-- routes.lua maps each path to its handler.
 
 local core = require "digime.core"
 local tokens = require "digime.sandbox.tokens"
@@ -17,43 +17,6 @@ local os_time = os.time
 local math_abs = math.abs
 
 local _M = {}
-
--- Routes ------------------------------------------------------------------------------------
-
-local routes = {}   -- { method, path (exact) | pattern, handler, auth }
-
--- Adds an endpoint. `path` is exact unless opts.pattern (a Lua pattern, anchored).
--- handler(app, req, auth) -> response; auth = { claims, client_id, contract } unless
--- opts.auth == false.
-function _M.route(method, path, handler, opts)
-  opts = opts or {}
-  routes[#routes + 1] = { method = method, path = path, pattern = opts.pattern,
-                          handler = handler, auth = opts.auth ~= false }
-end
-
-local function path_hit(r, path)
-  if r.pattern then
-    return path:match("^" .. r.pattern .. "$") ~= nil
-  end
-  return path == r.path
-end
-
--- -> route | nil, path_known. HEAD falls back to the GET route when it has none of its own.
-local function find_route(method, path)
-  local path_known, head_fallback = false, nil
-  for _, r in ipairs(routes) do
-    if path_hit(r, path) then
-      path_known = true
-      if r.method == method then
-        return r
-      end
-      if method == "HEAD" and r.method == "GET" then
-        head_fallback = head_fallback or r
-      end
-    end
-  end
-  return head_fallback, path_known
-end
 
 -- Errors ------------------------------------------------------------------------------------
 
@@ -318,10 +281,6 @@ local function token(app, req, auth)
   return validation(400)
 end
 
-_M.route("GET", "/v1.7/jwks/oauth", jwks, { auth = false })
-_M.route("POST", "/v1.7/oauth/authorize", authorize)
-_M.route("POST", "/v1.7/oauth/token/reference", token_reference)
-_M.route("POST", "/v1.7/oauth/token", token)
 
 -- Reading (doc/protocol.md "Reading a library") ---------------------------------------------
 
@@ -447,11 +406,16 @@ local function accounts(app, _, auth)
   return wire.json(200, library.account_records_of(app, user), nil, true)
 end
 
-_M.route("POST", "/v1.7/permission-access/trigger", trigger)
-_M.route("GET", "/v1.7/permission-access/accounts", accounts)
-local QUERY_PATTERN = "/v1%.7/permission%-access/query/"
-_M.route("GET", nil, file_list, { pattern = QUERY_PATTERN .. "[^/]+" })
-_M.route("GET", nil, file_get, { pattern = QUERY_PATTERN .. "[^/]+/.+" })
+-- The endpoints (routes.lua maps them).
+_M.jwks = jwks
+_M.foreign_jwks = foreign_jwks
+_M.authorize = authorize
+_M.token_reference = token_reference
+_M.token = token
+_M.trigger = trigger
+_M.accounts = accounts
+_M.file_list = file_list
+_M.file_get = file_get
 
 -- Is this request a file download (for the inflight_downloads stats)?
 function _M.is_download(method, path)
@@ -475,31 +439,6 @@ function _M.count_fetch(app, req)
       stats.foreign_jwks_fetches = stats.foreign_jwks_fetches + 1
     end
   end
-end
-
--- Dispatch for /v1.7/ and the foreign JWKS paths.
-function _M.handle(app, req)
-  for _, p in ipairs(_M.foreign_paths) do
-    if req.path == p then
-      return foreign_jwks(app)
-    end
-  end
-  local r, known = find_route(req.method, req.path)
-  if not r then
-    if known then
-      return wire.error(405, "MethodNotAllowed", "Method " .. req.method .. " is not allowed here")
-    end
-    return wire.error(404, "NotFound", "No such endpoint: " .. req.method .. " " .. req.path)
-  end
-  local auth
-  if r.auth then
-    local res
-    auth, res = _M.authenticate(app, req)
-    if not auth then
-      return res
-    end
-  end
-  return r.handler(app, req, auth)
 end
 
 return _M

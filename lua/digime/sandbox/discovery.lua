@@ -26,7 +26,6 @@
 -- and into each element of arrays: "category.name"), and always their id; unknown fields are
 -- ignored. Malformed parameters (a wrong type) -> 400 ValidationErrors saying which.
 
-local api = require "digime.sandbox.api"
 local wire = require "digime.sandbox.wire"
 local util = require "digime.sandbox.util"
 local data = require "digime.sandbox.discovery_data"
@@ -447,10 +446,11 @@ sort(countries, by_id)
 sort(platforms, by_id)
 sort(categories, by_id)
 
-api.route("POST", "/v1.7/discovery/sources", sources)
-api.route("POST", "/v1.7/discovery/countries", simple(countries))
-api.route("POST", "/v1.7/discovery/platforms", simple(platforms))
-api.route("POST", "/v1.7/discovery/categories", simple(categories))
+-- The endpoints (routes.lua maps them).
+_M.sources = sources
+_M.countries = simple(countries)
+_M.platforms = simple(platforms)
+_M.categories = simple(categories)
 
 _M.project = project
 

@@ -260,14 +260,14 @@ local function contract(app, _, auth)
   })
 end
 
-api.route("POST", "/v1.7/reference", reference)
-api.route("DELETE", "/v1.7/user", delete_user)
-api.route("DELETE", "/v1.7/permission-access/service/h:accountId", delete_account)
-api.route("GET", "/v1.7/permission-access/revoke/h:accountId", revoke)
-api.route("GET", nil, report, { pattern = "/v1%.7/export/[^/]+/report" })
-api.route("GET", nil, sample_datasets,
-          { pattern = "/v1%.7/permission%-access/sample/datasets/[^/]+" })
-api.route("GET", "/v1.7/permission-access/contract", contract)
+-- The endpoints (routes.lua maps them).
+_M.reference = reference
+_M.delete_user = delete_user
+_M.delete_account = delete_account
+_M.revoke = revoke
+_M.report = report
+_M.sample_datasets = sample_datasets
+_M.contract = contract
 
 _M.absolute_uri = absolute_uri
 

@@ -2,7 +2,7 @@
 -- storage id, created provisionally by a contract (and bound later to the user who consents
 -- with its storageRef) or on a user's first GET storage.
 --
--- API endpoints (registered with api.route):
+-- API endpoints (mapped in routes.lua):
 --   POST /v1.7/storage   CONTRACT claims -> 201 {"id", "kid"}   a provisional storage
 --   GET  /v1.7/storage   USER claims     -> 200 {"id", "kid"}   the user's storage for this
 --                                                                contract (made on first use)
@@ -183,8 +183,9 @@ local function get(app, _, auth)
   return storage_answer(200, _M.of_user(app, user, auth.client_id))
 end
 
-api.route("POST", "/v1.7/storage", create)
-api.route("GET", "/v1.7/storage", get)
+-- The endpoints under /v1.7/ (routes.lua maps them).
+_M.post_storage = create
+_M.get_storage = get
 
 -- The cloud JWT ------------------------------------------------------------------------------
 

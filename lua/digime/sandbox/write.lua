@@ -231,7 +231,6 @@ function _M.header_account(app, req, user)
 end
 
 local FHIR_VERSIONS = { stu3 = true, ["3.0.2"] = true }
-local FHIR = "/v1%.7/permission%-access/import/h:accountId/fhir/"
 
 -- POST permission-access/import/h:accountId/fhir/{version}
 local function provider(app, req, auth)
@@ -272,7 +271,8 @@ local function provider(app, req, auth)
   return wire.json(200, {})
 end
 
-api.route("POST", "/v1.7/permission-access/import", import)
-api.route("POST", nil, provider, { pattern = FHIR .. "[^/]+" })
+-- The endpoints (routes.lua maps them).
+_M.import = import
+_M.provider = provider
 
 return _M
