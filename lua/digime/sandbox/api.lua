@@ -10,7 +10,7 @@ local core = require "digime.core"
 local tokens = require "digime.sandbox.tokens"
 local wire = require "digime.sandbox.wire"
 local util = require "digime.sandbox.util"
-local library = require "digime.sandbox.library"
+local view = require "digime.sandbox.library_view"
 
 local type, tostring, ipairs = type, tostring, ipairs
 local os_time = os.time
@@ -356,7 +356,7 @@ local function trigger(app, req, auth)
   end
   local session = app.state:new_session(auth.client_id, user.id, options)
   -- sourceFetch false: no refresh from the sources, only what the library has.
-  library.start_sync(app, user.id, body.sourceFetch == false)
+  view.start_sync(app, user.id, body.sourceFetch == false)
   return wire.json(202, { session = session })
 end
 
@@ -374,7 +374,7 @@ local function file_list(app, req, auth)
     return err
   end
   return { status = 200, headers = { ["content-type"] = "application/json" },
-           body = library.sync_answer(app, user.id) }
+           body = view.sync_answer(app, user.id) }
 end
 
 -- GET and HEAD permission-access/query/{sessionKey}/{fileName}: one file, encrypted to the
@@ -390,7 +390,7 @@ local function file_get(app, req, auth)
   if not s then
     return err
   end
-  local file = library.user_file(app, user, name)
+  local file = view.user_file(app, user, name)
   if not file then
     return wire.error(404, "FileNotFound", "The file (" .. name .. ") does not exist")
   end
@@ -403,7 +403,7 @@ local function accounts(app, _, auth)
   if not rec then
     return user
   end
-  return wire.json(200, library.account_records_of(app, user), nil, true)
+  return wire.json(200, view.account_records_of(app, user), nil, true)
 end
 
 -- The endpoints (routes.lua maps them).

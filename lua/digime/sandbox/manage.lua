@@ -25,7 +25,7 @@ local api = require "digime.sandbox.api"
 local wire = require "digime.sandbox.wire"
 local util = require "digime.sandbox.util"
 local tokens = require "digime.sandbox.tokens"
-local library = require "digime.sandbox.library"
+local view = require "digime.sandbox.library_view"
 local storage = require "digime.sandbox.storage"
 local write = require "digime.sandbox.write"
 local discovery_data = require "digime.sandbox.discovery_data"
@@ -182,7 +182,7 @@ local function report(app, req, auth)
     format('  <user id="%s" application="%s"/>', esc(user.id), esc(auth.contract.application_id)),
     "  <accounts>",
   }
-  for _, a in ipairs(library.user_accounts(app, user)) do
+  for _, a in ipairs(view.user_accounts(app, user)) do
     local revoked = user.revoked and user.revoked[a.id]
     out[#out + 1] = format('    <account id="%s" service="%s" serviceGroup="%s" permission="%s"/>',
                            esc(a.id), esc(a.serviceTypeName), esc(a.serviceGroupName),

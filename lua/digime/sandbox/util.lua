@@ -6,10 +6,12 @@
 --   util.hex(s)                          lower-case hex of a byte string
 --   util.copy(v)                         a deep copy (metatables kept: wire.array stays one)
 --   util.read_file(path)                 -> bytes | nil, err
+--   util.sh_quote(s)                     s as one word of a sh command line
 
 local core = require "digime.core"
 
-local type, pairs, next, getmetatable, setmetatable = type, pairs, next, getmetatable, setmetatable
+local type, tostring, pairs, next = type, tostring, pairs, next
+local getmetatable, setmetatable = getmetatable, setmetatable
 local byte, format = string.byte, string.format
 local math_floor, math_abs = math.floor, math.abs
 
@@ -64,6 +66,10 @@ function _M.read_file(path)
   local s = f:read("a")
   f:close()
   return s
+end
+
+function _M.sh_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
 return _M

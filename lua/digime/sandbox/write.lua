@@ -24,6 +24,7 @@ local wire = require "digime.sandbox.wire"
 local util = require "digime.sandbox.util"
 local tokens = require "digime.sandbox.tokens"
 local library = require "digime.sandbox.library"
+local view = require "digime.sandbox.library_view"
 local bodies = require "digime.sandbox.body"
 
 local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
@@ -222,7 +223,7 @@ function _M.header_account(app, req, user)
   if type(id) ~= "string" or id == "" then
     return nil, bad("the accountId header is missing")
   end
-  for _, a in ipairs(library.user_accounts(app, user)) do
+  for _, a in ipairs(view.user_accounts(app, user)) do
     if a.id == id then
       return a
     end
