@@ -156,16 +156,16 @@ end
 
 -- Endpoints ---------------------------------------------------------------------------------
 
-local function jwks(app)
+function _M.jwks(app)
   return wire.json(200, { keys = { app.signer.jwk } })
 end
 
-local function foreign_jwks(app)
+function _M.foreign_jwks(app)
   return wire.json(200, { keys = { app.signer.evil_jwk } })
 end
 
 -- POST oauth/authorize (AUTHZ claims).
-local function authorize(app, req, auth)
+function _M.authorize(app, req, auth)
   local c = auth.claims
   if not code_challenge_ok(c.code_challenge) or c.code_challenge_method ~= "S256"
      or not str(c.redirect_uri) or c.response_mode ~= "query" or c.response_type ~= "code"
@@ -198,7 +198,7 @@ local function authorize(app, req, auth)
 end
 
 -- POST oauth/token/reference: REAUTHZ (has code_challenge), ONBOARD or ACCREAUTH.
-local function token_reference(app, req, auth)
+function _M.token_reference(app, req, auth)
   local c = auth.claims
   if not str(c.access_token) or not str(c.redirect_uri)
      or (c.state ~= nil and type(c.state) ~= "string") then
@@ -270,7 +270,7 @@ local function refresh(app, req, auth)
 end
 
 -- POST oauth/token: EXCHANGE or REFRESH claims; the SDK sends no body.
-local function token(app, req, auth)
+function _M.token(app, req, auth)
   local grant = auth.claims.grant_type
   req.log.grant = type(grant) == "string" and grant or nil
   if grant == "authorization_code" then
@@ -336,7 +336,7 @@ local function pull_options_ok(body)
 end
 
 -- POST permission-access/trigger: a new session; (re)starts the user's sync.
-local function trigger(app, req, auth)
+function _M.trigger(app, req, auth)
   local rec, user = _M.user(app, auth)
   if not rec then
     return user
@@ -363,7 +363,7 @@ end
 local QUERY = "/v1.7/permission-access/query/"
 
 -- GET permission-access/query/{sessionKey}: the sync status and file list.
-local function file_list(app, req, auth)
+function _M.file_list(app, req, auth)
   local rec, user = _M.user(app, auth)
   if not rec then
     return user
@@ -379,7 +379,7 @@ end
 
 -- GET and HEAD permission-access/query/{sessionKey}/{fileName}: one file, encrypted to the
 -- contract's key for this request.
-local function file_get(app, req, auth)
+function _M.file_get(app, req, auth)
   local rec, user = _M.user(app, auth)
   if not rec then
     return user
@@ -398,24 +398,13 @@ local function file_get(app, req, auth)
 end
 
 -- GET permission-access/accounts: the library's accounts, a bare array.
-local function accounts(app, _, auth)
+function _M.accounts(app, _, auth)
   local rec, user = _M.user(app, auth)
   if not rec then
     return user
   end
   return wire.json(200, view.account_records_of(app, user), nil, true)
 end
-
--- The endpoints (routes.lua maps them).
-_M.jwks = jwks
-_M.foreign_jwks = foreign_jwks
-_M.authorize = authorize
-_M.token_reference = token_reference
-_M.token = token
-_M.trigger = trigger
-_M.accounts = accounts
-_M.file_list = file_list
-_M.file_get = file_get
 
 -- Is this request a file download (for the inflight_downloads stats)?
 function _M.is_download(method, path)

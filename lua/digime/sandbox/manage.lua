@@ -44,7 +44,7 @@ local bad = wire.invalid_params
 local now_ms = util.now_ms
 
 -- POST reference
-local function reference(app, req, auth)
+function _M.reference(app, req, auth)
   local body = wire.decode_object(req:body())
   if not body then
     return bad("the body must be a JSON object")
@@ -69,7 +69,7 @@ local function reference(app, req, auth)
 end
 
 -- DELETE user
-local function delete_user(app, _, auth)
+function _M.delete_user(app, _, auth)
   local rec, user = api.user(app, auth)
   if not rec then
     return user
@@ -80,14 +80,10 @@ local function delete_user(app, _, auth)
 end
 
 -- DELETE permission-access/service/h:accountId
-local function delete_account(app, req, auth)
-  local rec, user = api.user(app, auth)
-  if not rec then
-    return user
-  end
-  local account, err = write.header_account(app, req, user)
-  if not account then
-    return err
+function _M.delete_account(app, req, auth)
+  local user, account = write.user_account(app, req, auth)
+  if not user then
+    return account
   end
   user.removed = user.removed or {}
   user.removed[account.id] = true
@@ -115,14 +111,10 @@ local function absolute_uri(v)
 end
 
 -- GET permission-access/revoke/h:accountId
-local function revoke(app, req, auth)
-  local rec, user = api.user(app, auth)
-  if not rec then
-    return user
-  end
-  local account, err = write.header_account(app, req, user)
-  if not account then
-    return err
+function _M.revoke(app, req, auth)
+  local user, account = write.user_account(app, req, auth)
+  if not user then
+    return account
   end
   local redirect = req.headers["redirecturi"]
   if type(redirect) ~= "string" or redirect == "" then
@@ -155,7 +147,7 @@ local function iso(ms)
   return os.date("!%Y-%m-%dT%H:%M:%SZ", math_floor(ms / 1000))
 end
 
-local function report(app, req, auth)
+function _M.report(app, req, auth)
   local service = api.path_decode(req.path:match("^/v1%.7/export/([^/]+)/report$"))
   if service ~= "medmij" then
     return wire.error(404, "NotFound", "There is no portability report for the service type ("
@@ -217,7 +209,7 @@ local function report(app, req, auth)
 end
 
 -- GET permission-access/sample/datasets/{sourceId}
-local function sample_datasets(_, req)
+function _M.sample_datasets(_, req)
   local id = api.path_decode(req.path:match("/datasets/([^/]+)$"))
   if not id:match("^%d+$") then
     return bad("sourceId must be a number")
@@ -233,7 +225,7 @@ end
 -- GET permission-access/contract
 local YEAR_MS = 365 * 86400 * 1000
 
-local function contract(app, _, auth)
+function _M.contract(app, _, auth)
   local c = auth.contract
   local st = app.state
   -- A stable expiration date per sandbox run (a year after its start).
@@ -259,15 +251,6 @@ local function contract(app, _, auth)
     type = "ongoing",
   })
 end
-
--- The endpoints (routes.lua maps them).
-_M.reference = reference
-_M.delete_user = delete_user
-_M.delete_account = delete_account
-_M.revoke = revoke
-_M.report = report
-_M.sample_datasets = sample_datasets
-_M.contract = contract
 
 _M.absolute_uri = absolute_uri
 

@@ -217,15 +217,20 @@ local function import(app, req, auth)
   return wire.json(200, { status = "delivered", expires = created + RETENTION_MS })
 end
 
--- The account of an accountId header, if the user has it: -> account | nil, response
-function _M.header_account(app, req, user)
+-- The token's user and the account of the accountId header, if the user has it:
+-- -> user, account | nil, response
+function _M.user_account(app, req, auth)
+  local rec, user = api.user(app, auth)
+  if not rec then
+    return nil, user
+  end
   local id = req.headers["accountid"]
   if type(id) ~= "string" or id == "" then
     return nil, bad("the accountId header is missing")
   end
   for _, a in ipairs(view.user_accounts(app, user)) do
     if a.id == id then
-      return a
+      return user, a
     end
   end
   return nil, wire.error(404, "AccountNotFound", "The account (" .. id .. ") does not exist")
@@ -240,19 +245,14 @@ local function provider(app, req, auth)
     return wire.error(404, "NotFound", "FHIR version " .. version
                       .. " is not supported (stu3 or 3.0.2)")
   end
-  local rec, user = api.user(app, auth)
-  if not rec then
-    return user
-  end
-  local account, err = _M.header_account(app, req, user)
-  if not account then
-    return err
+  local user, account = _M.user_account(app, req, auth)
+  if not user then
+    return account
   end
   if _M.media_type(req) ~= "application/json" then
     return bad("the content-type must be application/json")
   end
-  local blob
-  blob, err = _M.read_body(app, req)
+  local blob, err = _M.read_body(app, req)
   if not blob then
     return err
   end
