@@ -160,24 +160,26 @@ local function query_parts(body)
   return q.include, f or {}
 end
 
-local function body_of(req)
+-- The request body and its query's include list and filter: -> body, include, filter | nil,
+-- response
+local function query_of(req)
   local body, err = wire.decode_object(req:body())
   if not body then
     return nil, bad("the body must be a JSON object (" .. tostring(err) .. ")")
   end
-  return body
+  local include, filter = query_parts(body)
+  if include == false then
+    return nil, filter
+  end
+  return body, include, filter
 end
 
 -- countries / platforms / categories
 local function simple(list)
   return function(_, req)
-    local body, err = body_of(req)
+    local body, include, filter = query_of(req)
     if not body then
-      return err
-    end
-    local include, filter = query_parts(body)
-    if include == false then
-      return filter
+      return include
     end
     local ok, why = list_of(filter.id, is_int, "query.filter.id")
     if not ok then
@@ -359,13 +361,9 @@ local function sort_of(body)
 end
 
 local function sources(_, req)
-  local body, err = body_of(req)
+  local body, include, filter = query_of(req)
   if not body then
-    return err
-  end
-  local include, filter = query_parts(body)
-  if include == false then
-    return filter
+    return include
   end
   local q = body.query or {}
   local ok, why = source_checks(filter, q)

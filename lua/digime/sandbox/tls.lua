@@ -32,14 +32,20 @@ local function serial()
   return bignum.fromBinary(rand.bytes(16))
 end
 
-local function make_ca()
+-- A version 3 certificate of a new key, with a random serial and this common name.
+local function new_cert(cn)
   local key = new_key()
   local crt = x509.new()
   crt:setVersion(3)
   crt:setSerial(serial())
   local dn = name.new()
-  dn:add("CN", "digi.me sandbox throw-away CA")
+  dn:add("CN", cn)
   crt:setSubject(dn)
+  return crt, key, dn
+end
+
+local function make_ca()
+  local crt, key, dn = new_cert("digi.me sandbox throw-away CA")
   crt:setIssuer(dn)
   crt:setLifetime(os_time() - 3600, os_time() + 7 * 86400)
   crt:setBasicConstraints{ CA = true, pathLen = 0 }
@@ -51,13 +57,7 @@ local function make_ca()
 end
 
 local function make_server_cert(ca, ca_key, host)
-  local key = new_key()
-  local crt = x509.new()
-  crt:setVersion(3)
-  crt:setSerial(serial())
-  local dn = name.new()
-  dn:add("CN", "localhost")
-  crt:setSubject(dn)
+  local crt, key = new_cert("localhost")
   crt:setIssuer(ca:getSubject())
   local alt = altname.new()
   alt:add("DNS", "localhost")
