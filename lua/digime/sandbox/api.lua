@@ -2,57 +2,21 @@
 -- oauth/token/reference, oauth/token; the Bearer check every other endpoint shares; the agent
 -- check; and the foreign JWKS used to catch clients that fetch a jku off their allow-list.
 --
--- Later families of endpoints register themselves with _M.route(...): write.lua (pushes),
--- manage.lua (references, deletion, revoke, reports, sample data, contract), discovery.lua and
--- storage.lua (the storage endpoints here; the cloud API is its own mount).
+-- The other families of endpoints under /v1.7/ live in write.lua (pushes), manage.lua
+-- (references, deletion, revoke, reports, sample data, contract), discovery.lua and storage.lua;
+-- routes.lua maps each path to its handler.
 
 local core = require "digime.core"
 local tokens = require "digime.sandbox.tokens"
 local wire = require "digime.sandbox.wire"
-local library = require "digime.sandbox.library"
+local util = require "digime.sandbox.util"
+local view = require "digime.sandbox.library_view"
 
 local type, tostring, ipairs = type, tostring, ipairs
 local os_time = os.time
-local math_floor, math_abs = math.floor, math.abs
+local math_abs = math.abs
 
 local _M = {}
-
--- Routes ------------------------------------------------------------------------------------
-
-local routes = {}   -- { method, path (exact) | pattern, handler, auth }
-
--- Adds an endpoint. `path` is exact unless opts.pattern (a Lua pattern, anchored).
--- handler(app, req, auth) -> response; auth = { claims, client_id, contract } unless
--- opts.auth == false.
-function _M.route(method, path, handler, opts)
-  opts = opts or {}
-  routes[#routes + 1] = { method = method, path = path, pattern = opts.pattern,
-                          handler = handler, auth = opts.auth ~= false }
-end
-
-local function path_hit(r, path)
-  if r.pattern then
-    return path:match("^" .. r.pattern .. "$") ~= nil
-  end
-  return path == r.path
-end
-
--- -> route | nil, path_known. HEAD falls back to the GET route when it has none of its own.
-local function find_route(method, path)
-  local path_known, head_fallback = false, nil
-  for _, r in ipairs(routes) do
-    if path_hit(r, path) then
-      path_known = true
-      if r.method == method then
-        return r
-      end
-      if method == "HEAD" and r.method == "GET" then
-        head_fallback = head_fallback or r
-      end
-    end
-  end
-  return head_fallback, path_known
-end
 
 -- Errors ------------------------------------------------------------------------------------
 
@@ -68,16 +32,13 @@ _M.invalid_token = invalid_token
 
 -- Bearer check (doc/protocol.md "How the server checks a request") ---------------------------
 
-local function now_ms()
-  -- Whole seconds are precise enough against a window of minutes, and keep the sandbox free
-  -- of a wall-clock dependency.
+-- The server time of the timestamp check, in whole seconds (precise enough against a window of
+-- minutes); not util.now_ms on purpose: the window is checked on os.time's clock.
+local function whole_second_ms()
   return os_time() * 1000
 end
-_M.now_ms = now_ms
 
-local function is_integer(v)
-  return type(v) == "number" and v == math_floor(v) and math_abs(v) < 2 ^ 53
-end
+local is_integer = util.is_integer
 
 -- -> auth | nil, response. auth = { claims, client_id, contract, header }
 function _M.authenticate(app, req)
@@ -118,7 +79,7 @@ function _M.authenticate(app, req)
   if not is_integer(ts) then
     return nil, validation(400)
   end
-  local now = now_ms()
+  local now = whole_second_ms()
   local window = app.cfg.timestamp_window * 1000
   if math_abs(ts - now) > window then
     return nil, wire.error(406, "ValidationErrors",
@@ -195,16 +156,16 @@ end
 
 -- Endpoints ---------------------------------------------------------------------------------
 
-local function jwks(app)
+function _M.jwks(app)
   return wire.json(200, { keys = { app.signer.jwk } })
 end
 
-local function foreign_jwks(app)
+function _M.foreign_jwks(app)
   return wire.json(200, { keys = { app.signer.evil_jwk } })
 end
 
 -- POST oauth/authorize (AUTHZ claims).
-local function authorize(app, req, auth)
+function _M.authorize(app, req, auth)
   local c = auth.claims
   if not code_challenge_ok(c.code_challenge) or c.code_challenge_method ~= "S256"
      or not str(c.redirect_uri) or c.response_mode ~= "query" or c.response_type ~= "code"
@@ -237,7 +198,7 @@ local function authorize(app, req, auth)
 end
 
 -- POST oauth/token/reference: REAUTHZ (has code_challenge), ONBOARD or ACCREAUTH.
-local function token_reference(app, req, auth)
+function _M.token_reference(app, req, auth)
   local c = auth.claims
   if not str(c.access_token) or not str(c.redirect_uri)
      or (c.state ~= nil and type(c.state) ~= "string") then
@@ -309,7 +270,7 @@ local function refresh(app, req, auth)
 end
 
 -- POST oauth/token: EXCHANGE or REFRESH claims; the SDK sends no body.
-local function token(app, req, auth)
+function _M.token(app, req, auth)
   local grant = auth.claims.grant_type
   req.log.grant = type(grant) == "string" and grant or nil
   if grant == "authorization_code" then
@@ -320,10 +281,6 @@ local function token(app, req, auth)
   return validation(400)
 end
 
-_M.route("GET", "/v1.7/jwks/oauth", jwks, { auth = false })
-_M.route("POST", "/v1.7/oauth/authorize", authorize)
-_M.route("POST", "/v1.7/oauth/token/reference", token_reference)
-_M.route("POST", "/v1.7/oauth/token", token)
 
 -- Reading (doc/protocol.md "Reading a library") ---------------------------------------------
 
@@ -357,9 +314,7 @@ local function user_session(app, key, auth, user)
   return s
 end
 
-local function is_object(v)
-  return type(v) == "table" and (next(v) == nil or v[1] == nil)
-end
+local is_object = util.is_object
 
 -- Pull session options (doc/protocol.md "Reading a library"), as far as their shape goes.
 local function pull_options_ok(body)
@@ -381,7 +336,7 @@ local function pull_options_ok(body)
 end
 
 -- POST permission-access/trigger: a new session; (re)starts the user's sync.
-local function trigger(app, req, auth)
+function _M.trigger(app, req, auth)
   local rec, user = _M.user(app, auth)
   if not rec then
     return user
@@ -401,14 +356,14 @@ local function trigger(app, req, auth)
   end
   local session = app.state:new_session(auth.client_id, user.id, options)
   -- sourceFetch false: no refresh from the sources, only what the library has.
-  library.start_sync(app, user.id, body.sourceFetch == false)
+  view.start_sync(app, user.id, body.sourceFetch == false)
   return wire.json(202, { session = session })
 end
 
 local QUERY = "/v1.7/permission-access/query/"
 
 -- GET permission-access/query/{sessionKey}: the sync status and file list.
-local function file_list(app, req, auth)
+function _M.file_list(app, req, auth)
   local rec, user = _M.user(app, auth)
   if not rec then
     return user
@@ -419,12 +374,12 @@ local function file_list(app, req, auth)
     return err
   end
   return { status = 200, headers = { ["content-type"] = "application/json" },
-           body = library.sync_answer(app, user.id) }
+           body = view.sync_answer(app, user.id) }
 end
 
 -- GET and HEAD permission-access/query/{sessionKey}/{fileName}: one file, encrypted to the
 -- contract's key for this request.
-local function file_get(app, req, auth)
+function _M.file_get(app, req, auth)
   local rec, user = _M.user(app, auth)
   if not rec then
     return user
@@ -435,7 +390,7 @@ local function file_get(app, req, auth)
   if not s then
     return err
   end
-  local file = library.user_file(app, user, name)
+  local file = view.user_file(app, user, name)
   if not file then
     return wire.error(404, "FileNotFound", "The file (" .. name .. ") does not exist")
   end
@@ -443,19 +398,13 @@ local function file_get(app, req, auth)
 end
 
 -- GET permission-access/accounts: the library's accounts, a bare array.
-local function accounts(app, _, auth)
+function _M.accounts(app, _, auth)
   local rec, user = _M.user(app, auth)
   if not rec then
     return user
   end
-  return wire.json(200, library.account_records_of(app, user), nil, true)
+  return wire.json(200, view.account_records_of(app, user), nil, true)
 end
-
-_M.route("POST", "/v1.7/permission-access/trigger", trigger)
-_M.route("GET", "/v1.7/permission-access/accounts", accounts)
-local QUERY_PATTERN = "/v1%.7/permission%-access/query/"
-_M.route("GET", nil, file_list, { pattern = QUERY_PATTERN .. "[^/]+" })
-_M.route("GET", nil, file_get, { pattern = QUERY_PATTERN .. "[^/]+/.+" })
 
 -- Is this request a file download (for the inflight_downloads stats)?
 function _M.is_download(method, path)
@@ -479,31 +428,6 @@ function _M.count_fetch(app, req)
       stats.foreign_jwks_fetches = stats.foreign_jwks_fetches + 1
     end
   end
-end
-
--- Dispatch for /v1.7/ and the foreign JWKS paths.
-function _M.handle(app, req)
-  for _, p in ipairs(_M.foreign_paths) do
-    if req.path == p then
-      return foreign_jwks(app)
-    end
-  end
-  local r, known = find_route(req.method, req.path)
-  if not r then
-    if known then
-      return wire.error(405, "MethodNotAllowed", "Method " .. req.method .. " is not allowed here")
-    end
-    return wire.error(404, "NotFound", "No such endpoint: " .. req.method .. " " .. req.path)
-  end
-  local auth
-  if r.auth then
-    local res
-    auth, res = _M.authenticate(app, req)
-    if not auth then
-      return res
-    end
-  end
-  return r.handler(app, req, auth)
 end
 
 return _M

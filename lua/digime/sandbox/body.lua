@@ -22,10 +22,10 @@
 local core = require "digime.core"
 local digest = require "openssl.digest"
 local http_headers = require "http.headers"
+local util = require "digime.sandbox.util"
 
 local type, tonumber, tostring = type, tonumber, tostring
 local concat = table.concat
-local byte, format = string.byte, string.format
 local math_huge = math.huge
 
 local _M = {}
@@ -33,9 +33,7 @@ local _M = {}
 local TIMEOUT = 60                -- seconds to wait for the next chunk
 local DRAIN = 256 * 1024 * 1024   -- bytes read past a limit before giving up on the client
 
-local function hex(s)
-  return (s:gsub(".", function(c) return format("%02x", byte(c)) end))
-end
+local hex = util.hex
 
 -- "100 Continue", once, when the request asked for it and the body is now wanted.
 function _M.continue(req)
@@ -180,13 +178,7 @@ function _M.bytes(blob)
   if blob.data then
     return blob.data
   end
-  local f, err = io.open(blob.path, "rb")
-  if not f then
-    return nil, err
-  end
-  local s = f:read("a")
-  f:close()
-  return s
+  return util.read_file(blob.path)
 end
 
 -- A chunk source over a blob, for streamed answers (a spilled blob is opened now, so a later

@@ -6,6 +6,7 @@
 -- reads text.
 
 local cjson = require "cjson.safe"
+local util = require "digime.sandbox.util"
 
 local type, tonumber, tostring = type, tonumber, tostring
 local math_floor = math.floor
@@ -196,12 +197,10 @@ local function check_agents(agents, where)
 end
 
 local function apply_json(cfg, file)
-  local f, ferr = io.open(file, "rb")
-  if not f then
+  local text, ferr = util.read_file(file)
+  if not text then
     return nil, "--config: " .. tostring(ferr)
   end
-  local text = f:read("*a")
-  f:close()
   local t, err = cjson.decode(text)
   if type(t) ~= "table" then
     return nil, "--config " .. file .. ": " .. tostring(err or "a JSON object expected")
@@ -272,9 +271,9 @@ function _M.check_network(t)
   return true
 end
 
-function _M.parse(argv)
-  local cfg = defaults()
-  local flags = {}        -- { {name, value}, ... } in order, applied after the config files
+-- The flags of argv, in order: -> { { name, value }, ... } | nil, err
+local function read_argv(argv)
+  local flags = {}
   local i, n = 1, #argv
   while i <= n do
     local a = argv[i]
@@ -305,7 +304,48 @@ function _M.parse(argv)
     end
     i = i + 1
   end
+  return flags
+end
 
+-- Flags that set their setting as given (checked later, with the --config values), and the
+-- switches that set theirs to true.
+local plain_flags = { host = "host", cert = "cert", key = "key", library = "library",
+                      generate = "generate", ["big-file"] = "big_file",
+                      ["push-limit"] = "push_limit", ["storage-limit"] = "storage_limit",
+                      bandwidth = "bandwidth" }
+local switch_flags = { help = "help", interactive = "interactive", tls = "tls",
+                       partial = "partial", ["hostile-names"] = "hostile_names" }
+
+-- One command-line flag (not --config) into cfg: -> true | nil, err
+local function apply_flag(cfg, name, v)
+  if plain_flags[name] then
+    cfg[plain_flags[name]] = v
+  elseif switch_flags[name] then
+    cfg[switch_flags[name]] = true
+  elseif name == "port" then
+    cfg.port = tonumber(v)
+    if not is_count(cfg.port) or cfg.port > 65535 then
+      return nil, "--port wants a number 0..65535, got " .. v
+    end
+  elseif name == "contract" then
+    local c, err = parse_contract(v)
+    if not c then
+      return nil, err
+    end
+    cfg.contracts[#cfg.contracts + 1] = c
+  elseif name == "sync-pace" then
+    cfg.sync_pace = tonumber(v)
+    if not cfg.sync_pace then
+      return nil, "--sync-pace wants a number of seconds, got " .. v
+    end
+  elseif name == "latency" or name == "keepalive" then
+    cfg[name] = tonumber(v) or v
+  end
+  return true
+end
+
+-- --config files first (in order), then the other flags over them: -> true | nil, err
+local function apply_flags(cfg, flags)
   for _, f in ipairs(flags) do
     if f[1] == "config" then
       local ok, err = apply_json(cfg, f[2])
@@ -314,58 +354,19 @@ function _M.parse(argv)
       end
     end
   end
-
   for _, f in ipairs(flags) do
-    local name, v = f[1], f[2]
-    if name == "help" then
-      cfg.help = true
-    elseif name == "host" then
-      cfg.host = v
-    elseif name == "port" then
-      cfg.port = tonumber(v)
-      if not is_count(cfg.port) or cfg.port > 65535 then
-        return nil, "--port wants a number 0..65535, got " .. v
-      end
-    elseif name == "contract" then
-      local c, err = parse_contract(v)
-      if not c then
+    if f[1] ~= "config" then
+      local ok, err = apply_flag(cfg, f[1], f[2])
+      if not ok then
         return nil, err
       end
-      cfg.contracts[#cfg.contracts + 1] = c
-    elseif name == "interactive" then
-      cfg.interactive = true
-    elseif name == "tls" then
-      cfg.tls = true
-    elseif name == "cert" then
-      cfg.cert = v
-    elseif name == "key" then
-      cfg.key = v
-    elseif name == "library" then
-      cfg.library = v
-    elseif name == "generate" then
-      cfg.generate = v
-    elseif name == "big-file" then
-      cfg.big_file = v
-    elseif name == "sync-pace" then
-      cfg.sync_pace = tonumber(v)
-      if not cfg.sync_pace then
-        return nil, "--sync-pace wants a number of seconds, got " .. v
-      end
-    elseif name == "partial" then
-      cfg.partial = true
-    elseif name == "hostile-names" then
-      cfg.hostile_names = true
-    elseif name == "push-limit" then
-      cfg.push_limit = v
-    elseif name == "storage-limit" then
-      cfg.storage_limit = v
-    elseif name == "latency" or name == "keepalive" then
-      cfg[name] = tonumber(v) or v
-    elseif name == "bandwidth" then
-      cfg.bandwidth = v
     end
   end
+  return true
+end
 
+-- The generated files (--generate, --big-file), parsed in place: -> true | nil, err
+local function check_generated(cfg)
   if cfg.generate ~= nil and type(cfg.generate) ~= "table" then
     local g, err = parse_generate(cfg.generate)
     if not g then
@@ -380,10 +381,11 @@ function _M.parse(argv)
     end
     cfg.big_file = size
   end
-  local ok, nerr = _M.check_network(cfg)
-  if not ok then
-    return nil, nerr
-  end
+  return true
+end
+
+-- The body limits, as bytes: -> true | nil, err
+local function check_limits(cfg)
   for _, k in ipairs{ "push_limit", "storage_limit", "storage_memory" } do
     local size = parse_size(cfg[k])
     if not size then
@@ -391,6 +393,11 @@ function _M.parse(argv)
     end
     cfg[k] = size
   end
+  return true
+end
+
+-- The library directory and the pace of a sync: -> true | nil, err
+local function check_library(cfg)
   if type(cfg.sync_pace) ~= "number" or cfg.sync_pace < 0 or cfg.sync_pace > 3600
      or cfg.sync_pace ~= cfg.sync_pace then
     return nil, "sync_pace must be a number of seconds 0..3600"
@@ -398,7 +405,11 @@ function _M.parse(argv)
   if cfg.library ~= nil and (type(cfg.library) ~= "string" or cfg.library == "") then
     return nil, "library must be a directory"
   end
+  return true
+end
 
+-- The port, the lifetimes and the TLS files: -> true | nil, err
+local function check_server(cfg)
   if not is_count(cfg.port) or cfg.port > 65535 then
     return nil, "port must be a number 0..65535"
   end
@@ -415,6 +426,28 @@ function _M.parse(argv)
   end
   if cfg.cert and not cfg.tls then
     return nil, "--cert/--key need --tls"
+  end
+  return true
+end
+
+function _M.parse(argv)
+  local flags, err = read_argv(argv)
+  if not flags then
+    return nil, err
+  end
+  local cfg = defaults()
+  local ok
+  ok, err = apply_flags(cfg, flags)
+  if not ok then
+    return nil, err
+  end
+  -- In this order, so that the first error of a command line stays the one reported.
+  for _, check in ipairs{ check_generated, _M.check_network, check_limits, check_library,
+                          check_server } do
+    ok, err = check(cfg)
+    if not ok then
+      return nil, err
+    end
   end
   return cfg
 end

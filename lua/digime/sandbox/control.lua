@@ -122,7 +122,7 @@
 local tokens = require "digime.sandbox.tokens"
 local wire = require "digime.sandbox.wire"
 local api = require "digime.sandbox.api"
-local library = require "digime.sandbox.library"
+local view = require "digime.sandbox.library_view"
 local storage = require "digime.sandbox.storage"
 local bodies = require "digime.sandbox.body"
 local core = require "digime.core"
@@ -422,7 +422,7 @@ handlers["GET users"] = function(app)
   local list = wire.array{}
   for id, user in pairs(st.users) do
     local accounts = wire.array{}
-    for i, a in ipairs(library.user_accounts(app, user)) do
+    for i, a in ipairs(view.user_accounts(app, user)) do
       accounts[i] = a.id
     end
     local pushed = wire.array{}

@@ -26,12 +26,12 @@
 -- and into each element of arrays: "category.name"), and always their id; unknown fields are
 -- ignored. Malformed parameters (a wrong type) -> 400 ValidationErrors saying which.
 
-local api = require "digime.sandbox.api"
 local wire = require "digime.sandbox.wire"
+local util = require "digime.sandbox.util"
 local data = require "digime.sandbox.discovery_data"
 
 local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
-local getmetatable, setmetatable = getmetatable, setmetatable
+local getmetatable = getmetatable
 local sort = table.sort
 local math_floor, math_min = math.floor, math.min
 
@@ -39,24 +39,8 @@ local _M = {}
 
 local DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 
-local function bad(why)
-  return wire.error(400, "ValidationErrors", "Parameter validation errors: " .. why)
-end
-
-local function is_object(v)
-  return type(v) == "table" and (next(v) == nil or v[1] == nil)
-end
-
-local function is_list(v)
-  if type(v) ~= "table" then
-    return false
-  end
-  local n = 0
-  for _ in pairs(v) do
-    n = n + 1
-  end
-  return n == #v
-end
+local bad = wire.invalid_params
+local is_object, is_list = util.is_object, util.is_list
 
 local function is_int(v)
   return type(v) == "number" and v == math_floor(v) and v >= 0 and v < 2 ^ 53
@@ -81,16 +65,7 @@ local function is_string(v)
   return type(v) == "string"
 end
 
-local function copy(v)
-  if type(v) ~= "table" then
-    return v
-  end
-  local c = setmetatable({}, getmetatable(v))
-  for k, x in pairs(v) do
-    c[k] = copy(x)
-  end
-  return c
-end
+local copy = util.copy
 
 -- The wire shape of a record (internal fields dropped).
 local function public(rec)
@@ -185,24 +160,26 @@ local function query_parts(body)
   return q.include, f or {}
 end
 
-local function body_of(req)
+-- The request body and its query's include list and filter: -> body, include, filter | nil,
+-- response
+local function query_of(req)
   local body, err = wire.decode_object(req:body())
   if not body then
     return nil, bad("the body must be a JSON object (" .. tostring(err) .. ")")
   end
-  return body
+  local include, filter = query_parts(body)
+  if include == false then
+    return nil, filter
+  end
+  return body, include, filter
 end
 
 -- countries / platforms / categories
 local function simple(list)
   return function(_, req)
-    local body, err = body_of(req)
+    local body, include, filter = query_of(req)
     if not body then
-      return err
-    end
-    local include, filter = query_parts(body)
-    if include == false then
-      return filter
+      return include
     end
     local ok, why = list_of(filter.id, is_int, "query.filter.id")
     if not ok then
@@ -384,13 +361,9 @@ local function sort_of(body)
 end
 
 local function sources(_, req)
-  local body, err = body_of(req)
+  local body, include, filter = query_of(req)
   if not body then
-    return err
-  end
-  local include, filter = query_parts(body)
-  if include == false then
-    return filter
+    return include
   end
   local q = body.query or {}
   local ok, why = source_checks(filter, q)
@@ -471,10 +444,11 @@ sort(countries, by_id)
 sort(platforms, by_id)
 sort(categories, by_id)
 
-api.route("POST", "/v1.7/discovery/sources", sources)
-api.route("POST", "/v1.7/discovery/countries", simple(countries))
-api.route("POST", "/v1.7/discovery/platforms", simple(platforms))
-api.route("POST", "/v1.7/discovery/categories", simple(categories))
+-- The endpoints (routes.lua maps them).
+_M.sources = sources
+_M.countries = simple(countries)
+_M.platforms = simple(platforms)
+_M.categories = simple(categories)
 
 _M.project = project
 

@@ -21,11 +21,11 @@
 --          a sourceId that is not a number -> 400
 --   GET    permission-access/contract  CONTRACT -> the contract object (doc/protocol.md)
 
-local core = require "digime.core"
 local api = require "digime.sandbox.api"
 local wire = require "digime.sandbox.wire"
+local util = require "digime.sandbox.util"
 local tokens = require "digime.sandbox.tokens"
-local library = require "digime.sandbox.library"
+local view = require "digime.sandbox.library_view"
 local storage = require "digime.sandbox.storage"
 local write = require "digime.sandbox.write"
 local discovery_data = require "digime.sandbox.discovery_data"
@@ -39,14 +39,12 @@ local esc = wire.escape_html
 
 local _M = {}
 
-local bad = write.bad
+local bad = wire.invalid_params
 
-local function now_ms()
-  return math_floor(core.time() * 1000)
-end
+local now_ms = util.now_ms
 
 -- POST reference
-local function reference(app, req, auth)
+function _M.reference(app, req, auth)
   local body = wire.decode_object(req:body())
   if not body then
     return bad("the body must be a JSON object")
@@ -71,7 +69,7 @@ local function reference(app, req, auth)
 end
 
 -- DELETE user
-local function delete_user(app, _, auth)
+function _M.delete_user(app, _, auth)
   local rec, user = api.user(app, auth)
   if not rec then
     return user
@@ -82,14 +80,10 @@ local function delete_user(app, _, auth)
 end
 
 -- DELETE permission-access/service/h:accountId
-local function delete_account(app, req, auth)
-  local rec, user = api.user(app, auth)
-  if not rec then
-    return user
-  end
-  local account, err = write.header_account(app, req, user)
-  if not account then
-    return err
+function _M.delete_account(app, req, auth)
+  local user, account = write.user_account(app, req, auth)
+  if not user then
+    return account
   end
   user.removed = user.removed or {}
   user.removed[account.id] = true
@@ -117,14 +111,10 @@ local function absolute_uri(v)
 end
 
 -- GET permission-access/revoke/h:accountId
-local function revoke(app, req, auth)
-  local rec, user = api.user(app, auth)
-  if not rec then
-    return user
-  end
-  local account, err = write.header_account(app, req, user)
-  if not account then
-    return err
+function _M.revoke(app, req, auth)
+  local user, account = write.user_account(app, req, auth)
+  if not user then
+    return account
   end
   local redirect = req.headers["redirecturi"]
   if type(redirect) ~= "string" or redirect == "" then
@@ -157,7 +147,7 @@ local function iso(ms)
   return os.date("!%Y-%m-%dT%H:%M:%SZ", math_floor(ms / 1000))
 end
 
-local function report(app, req, auth)
+function _M.report(app, req, auth)
   local service = api.path_decode(req.path:match("^/v1%.7/export/([^/]+)/report$"))
   if service ~= "medmij" then
     return wire.error(404, "NotFound", "There is no portability report for the service type ("
@@ -184,7 +174,7 @@ local function report(app, req, auth)
     format('  <user id="%s" application="%s"/>', esc(user.id), esc(auth.contract.application_id)),
     "  <accounts>",
   }
-  for _, a in ipairs(library.user_accounts(app, user)) do
+  for _, a in ipairs(view.user_accounts(app, user)) do
     local revoked = user.revoked and user.revoked[a.id]
     out[#out + 1] = format('    <account id="%s" service="%s" serviceGroup="%s" permission="%s"/>',
                            esc(a.id), esc(a.serviceTypeName), esc(a.serviceGroupName),
@@ -219,7 +209,7 @@ local function report(app, req, auth)
 end
 
 -- GET permission-access/sample/datasets/{sourceId}
-local function sample_datasets(_, req)
+function _M.sample_datasets(_, req)
   local id = api.path_decode(req.path:match("/datasets/([^/]+)$"))
   if not id:match("^%d+$") then
     return bad("sourceId must be a number")
@@ -235,7 +225,7 @@ end
 -- GET permission-access/contract
 local YEAR_MS = 365 * 86400 * 1000
 
-local function contract(app, _, auth)
+function _M.contract(app, _, auth)
   local c = auth.contract
   local st = app.state
   -- A stable expiration date per sandbox run (a year after its start).
@@ -261,15 +251,6 @@ local function contract(app, _, auth)
     type = "ongoing",
   })
 end
-
-api.route("POST", "/v1.7/reference", reference)
-api.route("DELETE", "/v1.7/user", delete_user)
-api.route("DELETE", "/v1.7/permission-access/service/h:accountId", delete_account)
-api.route("GET", "/v1.7/permission-access/revoke/h:accountId", revoke)
-api.route("GET", nil, report, { pattern = "/v1%.7/export/[^/]+/report" })
-api.route("GET", nil, sample_datasets,
-          { pattern = "/v1%.7/permission%-access/sample/datasets/[^/]+" })
-api.route("GET", "/v1.7/permission-access/contract", contract)
 
 _M.absolute_uri = absolute_uri
 

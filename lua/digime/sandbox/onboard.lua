@@ -21,7 +21,7 @@
 -- Declined consents: success=false&errorCode=<the consent's error code> (and state).
 
 local wire = require "digime.sandbox.wire"
-local library = require "digime.sandbox.library"
+local view = require "digime.sandbox.library_view"
 local storage = require "digime.sandbox.storage"
 
 local os_time = os.time
@@ -151,7 +151,7 @@ local function decide(app, rec, decision, error_code)
     -- On digi.me this names the account the user just onboarded, as read_accounts shows it
     -- (its `reference`): applications use it to find that account. Here: the first account
     -- of the user's library.
-    local onboarded = library.user_accounts(app, user)[1]
+    local onboarded = view.user_accounts(app, user)[1]
     params[#params + 1] = { "accountReference", onboarded and onboarded.reference or st.random(32) }
   end
   return callback(rec, params)
@@ -204,7 +204,7 @@ local function prepare_reauthorize(app, rec, req)
   end
   local user = app.state.users[rec.user_id]
   local found = false
-  for _, a in ipairs(user and library.user_accounts(app, user) or {}) do
+  for _, a in ipairs(user and view.user_accounts(app, user) or {}) do
     found = found or a.id == r.value
   end
   if not found then

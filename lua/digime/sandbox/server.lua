@@ -2,9 +2,7 @@
 --
 -- This file owns the process: flags, keys, the listening socket, the first line on stdout,
 -- signals, and the life of one request (faults, dispatch, writing the answer, stats, log).
--- The endpoints live in api.lua (/v1.7/, with write.lua, manage.lua, discovery.lua and
--- storage.lua adding theirs), onboard.lua (/apps/saas/), storage.lua (/cloud/v1/) and
--- control.lua (/sandbox/).
+-- Which file answers which endpoint is routes.lua's table.
 
 local cqueues = require "cqueues"
 local signal = require "cqueues.signal"
@@ -16,9 +14,8 @@ local core = require "digime.core"
 local config = require "digime.sandbox.config"
 local state_mod = require "digime.sandbox.state"
 local wire = require "digime.sandbox.wire"
+local util = require "digime.sandbox.util"
 local api = require "digime.sandbox.api"
-local onboard = require "digime.sandbox.onboard"
-local control = require "digime.sandbox.control"
 local library = require "digime.sandbox.library"
 local demo_contract = require "digime.sandbox.demo_contract"
 local bodies = require "digime.sandbox.body"
@@ -26,10 +23,7 @@ local storage = require "digime.sandbox.storage"
 local conns = require "digime.sandbox.conns"
 local relay = require "digime.sandbox.relay"
 local tls_peek = require "digime.sandbox.tls_peek"
--- Endpoint families that register their routes with api.route:
-require "digime.sandbox.write"
-require "digime.sandbox.manage"
-require "digime.sandbox.discovery"
+local routes = require "digime.sandbox.routes"
 
 local monotime = cqueues.monotime
 local pairs, ipairs, type, tostring = pairs, ipairs, type, tostring
@@ -41,16 +35,6 @@ local _M = {}
 local BODY_TIMEOUT = 60        -- seconds to receive a request body
 local WRITE_TIMEOUT = 60       -- seconds to write an answer
 
--- Where each part of the URL space is handled; later families (cloud storage, ...) add
--- their own entries.
-_M.mounts = {
-  { "/sandbox/", control },
-  { "/v1.7/", api },
-  { "/evil/", api },
-  { "/apps/saas/", onboard },
-  { "/cloud/v1/", storage },
-}
-
 local finish_body     -- below: what is left of a request body after the answer
 local accept          -- below: a new connection
 
@@ -61,15 +45,7 @@ end
 
 -- Setup --------------------------------------------------------------------------------------
 
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then
-    return nil, err
-  end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = util.read_file
 
 local function load_contracts(cfg)
   local list = cfg.contracts
@@ -334,16 +310,6 @@ local function write_answer(stream, req, res, truncate)
   return ok, err, ok and #body or 0
 end
 
-local function dispatch(app, req)
-  for _, m in ipairs(_M.mounts) do
-    local prefix = m[1]
-    if req.path:sub(1, #prefix) == prefix then
-      return m[2].handle(app, req)
-    end
-  end
-  return wire.error(404, "NotFound", "No such endpoint: " .. req.method .. " " .. req.path)
-end
-
 local function fault_answer(f)
   local body = f.body
   local headers = {}
@@ -431,7 +397,7 @@ local function handle(app, stream)
   end
 
   if (outcome == nil or outcome == "closed after answer") and res == nil then
-    local ok, r = xpcall(dispatch, debug.traceback, app, req)
+    local ok, r = xpcall(routes.dispatch, debug.traceback, app, req)
     if ok and type(r) == "table" and r.status then
       res = r
     else

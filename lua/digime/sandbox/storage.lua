@@ -2,7 +2,7 @@
 -- storage id, created provisionally by a contract (and bound later to the user who consents
 -- with its storageRef) or on a user's first GET storage.
 --
--- API endpoints (registered with api.route):
+-- API endpoints (mapped in routes.lua):
 --   POST /v1.7/storage   CONTRACT claims -> 201 {"id", "kid"}   a provisional storage
 --   GET  /v1.7/storage   USER claims     -> 200 {"id", "kid"}   the user's storage for this
 --                                                                contract (made on first use)
@@ -41,13 +41,14 @@
 local core = require "digime.core"
 local api = require "digime.sandbox.api"
 local wire = require "digime.sandbox.wire"
+local util = require "digime.sandbox.util"
 local tokens = require "digime.sandbox.tokens"
 local bodies = require "digime.sandbox.body"
 
 local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
 local concat, sort = table.concat, table.sort
 local format = string.format
-local math_floor, math_abs = math.floor, math.abs
+local math_floor = math.floor
 local os_time = os.time
 
 local _M = {}
@@ -56,9 +57,7 @@ local PREFIX = "/cloud/v1/"
 local IAT_SKEW = 300     -- seconds an iat may be ahead of the sandbox clock
 local MEMORY_TOTAL = 64 * 1024 * 1024   -- bytes of objects kept in memory, in all
 
-local function now_ms()
-  return math_floor(core.time() * 1000)
-end
+local now_ms = util.now_ms
 
 local function serr(status, code, message)
   return wire.json(status, { error = code, message = message })
@@ -184,14 +183,13 @@ local function get(app, _, auth)
   return storage_answer(200, _M.of_user(app, user, auth.client_id))
 end
 
-api.route("POST", "/v1.7/storage", create)
-api.route("GET", "/v1.7/storage", get)
+-- The endpoints under /v1.7/ (routes.lua maps them).
+_M.post_storage = create
+_M.get_storage = get
 
 -- The cloud JWT ------------------------------------------------------------------------------
 
-local function is_integer(v)
-  return type(v) == "number" and v == math_floor(v) and math_abs(v) < 2 ^ 53
-end
+local is_integer = util.is_integer
 
 -- -> contract | nil, response
 local function authenticate(app, req)

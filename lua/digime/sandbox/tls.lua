@@ -17,6 +17,7 @@ local pkey = require "openssl.pkey"
 local bignum = require "openssl.bignum"
 local rand = require "openssl.rand"
 local http_tls = require "http.tls"
+local util = require "digime.sandbox.util"
 
 local os_time = os.time
 
@@ -31,14 +32,20 @@ local function serial()
   return bignum.fromBinary(rand.bytes(16))
 end
 
-local function make_ca()
+-- A version 3 certificate of a new key, with a random serial and this common name.
+local function new_cert(cn)
   local key = new_key()
   local crt = x509.new()
   crt:setVersion(3)
   crt:setSerial(serial())
   local dn = name.new()
-  dn:add("CN", "digi.me sandbox throw-away CA")
+  dn:add("CN", cn)
   crt:setSubject(dn)
+  return crt, key, dn
+end
+
+local function make_ca()
+  local crt, key, dn = new_cert("digi.me sandbox throw-away CA")
   crt:setIssuer(dn)
   crt:setLifetime(os_time() - 3600, os_time() + 7 * 86400)
   crt:setBasicConstraints{ CA = true, pathLen = 0 }
@@ -50,13 +57,7 @@ local function make_ca()
 end
 
 local function make_server_cert(ca, ca_key, host)
-  local key = new_key()
-  local crt = x509.new()
-  crt:setVersion(3)
-  crt:setSerial(serial())
-  local dn = name.new()
-  dn:add("CN", "localhost")
-  crt:setSubject(dn)
+  local crt, key = new_cert("localhost")
   crt:setIssuer(ca:getSubject())
   local alt = altname.new()
   alt:add("DNS", "localhost")
@@ -80,15 +81,7 @@ local function make_server_cert(ca, ca_key, host)
   return crt, key
 end
 
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then
-    return nil, err
-  end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = util.read_file
 
 -- -> { ctx, ca_file, cleanup = function } | nil, err
 function _M.setup(cfg)

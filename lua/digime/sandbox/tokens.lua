@@ -1,9 +1,12 @@
 -- The sandbox's own JWT code: reading client JWTs, signing server tokens, and forging the
--- hostile tokens of the "token" fault. It uses digime.core, cjson and luaossl only, never
--- the SDK's Lua (doc/sandbox.md: a misunderstanding in the SDK must not be mirrored here).
+-- hostile tokens of the "token" fault. It uses digime.core, cjson, luaossl and the sandbox's
+-- own helpers only, never the SDK's Lua (doc/sandbox.md: a misunderstanding in the SDK must
+-- not be mirrored here).
 
 local cjson = require "cjson.safe"
 local core = require "digime.core"
+local wire = require "digime.sandbox.wire"
+local util = require "digime.sandbox.util"
 
 local b64e, b64d = core.b64url_encode, core.b64url_decode
 local type, tostring, os_time = type, tostring, os.time
@@ -11,13 +14,8 @@ local concat = table.concat
 
 local _M = {}
 
-local function encode(value)
-  return assert(cjson.encode(value))
-end
-
-local function is_object(v)
-  return type(v) == "table" and v[1] == nil
-end
+local encode = wire.encode
+local is_object = util.is_object
 
 -- Splits and decodes a compact JWS without verifying it.
 -- -> { header =, payload =, signing_input =, signature = } | nil, err, what

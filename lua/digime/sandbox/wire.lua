@@ -120,6 +120,11 @@ function _M.error(status, code, message, reference)
   return res
 end
 
+-- The API's 400 for a request whose parameters are wrong, saying which and why.
+function _M.invalid_params(why)
+  return _M.error(400, "ValidationErrors", "Parameter validation errors: " .. why)
+end
+
 function _M.html(status, text)
   return { status = status, headers = { ["content-type"] = "text/html; charset=utf-8" },
            body = text }

@@ -19,28 +19,22 @@
 -- AccountNotFound for an accountId that is not the user's; 413 PayloadTooLarge.
 
 local cjson = require "cjson.safe"
-local core = require "digime.core"
 local api = require "digime.sandbox.api"
 local wire = require "digime.sandbox.wire"
+local util = require "digime.sandbox.util"
 local tokens = require "digime.sandbox.tokens"
 local library = require "digime.sandbox.library"
+local view = require "digime.sandbox.library_view"
 local bodies = require "digime.sandbox.body"
 
 local type, tostring, pairs, ipairs = type, tostring, pairs, ipairs
-local math_floor = math.floor
 
 local _M = {}
 
 local RETENTION_MS = 30 * 86400 * 1000    -- "expires" of a delivered push: 30 days on
 
-local function bad(why)
-  return wire.error(400, "ValidationErrors", "Parameter validation errors: " .. why)
-end
-_M.bad = bad
-
-local function now_ms()
-  return math_floor(core.time() * 1000)
-end
+local bad = wire.invalid_params
+local now_ms = util.now_ms
 
 -- The media type of the request, lower-cased, without parameters.
 function _M.media_type(req)
@@ -78,20 +72,7 @@ function _M.read_body(app, req)
   return nil, res
 end
 
-local function is_object(v)
-  return type(v) == "table" and (next(v) == nil or v[1] == nil)
-end
-
-local function is_list(v)
-  if type(v) ~= "table" then
-    return false
-  end
-  local n = 0
-  for _ in pairs(v) do
-    n = n + 1
-  end
-  return n == #v
-end
+local is_object, is_list = util.is_object, util.is_list
 
 local function string_list(v)
   if not is_list(v) then
@@ -236,22 +217,26 @@ local function import(app, req, auth)
   return wire.json(200, { status = "delivered", expires = created + RETENTION_MS })
 end
 
--- The account of an accountId header, if the user has it: -> account | nil, response
-function _M.header_account(app, req, user)
+-- The token's user and the account of the accountId header, if the user has it:
+-- -> user, account | nil, response
+function _M.user_account(app, req, auth)
+  local rec, user = api.user(app, auth)
+  if not rec then
+    return nil, user
+  end
   local id = req.headers["accountid"]
   if type(id) ~= "string" or id == "" then
     return nil, bad("the accountId header is missing")
   end
-  for _, a in ipairs(library.user_accounts(app, user)) do
+  for _, a in ipairs(view.user_accounts(app, user)) do
     if a.id == id then
-      return a
+      return user, a
     end
   end
   return nil, wire.error(404, "AccountNotFound", "The account (" .. id .. ") does not exist")
 end
 
 local FHIR_VERSIONS = { stu3 = true, ["3.0.2"] = true }
-local FHIR = "/v1%.7/permission%-access/import/h:accountId/fhir/"
 
 -- POST permission-access/import/h:accountId/fhir/{version}
 local function provider(app, req, auth)
@@ -260,19 +245,14 @@ local function provider(app, req, auth)
     return wire.error(404, "NotFound", "FHIR version " .. version
                       .. " is not supported (stu3 or 3.0.2)")
   end
-  local rec, user = api.user(app, auth)
-  if not rec then
-    return user
-  end
-  local account, err = _M.header_account(app, req, user)
-  if not account then
-    return err
+  local user, account = _M.user_account(app, req, auth)
+  if not user then
+    return account
   end
   if _M.media_type(req) ~= "application/json" then
     return bad("the content-type must be application/json")
   end
-  local blob
-  blob, err = _M.read_body(app, req)
+  local blob, err = _M.read_body(app, req)
   if not blob then
     return err
   end
@@ -292,7 +272,8 @@ local function provider(app, req, auth)
   return wire.json(200, {})
 end
 
-api.route("POST", "/v1.7/permission-access/import", import)
-api.route("POST", nil, provider, { pattern = FHIR .. "[^/]+" })
+-- The endpoints (routes.lua maps them).
+_M.import = import
+_M.provider = provider
 
 return _M
