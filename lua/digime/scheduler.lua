@@ -249,8 +249,8 @@ function _M.set_io(source)
   io_source = source
 end
 
---- The task of the plain loop whose coroutine runs now, or nil (plain code, or inside nginx):
--- an I/O source suspends it to wait, or, without one, drives its work itself and blocks.
+--- The task of the plain loop whose coroutine runs now, or nil (plain code, or inside nginx).
+-- An I/O source suspends a task to wait; given nil, it drives its own work and blocks.
 function _M.current()
   return running_task()
 end
