@@ -53,6 +53,7 @@ local after = stats()
 local status = io.open("/proc/self/status"):read("*a")
 local hwm_kb = tonumber(status:match("VmHWM:%s*(%d+) kB"))
 local function delta(k) return (after[k] or 0) - (before[k] or 0) end
-print(("%s wall=%.2f cpu=%.2f rss_mib=%.1f rss_start_mib=%.1f files=%d failures=%d mib=%.1f connections=%d tls_full=%d tls_resumed=%d")
+print(("%s wall=%.2f cpu=%.2f rss_mib=%.1f rss_start_mib=%.1f files=%d failures=%d mib=%.1f"
+       .. " connections=%d tls_full=%d tls_resumed=%d")
   :format(label, wall, cpu, hwm_kb / 1024, rss_start_kb / 1024, res.files, res.failures, bytes / 1048576,
           delta("connections"), delta("tls_handshakes"), delta("tls_resumed")))

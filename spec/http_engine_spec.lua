@@ -1111,11 +1111,12 @@ http {
       assert.is_true(calls < 256, "the reader was read to its end")
     end)
 
-    it("refuses a reader with decrypt, and a reader on a GET", function()
+    it("refuses a reader with a body filter, and a reader on a GET", function()
+      local filter = require("digime.body_filter").new{ open = function() end }
       local _, err, kind = transport:request{ method = "POST", url = bbase .. "/echo", body = reader{}.read,
-                                              decrypt = { key = "k", choose = function() end } }
+                                              body_filter = filter }
       assert.equal("request", kind)
-      assert.matches("streamed body with decrypt", err, 1, true)
+      assert.matches("streamed body with a body filter", err, 1, true)
       _, err, kind = transport:request{ method = "GET", url = bbase .. "/echo", body = reader{}.read }
       assert.equal("request", kind)
       assert.matches("cannot stream a body", err, 1, true)

@@ -14,7 +14,7 @@
 local flow = require "flow"
 local digime = require "digime"
 local core = require "digime.core"
-local scheduler = require "digime.scheduler"
+local curl_engine = require "digime.transport.curl_engine"
 
 local TASKS = 200
 local ROUNDS = 10
@@ -166,7 +166,7 @@ describe("load #slow", function()
     digime.run(function()
       local watch = digime.spawn(function()
         while not done do
-          local n = scheduler.engine():count()
+          local n = curl_engine.engine():count()
           if n > peak then peak = n end
           digime.sleep(0.005)
         end
@@ -188,7 +188,7 @@ describe("load #slow", function()
   local fds0, rows
 
   it("runs 200 concurrent flows for 10 rounds without an error, with memory flat and no descriptor leaked", function()
-    scheduler.engine()    -- the engine's own descriptors (a socket pair) are made with it: before the count
+    curl_engine.engine()    -- the engine's own descriptors (a socket pair) are made with it: before the count
     fds0 = fds()
     local heap0, rss0 = heap_kib(), rss_kib()
     rows = {}

@@ -14,8 +14,8 @@
 --     transport = require("resty_http_transport").new{ ssl_verify = true },
 --   })
 --
--- The interface a transport implements (the top of lua/digime/transport/curl.lua, and
--- doc/architecture.md "The transport contract"):
+-- The interface a transport implements is doc/architecture.md "The transport contract". In
+-- short:
 --
 --   transport:request(req) -> res | nil, message, kind
 --   req = { method, url, headers = { name = value },
@@ -23,16 +23,16 @@
 --           body_length   the reader's total length when known
 --           timeout       seconds without progress before the attempt fails
 --           max_body      the largest body to accept, bytes
---           decrypt = { key, max_output, choose = function(status, headers) -> compression | nil, err }
---           on_data = function(plaintext) -> true | nil, err
---                         with `decrypt`, a 2xx body is a digi.me file: decrypt and inflate it
---                         as it arrives (digime.core.file_decryptor) and hand the plaintext
---                         to on_data; answer `piped = true` instead of a body
+--           body_filter   where a 2xx body goes (a downloaded file): filter:headers(status,
+--                         headers), then filter:write(piece) for each piece, filter:finish(),
+--                         and filter:close() in every case; each returns true or nil, err,
+--                         kind, a failure to report as it is. Answer `piped = true` instead
+--                         of a body.
 --           cancel        a table: put an object with a :cancel() method in it while the
 --                         request runs, remove it after (a stopped sync cancels downloads) }
 --   res  = { status, headers = { lower-case name = value }, body | piped = true }
 --   kind = "connect" | "resolve" (nothing was sent: even a POST may be retried), "tls",
---          "timeout", "reset", "too_large", "decrypt", "sink", "cancelled", "other",
+--          "timeout", "reset", "too_large", "cancelled", "other", a filter's own kind,
 --          "stale": a pooled connection closed before any answer; the transport must not send
 --          the request again itself (the SDK decides, with a new signature)
 --
@@ -40,7 +40,6 @@
 -- transport. The CA file for TLS comes from nginx's lua_ssl_trusted_certificate, as for every
 -- cosocket.
 local http = require "resty.http"
-local core = require "digime.core"
 
 local setmetatable, tostring, pairs, type, tonumber = setmetatable, tostring, pairs, type, tonumber
 local find, lower, format = string.find, string.lower, string.format
@@ -119,8 +118,10 @@ function _M:request(req)
   function handle.cancel(h) h.cancelled = true end
   local cancel = req.cancel
   if cancel then cancel[handle] = true end
+  local filter = req.body_filter
   local function done(...)
     if cancel then cancel[handle] = nil end
+    if filter then filter:close() end
     return ...
   end
   local function fail(msg, kind)
@@ -145,31 +146,17 @@ function _M:request(req)
   local rh = lower_headers(res.headers)
   local out = { status = status, headers = rh }
 
-  -- Where the body goes: through the decryptor to on_data, or into a string.
+  -- Where the body goes: through the body filter, or into a string.
   local emit, finish
   local max_body = req.max_body or self.max_body
-  if req.decrypt and status >= 200 and status < 300 and method ~= "HEAD" then
-    local compression, err = req.decrypt.choose(status, rh)
-    if not compression then return fail(err, "decrypt") end
-    local size = rh["content-length"] and tonumber(rh["content-length"])
-    local dec, derr = core.file_decryptor(req.decrypt.key,
-      { compression = compression, max_output = req.decrypt.max_output, size = size })
-    if not dec then return fail(derr, "decrypt") end
-    local on_data = req.on_data
-    local function deliver(plain, err2)
-      if not plain then dec:close(); return nil, err2, "decrypt" end
-      if plain ~= "" then
-        local took, serr = on_data(plain)
-        if not took then dec:close(); return nil, serr or "the sink refused the data", "sink" end
-      end
-      return true
-    end
-    emit = function(piece) return deliver(dec:update(piece)) end
+  if filter and status >= 200 and status < 300 and method ~= "HEAD" then
+    local okh, herr, hkind = filter:headers(status, rh)
+    if not okh then return fail(herr, hkind) end
+    emit = function(piece) return filter:write(piece) end
     finish = function()
-      local okf, err2, kind = deliver(dec:finish())
-      dec:close()
+      local okf, ferr, fkind = filter:finish()
       if okf then out.piped = true end
-      return okf, err2, kind
+      return okf, ferr, fkind
     end
   else
     local parts, got = {}, 0

@@ -5,10 +5,10 @@ local validate = require "digime.validate"
 local request = require "digime.request"
 local metadata = require "digime.metadata"
 local user_call = require "digime.user_call"
-local sink = require "digime.sink"
+local file_body = require "digime.file_body"
 
 local type, pairs, ipairs, tostring, next = type, pairs, ipairs, tostring, next
-local concat, huge = table.concat, math.huge
+local huge = math.huge
 local jwt = require "digime.jwt"
 
 local _M = {}
@@ -121,7 +121,6 @@ function _M.read_file_metadata(sdk, opts)
   end)
 end
 
-local wrap_sink = sink.wrap
 
 --- sdk:read_file{ contract, user_access_token, session_key, file_name, sink?, max_size? }
 -- -> { file_data, file_name, file_metadata, last_modified, compression, user_access_token }
@@ -152,38 +151,30 @@ function _M.fetch_file(sdk, opts, cancel)
   local key, kerr = jwt.contract_key(opts.contract)
   if not key then return nil, kerr end
 
-  local parts, meta, compression, meta_err, started
-  local on_data, close_sink
-  if opts.sink then
-    on_data, close_sink = wrap_sink(opts.sink)
-  else
-    on_data = function(chunk)
-      parts[#parts + 1] = chunk
-      return true
-    end
-  end
-  local max_output = opts.max_size or (opts.sink and huge or sdk.config.limits.body)
+  local meta, compression, meta_err, started
+  local body = file_body.new{
+    key = key, sink = opts.sink,
+    max_output = opts.max_size or (opts.sink and huge or sdk.config.limits.body),
+    -- the file's compression is named in the answer's x-metadata
+    compression = function(_, headers)
+      started = true
+      meta, compression = metadata.decode(headers["x-metadata"])
+      if not meta then
+        meta_err = compression
+        return nil, meta_err.message
+      end
+      return compression
+    end,
+  }
 
   local res, rerr = user_call.send(sdk, opts.contract, opts.user_access_token, {
     method = "GET",
     url = sdk.config.base_url .. "permission-access/query/" .. seg(opts.session_key) .. "/" .. seg(opts.file_name),
     headers = { accept = "application/octet-stream" }, what = "file",
-    on_attempt = function() parts, meta_err, started = {}, nil, false end,
+    on_attempt = function() meta_err, started = nil, false end,
     sink_once = opts.sink ~= nil,
-    on_data = on_data,
+    body_filter = body,
     cancel = cancel,
-    decrypt = {
-      key = key, max_output = max_output,
-      choose = function(_, headers)
-        started = true
-        meta, compression = metadata.decode(headers["x-metadata"])
-        if not meta then
-          meta_err = compression
-          return nil, meta_err.message
-        end
-        return compression
-      end,
-    },
   }, function(r)
     if not r.piped then
       return nil, invalid_response("file", "the answer was not a file")
@@ -203,14 +194,12 @@ function _M.fetch_file(sdk, opts, cancel)
     end
     return nil, rerr
   end
-  if close_sink then
-    local sok, serr = close_sink()
-    if not sok then
-      return nil, errors.sdk("SinkError", serr, { user_access_token = res.user_access_token })
-    end
+  local sok, serr = body:end_sink()
+  if not sok then
+    return nil, errors.sdk("SinkError", serr, { user_access_token = res.user_access_token })
   end
   return {
-    file_data = not opts.sink and concat(parts) or nil,
+    file_data = not opts.sink and body:data() or nil,
     file_name = opts.file_name,
     file_metadata = meta,
     compression = compression,

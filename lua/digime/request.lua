@@ -59,7 +59,7 @@ end
 
 -- One attempt: signs afresh, hands the request to the transport.
 -- -> res | nil, message, kind; plus the seconds it took. A signing failure is kind "sign".
-local function attempt_once(sdk, spec, on_data)
+local function attempt_once(sdk, spec)
   local cfg = sdk.config
   local headers = {}
   for k, v in pairs(spec.headers or {}) do headers[k] = v end
@@ -69,6 +69,8 @@ local function attempt_once(sdk, spec, on_data)
     headers.authorization = "Bearer " .. token
   end
   if spec.on_attempt then spec.on_attempt() end
+  local filter = spec.body_filter
+  if filter then filter:reset() end
   local t0 = core.monotonic()
   local res, msg, kind = sdk.transport:request{
     method = spec.method, url = spec.url, headers = headers, body = spec.body,
@@ -76,7 +78,7 @@ local function attempt_once(sdk, spec, on_data)
     timeout = spec.timeout,
     -- a JSON answer is capped at its parse limit while it downloads, not after
     max_body = spec.max_body or (spec.json and min(cfg.limits.body, spec.max_json or cfg.limits.json)) or nil,
-    decrypt = spec.decrypt, on_data = on_data, cancel = spec.cancel,
+    body_filter = filter, cancel = spec.cancel,
   }
   return res, msg, kind, core.monotonic() - t0
 end
@@ -99,7 +101,7 @@ local function decode(sdk, spec, res)
   return res
 end
 
--- What a failure without an answer means. st: { idempotent, attempt, maybe_done, delivered }.
+-- What a failure without an answer means. st: { idempotent, attempt, maybe_done }.
 -- -> "fail", err | "error", err, retry, wait
 local function classify_failure(sdk, spec, st, msg, kind, elapsed)
   local method, path = spec.method, path_of(spec.url)
@@ -142,9 +144,10 @@ local function classify_failure(sdk, spec, st, msg, kind, elapsed)
     retry = RETRY_NET[kind] and (st.idempotent or NEVER_SENT[kind])
     st.maybe_done = st.maybe_done or not NEVER_SENT[kind]
   end
-  if retry and spec.sink_once and st.delivered > 0 then
+  local delivered = spec.body_filter and spec.body_filter.delivered or 0
+  if retry and spec.sink_once and delivered > 0 then
     -- Part of the file is already in the caller's sink: a new download would repeat it.
-    err.message = err.message .. " (after " .. st.delivered .. " bytes went to the sink)"
+    err.message = err.message .. " (after " .. delivered .. " bytes went to the sink)"
     retry = false
   end
   return "error", err, retry, wait
@@ -188,15 +191,17 @@ local function classify_answer(sdk, spec, st, res, elapsed)
 end
 
 --- spec = { method, url, headers, sign = function() -> jwt | nil, err,
---           body = string | reader function, body_length (see transport/curl.lua),
+--           body = string | reader function, body_length (doc/architecture.md "Request bodies"),
 --           idempotent = bool (POSTs that are safe to repeat),
 --           single_use = bool (a POST the server refuses to carry out twice: a token exchange
 --             or refresh; sent again when a kept-alive connection closed under it),
 --           json = bool, max_json,
 --           timeout, what = "name for messages",
---           decrypt = { key, max_output, choose }, on_data = function(chunk) -> ok, err,
+--           body_filter = where a 2xx body goes (body_filter.lua; reset before each attempt),
+--           cancel = a table the transport keeps the in-flight request's handle in,
 --           on_attempt = function() (called before each attempt, e.g. to reset a buffer),
---           sink_once = bool (on_data cannot take the data twice: no retry once it had some) }
+--           sink_once = bool (the filter's sink cannot take the data twice: no retry once it
+--             had some) }
 -- Returns the response (plus `json` when asked and the body is JSON) for a 2xx answer, and
 -- for a DELETE answered 404 after an attempt whose answer was lost (`gone_before` set);
 -- otherwise nil and an error object. Each attempt: attempt_once, then classify_failure or
@@ -206,19 +211,11 @@ function _M.send(sdk, spec)
   local started = core.monotonic()
   -- maybe_done: an earlier attempt may have been carried out by the server
   local st = { idempotent = IDEMPOTENT[spec.method] or spec.idempotent == true, attempt = 0,
-               maybe_done = false, delivered = 0 }
-  local on_data = spec.on_data
-  if on_data then
-    local user = on_data
-    on_data = function(chunk)
-      st.delivered = st.delivered + #chunk
-      return user(chunk)
-    end
-  end
+               maybe_done = false }
 
   while true do
     st.attempt = st.attempt + 1
-    local res, msg, kind, elapsed = attempt_once(sdk, spec, on_data)
+    local res, msg, kind, elapsed = attempt_once(sdk, spec)
     local outcome, value, retry, wait
     if res then
       outcome, value, retry, wait = classify_answer(sdk, spec, st, res, elapsed)

@@ -3,33 +3,27 @@
 -- the same call drives the engine itself and blocks. Nothing here runs inside a C callback.
 --
 -- Loops are objects so that a loop can also be stepped from outside (the `files` iterator
--- runs a sync one file at a time); one engine per process serves every loop.
+-- runs a sync one file at a time). The scheduler knows no HTTP engine: when no task is ready
+-- it waits on the one I/O source registered with set_io (the libcurl engine of
+-- transport/curl_engine.lua registers itself when first used), and a source wakes the tasks
+-- it concerns with suspend/wake.
 local core = require "digime.core"
 
 local coroutine, type, select = coroutine, type, select
 local unpack = table.unpack or unpack  -- luacheck: ignore 143 113 (5.1 and 5.4)
-local ipairs, pairs, setmetatable, error, tostring, pcall = ipairs, pairs, setmetatable, error, tostring, pcall
+local ipairs, setmetatable, error, tostring, pcall = ipairs, setmetatable, error, tostring, pcall
 local rawget = rawget
 local remove, huge, min, max, floor = table.remove, math.huge, math.min, math.max, math.floor
 local traceback = debug.traceback
 
 local _M = {}
+-- The plain-Lua versions of the calls that have an nginx twin (ngx_scheduler.lua); the
+-- exports at the end of the file pick one of the two per call.
+local plain = {}
 
-local engine, engine_pid                                   -- made on first use, per process
 local current                                              -- the task whose coroutine runs now
-local finished = setmetatable({}, { __mode = "k" })        -- request -> true once done
-local waiting = setmetatable({}, { __mode = "k" })         -- request -> task awaiting its end
-local progress = setmetatable({}, { __mode = "k" })        -- request -> { task, headers } awaiting output
+local io_source                                            -- what the loop waits on (set_io)
 local WAIT = {}                                            -- what tasks yield to their loop
-
---- The process's HTTP engine (re-made after a fork, so parent and child share nothing).
-function _M.engine()
-  local pid = core.pid()
-  if engine == nil or engine_pid ~= pid then
-    engine, engine_pid = core.http_engine(), pid
-  end
-  return engine
-end
 
 local task_mt = {}
 task_mt.__index = task_mt
@@ -86,35 +80,8 @@ local function resume(t)
   end
 end
 
--- Hands requests the engine reports finished to the tasks waiting on them, and wakes the
--- tasks that wait for progress (streaming readers). Returns how many tasks it woke.
-local function dispatch()
-  local woke = 0
-  if engine == nil then return 0 end
-  local done = engine:finished()
-  for i = 1, #done do
-    local req = done[i]
-    finished[req] = true
-    local t = waiting[req]
-    if t then
-      waiting[req] = nil
-      make_ready(t)
-      woke = woke + 1
-    end
-  end
-  for req, p in pairs(progress) do
-    local buffered, headers_in = req:progress()
-    if buffered > 0 or (p.headers and headers_in) then
-      progress[req] = nil
-      make_ready(p.task)
-      woke = woke + 1
-    end
-  end
-  return woke
-end
-
 --- A new loop (not yet running). `run` is the usual way in.
-function _M.loop()
+function plain.loop()
   return setmetatable({ ready = {}, timers = {}, live = 0, tasks = {} }, loop_mt)
 end
 
@@ -147,12 +114,8 @@ function loop_mt:step_io()
   for _, tm in ipairs(self.timers) do
     if tm.at - now < delay then delay = tm.at - now end
   end
-  if engine and engine:count() > 0 then
-    engine:perform()
-    if dispatch() > 0 then return end
-    engine:poll(max(0, min(floor(delay * 1000 + 1), 1000)))
-    engine:perform()
-    dispatch()
+  if io_source and io_source.busy() then
+    io_source.step(max(0, min(floor(delay * 1000 + 1), 1000)))
   elseif delay < huge then
     core.sleep(max(0, delay))
   else
@@ -183,14 +146,14 @@ end
 --- Runs fn(...) as the first task and returns its results once it and every task it spawned
 -- have ended. An error in fn is raised again here; so is an error of a spawned task that no
 -- one waited for.
-function _M.run(fn, ...)
+function plain.run(fn, ...)
   if type(fn) ~= "function" then
     error("digime.run: expected a function", 2)
   end
   if current then
     error("digime.run: already inside a task (use digime.spawn)", 2)
   end
-  local l = _M.loop()
+  local l = plain.loop()
   local main = l:spawn(fn, ...)
   l:step_until(nil)
   if main.error then error(main.error, 0) end
@@ -228,7 +191,7 @@ function _M.pcall(f, ...)
 end
 
 --- Starts fn(...) as a new task of the running loop; returns the task.
-function _M.spawn(fn, ...)
+function plain.spawn(fn, ...)
   if type(fn) ~= "function" then
     error("digime.spawn: expected a function", 2)
   end
@@ -265,7 +228,7 @@ function task_mt:done()
 end
 
 --- Sleeps: yields inside a task, blocks outside.
-function _M.sleep(seconds)
+function plain.sleep(seconds)
   local me = running_task()
   if not me then
     if seconds > 0 then core.sleep(seconds) end
@@ -277,71 +240,45 @@ function _M.sleep(seconds)
   coroutine.yield(WAIT)
 end
 
--- Outside a task: drive the engine until until() holds.
-local function drive(until_fn)
-  local e = _M.engine()
-  while not until_fn() do
-    e:perform()
-    if dispatch() == 0 and not until_fn() then
-      e:poll(100)
-    end
-  end
+--- Registers the I/O source the loop waits on when no task is ready (one per process: the
+-- libcurl engine, transport/curl_engine.lua). A source is a table of two functions:
+--   busy() -> true while it has work in flight (a task may be waiting on it);
+--   step(ms) drives the work that is ready, waking (wake) the tasks it concerns, and when it
+--     woke none waits up to ms milliseconds for activity and drives again.
+function _M.set_io(source)
+  io_source = source
 end
 
---- Waits until the engine request is finished: yields inside a task; outside, drives the
--- engine and blocks (handing other loops' finished requests to them on the way).
-function _M.await(req)
-  if finished[req] then return end
+--- The task of the plain loop whose coroutine runs now, or nil (plain code, or inside nginx).
+-- An I/O source suspends a task to wait; given nil, it drives its own work and blocks.
+function _M.current()
+  return running_task()
+end
+
+--- Suspends the running task until wake(task) (called by an I/O source, or a canceller).
+function _M.suspend()
   local me = running_task()
-  if me then
-    me.state = "waiting"
-    waiting[req] = me
-    coroutine.yield(WAIT)
-    return
+  if not me then
+    error("scheduler.suspend() must be called from a task of digime.run", 2)
   end
-  drive(function() return finished[req] end)
+  me.state = "waiting"
+  coroutine.yield(WAIT)
 end
 
---- Waits until a streaming response has plaintext to read (or its headers are in, when
--- `headers` is true), or has finished: for readers that drain a body while it is
--- transferred. Returns true once the request has finished.
-function _M.await_progress(req, headers)
-  if finished[req] then return true end
-  local me = running_task()
-  if me then
-    me.state = "waiting"
-    progress[req] = { task = me, headers = headers }
-    waiting[req] = me
-    coroutine.yield(WAIT)
-    progress[req], waiting[req] = nil, nil
-    return finished[req] == true
-  end
-  local e = _M.engine()
-  while true do
-    e:perform()
-    dispatch()
-    if finished[req] then return true end
-    local buffered, headers_in = req:progress()
-    if buffered > 0 or (headers and headers_in) then return false end
-    e:poll(100)
-  end
-end
+--- Makes a suspended task ready again; nothing for a task that is not waiting.
+_M.wake = make_ready
 
---- Cancels a request in the engine and wakes whoever waits on it (its result is then
--- "cancelled").
-function _M.cancel(req)
-  req:cancel()
-  finished[req] = true
-  local t = waiting[req]
-  waiting[req], progress[req] = nil, nil
-  if t then make_ready(t) end
+--- Cancels an in-flight request: the handle a transport put in a caller's `cancel` table
+-- carries its own cancel (doc/architecture.md "The transport contract").
+function _M.cancel(handle)
+  return handle:cancel()
 end
 
 local cond_mt = {}
 cond_mt.__index = cond_mt
 
 --- A condition tasks can wait on until someone signals it.
-function _M.cond()
+function plain.cond()
   return setmetatable({ waiters = {} }, cond_mt)
 end
 
@@ -366,7 +303,7 @@ local flights = {}
 
 --- Runs fn once for concurrent callers with the same key; all get the same results.
 -- Used so that a rotating refresh token is presented once, whoever asks.
-function _M.single_flight(key, fn)
+function plain.single_flight(key, fn)
   local flight = flights[key]
   if flight then
     local me = running_task()
@@ -391,7 +328,7 @@ function _M.single_flight(key, fn)
   return unpack(flight.results, 1, flight.results.n)
 end
 
-function _M.in_task()
+function plain.in_task()
   return running_task() ~= nil
 end
 
@@ -400,36 +337,30 @@ end
 function loop_mt.notify() end
 
 -- Inside nginx, in a phase where a request may yield, tasks are nginx light threads
--- (digime.ngx_scheduler); everywhere else, this module's loop. Requests of the curl engine
--- (userdata) are always this module's.
+-- (digime.ngx_scheduler); everywhere else, the plain loop above. Requests of the curl engine
+-- always wait through the plain loop (set_io, suspend, wake).
 local YIELDABLE = { rewrite = true, server_rewrite = true, access = true, content = true,
                     timer = true, ssl_cert = true, ssl_session_fetch = true,
                     ssl_client_hello = true }
 _M.YIELDABLE = YIELDABLE
 
 local ngx_scheduler
-local function in_ngx()
+local function impl()
   local ngx = rawget(_G, "ngx")
-  if type(ngx) ~= "table" or not ngx.get_phase or not YIELDABLE[ngx.get_phase()] then
-    return nil
+  if type(ngx) == "table" and ngx.get_phase and YIELDABLE[ngx.get_phase()] then
+    ngx_scheduler = ngx_scheduler or require "digime.ngx_scheduler"
+    return ngx_scheduler
   end
-  ngx_scheduler = ngx_scheduler or require "digime.ngx_scheduler"
-  return ngx_scheduler
+  return plain
 end
 
-for _, name in ipairs{ "run", "spawn", "sleep", "cond", "single_flight", "in_task", "loop" } do
-  local plain = _M[name]
-  _M[name] = function(...)
-    local n = in_ngx()
-    if n then return n[name](...) end
-    return plain(...)
-  end
-end
-
-local plain_cancel = _M.cancel
-function _M.cancel(req)
-  if type(req) == "table" then return req:cancel() end   -- an ngx transport request
-  return plain_cancel(req)
-end
+-- The calls with two implementations (tail calls: an error's level is the caller's).
+function _M.run(fn, ...) return impl().run(fn, ...) end
+function _M.spawn(fn, ...) return impl().spawn(fn, ...) end
+function _M.sleep(seconds) return impl().sleep(seconds) end
+function _M.cond() return impl().cond() end
+function _M.single_flight(key, fn) return impl().single_flight(key, fn) end
+function _M.in_task() return impl().in_task() end
+function _M.loop() return impl().loop() end
 
 return _M

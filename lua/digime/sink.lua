@@ -6,7 +6,7 @@ local type, pcall, tostring = type, pcall, tostring
 
 local _M = {}
 
---- Wraps a sink (a function, or a file handle) as on_data(chunk) -> true | nil, err, plus
+--- Wraps a sink (a function, or a file handle) as write(chunk) -> true | nil, err, plus
 -- close() for the end. Raising, or returning nil/false with an error, stops the read.
 function _M.wrap(sink)
   if type(sink) == "function" then

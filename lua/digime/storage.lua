@@ -8,7 +8,7 @@ local jwt = require "digime.jwt"
 local request = require "digime.request"
 local user_call = require "digime.user_call"
 local contract_call = require "digime.contract_call"
-local sink_of = require "digime.sink"
+local file_body = require "digime.file_body"
 local source = require "digime.source"
 
 local type, ipairs = type, ipairs
@@ -238,30 +238,19 @@ function _M.download_storage_file(sdk, opts)
   if not ok then return nil, err end
   local key, kerr = jwt.contract_key(opts.contract)
   if not key then return nil, kerr end
-  local parts = {}
   local sink = opts.sink
-  local on_data, close_sink
-  if sink then
-    on_data, close_sink = sink_of.wrap(sink)
-  else
-    on_data = function(chunk)
-      parts[#parts + 1] = chunk
-      return true
-    end
-  end
+  -- a cloud file is in the same format as a library file, never compressed
+  local body = file_body.new{ key = key, sink = sink, compression = "none",
+                              max_output = sink and math.huge or sdk.config.limits.body }
   local res, rerr = cloud_send(sdk, opts.contract, {
     method = "GET", url = files_url(sdk, opts.storage_id) .. encode_path(lead(opts.path)),
     headers = { accept = "application/octet-stream" }, what = "storage download",
-    on_attempt = function() parts = {} end, sink_once = sink ~= nil, on_data = on_data,
-    decrypt = { key = key, max_output = sink and math.huge or sdk.config.limits.body,
-                choose = function() return "none" end },
+    sink_once = sink ~= nil, body_filter = body,
   })
   if not res then return nil, rerr end
-  if close_sink then
-    local cok, cerr = close_sink()
-    if not cok then return nil, errors.sdk("SinkError", cerr) end
-  end
-  return { file_data = not sink and concat(parts) or nil, status = res.status }
+  local cok, cerr = body:end_sink()
+  if not cok then return nil, errors.sdk("SinkError", cerr) end
+  return { file_data = not sink and body:data() or nil, status = res.status }
 end
 
 local check_delete = validate.checker("delete_storage_files", IN_STORAGE, FILE_PATH)

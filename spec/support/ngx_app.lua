@@ -251,6 +251,12 @@ function _M.transport()
   return _M.reply(200, out)
 end
 
+-- /filter?url=U&sink=ok|refuse&headers_hook=ok|refuse: U's answer through the SDK's
+-- transport with a file body filter (spec/support/filter_case.lua).
+function _M.filter()
+  return _M.reply(200, require("filter_case")(_M.sdk.transport, ngx.req.get_uri_args()))
+end
+
 -- Fixtures the transport is pointed at, served by the same nginx. /fixture/raw writes bytes
 -- of its own on the raw connection: what a broken or hostile server could send.
 local RAW = {
@@ -355,6 +361,22 @@ function _M.fixture()
   elseif what == "raw" then
     local sock = assert(ngx.req.socket(true))
     sock:send(RAW[args.case] or "HTTP/1.1 500 x\r\ncontent-length: 0\r\n\r\n")
+    return
+  elseif what == "file" then
+    -- body (base64url) as the answer, with status, x-compression, and content-length unless
+    -- chunked=1 (then sent in two flushed pieces: chunked transfer-encoding)
+    local body = core.b64url_decode(args.body or "") or ""
+    ngx.status = tonumber(args.status) or 200
+    ngx.header["x-compression"] = args.compression
+    if args.chunked then
+      local half = math.floor(#body / 2)
+      ngx.print(body:sub(1, half))
+      ngx.flush(true)
+      ngx.print(body:sub(half + 1))
+    else
+      ngx.header["content-length"] = #body
+      ngx.print(body)
+    end
     return
   elseif what == "chunked" then
     for i = 1, 5 do

@@ -1,37 +1,22 @@
---- The default transport outside nginx: the C core's libcurl multi engine, driven by the
+--- The default transport outside nginx: the C core's libcurl multi engine
+-- (transport/curl_engine.lua holds the process's engine and the waits on it), driven by the
 -- scheduler (yields inside digime.run, blocks outside).
 --
--- A request may ask for its 2xx body to be decrypted: the body then flows through the C
--- pipeline (decrypt -> inflate) and only plaintext reaches Lua, chunk by chunk, with the
--- transfer paused while the consumer has not taken what is there (bounded memory).
+-- It keeps the contract of doc/architecture.md "The transport contract" (what a request
+-- carries, request bodies, body filters, results and failure kinds, keep-alive and `stale`,
+-- cancelling). What is libcurl's own:
 --
--- Request bodies: the contract every transport keeps (this one and transport/ngx.lua).
---
---   req.body = nil          no body (a POST, PUT or PATCH says "content-length: 0").
---   req.body = "bytes"      sent as is, with its content-length.
---   req.body = read         a reader function: read() -> chunk | nil (the end) | nil, err.
---     * Called in the caller's coroutine (never inside a C callback), so it may yield; a raise
---       counts as an error. A chunk is a string; "" is skipped; anything else is an error.
---     * Called only when the transport can take the next chunk: not before the connection is up
---       and the request line and headers are on their way (a request that never reaches the
---       server leaves the reader untouched), and at most one chunk ahead of what the connection
---       has taken, so memory stays bounded (one chunk plus a fixed send buffer, 1 MiB here)
---       whatever the body's size.
---     * Never called again once it returned nil or an error, or once the request has ended.
---     * req.body_length = n (optional): the exact byte count, sent as content-length. Without it
---       the length is unknown: "transfer-encoding: chunked" over HTTP/1.1 (HTTP/2 frames need
---       none). A reader that gives fewer or more bytes than body_length fails the request with
---       kind "body" (message saying which), without hanging and without sending the excess.
---     * A reader error (nil, err; a raise; a chunk that is not a string) aborts the request and
---       returns nil, "the body reader failed: <err as text>", "body".
---     * A server may answer before it has taken the whole body (an error such as 413 or 401,
---       usually): the reader is not called again, and that answer is the result.
---     * A transfer failure while the reader still has data returns the failure as usual
---       (nil, message, kind); the reader is not called again.
---     * A reader is consumed by one request: a caller that sends again (a retry, a token
---       refresh) gives a new or rewound reader. Not combined with `decrypt`.
-local core = require "digime.core"
+-- * A body filter's transform runs in C: the filter's stage() is the engine request's
+--   `pipeline`, fed from libcurl's write callback, so a 2xx body never passes through Lua
+--   before it is transformed; its output goes to the filter chunk by chunk, the transfer
+--   paused while more than MAX_BUFFERED bytes of it wait (bounded memory).
+-- * A reader body is read only when the engine has room for the next chunk (one chunk plus a
+--   1 MiB send buffer in memory), never inside a C callback, so the reader may yield.
+-- * Kept-alive connections live in the engine's pool; `fresh_connect` (keepalive = false)
+--   and max_idle are set here, and libcurl's own resend on a dead pooled connection is
+--   refused in C (kind "stale").
 local scheduler = require "digime.scheduler"
+local curl_engine = require "digime.transport.curl_engine"
 
 local pcall, setmetatable, tostring, type = pcall, setmetatable, tostring, type
 local match = string.match
@@ -39,7 +24,7 @@ local match = string.match
 local _M = {}
 local mt = { __index = _M }
 
--- Plaintext waiting in C before the transfer pauses.
+-- A filter stage's output waiting in C before the transfer pauses.
 local MAX_BUFFERED = 1024 * 1024
 
 --- opts: the SDK configuration (tls, proxy, timeouts, limits).
@@ -67,7 +52,7 @@ local function feed_body(handle, read)
   while true do
     if chunk == nil then
       if handle:progress() == 0 then
-        if scheduler.await_progress(handle) then return true end
+        if curl_engine.await(handle, true) then return true end
       else
         local ok, c, err = scheduler.pcall(read)
         local why
@@ -79,7 +64,7 @@ local function feed_body(handle, read)
           why = "it returned a " .. type(c) .. ", not a string"
         end
         if why then
-          scheduler.cancel(handle)
+          curl_engine.cancel(handle)
           return nil, "the body reader failed: " .. why, "body"
         end
         if c == nil then
@@ -92,7 +77,7 @@ local function feed_body(handle, read)
       local n = handle:write(chunk, pos)
       if n == nil then return true end   -- ended or failed: result() says how
       if n == false then
-        if scheduler.await_progress(handle) then return true end
+        if curl_engine.await(handle, true) then return true end
       else
         pos = pos + n
         if pos > #chunk then chunk = nil end
@@ -101,78 +86,64 @@ local function feed_body(handle, read)
   end
 end
 
--- Drives a piped request: decides the compression once the headers are in, and hands the
--- plaintext to on_data as it comes. Returns the result, or nil, message, kind.
-local function piped(handle, dec, req)
-  local decrypt, on_data = req.decrypt, req.on_data
-  local chosen          -- true once the compression is set; "raw" for a non-2xx answer
+-- Drives a request whose 2xx body goes through a body filter: the filter's stage runs in
+-- the engine; the filter has the headers before any of the body, then the stage's output as
+-- it comes. Returns the result, or nil, message, kind.
+local function filtered(handle, filter)
+  local open          -- true once the filter has the headers; "raw" for a non-2xx answer
 
-  local function choose()
-    local status, headers = handle:headers()
-    if not status then return true end
-    if not is_2xx(status) then
-      chosen = "raw"
-      return true
-    end
-    local compression, err = decrypt.choose(status, headers)
-    if not compression then
-      scheduler.cancel(handle)
-      return nil, err, "decrypt"
-    end
-    dec:set_compression(compression)
-    chosen = true
-    return true
-  end
-
-  local function deliver(chunk)
-    if chunk ~= "" then
-      local ok, err = on_data(chunk)
-      if not ok then
-        scheduler.cancel(handle)
-        return nil, err or "the sink refused the data", "sink"
-      end
-    end
-    return true
+  local function fail(err, kind)
+    curl_engine.cancel(handle)
+    return nil, err, kind
   end
 
   while true do
-    local done = scheduler.await_progress(handle, not chosen)
-    if not chosen then
-      local ok, err, kind = choose()
-      if not ok then return nil, err, kind end
+    local done = curl_engine.await(handle, true, not open)
+    if not open then
+      local status, headers = handle:headers()
+      if status and not is_2xx(status) then
+        open = "raw"
+      elseif status then
+        local ok, err, kind = filter:headers(status, headers)
+        if not ok then return fail(err, kind) end
+        open = true
+      end
     end
-    if chosen == true and not done then
+    if open == true and not done then
       local chunk, rerr, rkind = handle:read()
       if chunk == nil then return nil, rerr, rkind end
-      local ok, err, kind = deliver(chunk)
-      if not ok then return nil, err, kind end
+      if chunk ~= "" then
+        local ok, err, kind = filter:write(chunk)
+        if not ok then return fail(err, kind) end
+      end
     end
     if done then break end
   end
   local res, err, kind = handle:result()
   if not res then return nil, err, kind end
-  if chosen == true then
-    local ok, derr, dkind = deliver(res.body)
-    if not ok then return nil, derr, dkind end
+  if open == true then
+    local ok, ferr, fkind = true, nil, nil
+    if res.body ~= "" then ok, ferr, fkind = filter:write(res.body) end
+    if ok then ok, ferr, fkind = filter:finish() end
+    if not ok then return nil, ferr, fkind end
     res.body = nil
     res.piped = true
   end
   return res
 end
 
---- req = { method, url, headers, body (string | reader function), body_length, timeout,
---          max_body,
---          decrypt = { key, max_output, choose = function(status, headers) -> compression },
---          on_data = function(plaintext_chunk) -> true | nil, err,
---          cancel = a table the engine request is put in while it runs (keys) }
--- Returns { status, headers, body, piped } or nil, message, kind (kinds as digime.core's
--- engine reports them, plus "sink" when on_data refused and "body" for a reader's failure).
+-- What a caller's `cancel` table holds while a request runs: a handle with its own cancel.
+local cancel_mt = { __index = { cancel = function(self) curl_engine.cancel(self.req) end } }
+
+--- req and its result: doc/architecture.md "The transport contract". The result adds
+-- `connects` (the new connections the transfer made).
 function _M:request(req)
   local o = self.opts
   local read = req.body
   if type(read) ~= "function" then read = nil end
-  if read and req.decrypt then
-    return nil, "cannot start the request: a streamed body with decrypt", "request"
+  local filter = req.body_filter
+  if read and filter then
+    return nil, "cannot start the request: a streamed body with a body filter", "request"
   end
   local add_opts = {
     method = req.method,
@@ -195,39 +166,40 @@ function _M:request(req)
     fresh_connect = not o.keepalive or nil,
     max_idle = o.keepalive and math.floor(o.keepalive.idle) or nil,
   }
-  local dec
-  if req.decrypt then
-    local derr
-    dec, derr = core.file_decryptor(req.decrypt.key,
-      { compression = "deferred", max_output = req.decrypt.max_output })
-    if not dec then return nil, derr, "decrypt" end
-    add_opts.pipeline = dec
+  if filter then
+    local stage, serr, skind = filter:stage()
+    if not stage then return nil, serr, skind end
+    add_opts.pipeline = stage
     add_opts.max_buffered = MAX_BUFFERED
   end
-  local engine = scheduler.engine()
+  local engine = curl_engine.engine()
   local ok, handle = pcall(engine.add, engine, add_opts)
   if not ok then
+    if filter then filter:close() end
     return nil, "cannot start the request: " .. tostring(handle), "request"
   end
   -- A caller may ask to be able to cancel what is in flight (a sync that is stopped).
-  local cancel = req.cancel
-  if cancel then cancel[handle] = true end
+  local cancel, ticket = req.cancel, nil
+  if cancel then
+    ticket = setmetatable({ req = handle }, cancel_mt)
+    cancel[ticket] = true
+  end
   local res, err, kind
-  if dec then
-    res, err, kind = piped(handle, dec, req)
+  if filter then
+    res, err, kind = filtered(handle, filter)
   else
     local fed = true
     if read then fed, err, kind = feed_body(handle, read) end
     if fed then
-      scheduler.await(handle)
+      curl_engine.await(handle)
       res, err, kind = handle:result()
     end
   end
-  if cancel then cancel[handle] = nil end
-  -- Their C memory (buffers, the decryptor's cipher and inflate state) is freed now: the
-  -- collector does not see it, and would free it only many requests later.
+  if ticket then cancel[ticket] = nil end
+  -- Their C memory (buffers, the filter stage's state) is freed now: the collector does not
+  -- see it, and would free it only many requests later.
   pcall(handle.close, handle)
-  if dec then dec:close() end
+  if filter then filter:close() end
   return res, err, kind
 end
 

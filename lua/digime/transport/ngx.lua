@@ -1,6 +1,10 @@
 --- The transport inside nginx: HTTP/1.1 over cosockets (ngx.socket.tcp), so a request waits
 -- without blocking the worker. The SDK's own client (lua-resty-http is not a Debian package).
 --
+-- It keeps the contract of doc/architecture.md "The transport contract" (what a request
+-- carries, request bodies, body filters, results and failure kinds, keep-alive and `stale`,
+-- cancelling). What is its own:
+--
 -- * Keep-alive pools named by scheme, host, port, TLS verification and SNI name, so a
 --   connection made for one trust setting never serves another.
 -- * TLS with SNI; certificates verified against nginx's `lua_ssl_trusted_certificate`.
@@ -9,14 +13,9 @@
 --   connection closed (only the error is wanted of it).
 -- * Per-attempt deadline over connect, send and every read, pushed on by every byte that
 --   moves: the `timeout` of a request is a stall limit, not a cap on the whole transfer.
--- * A body to decrypt goes, piece by piece as it arrives, through the C decryptor
---   (core.file_decryptor: decrypt -> inflate); only plaintext reaches on_data.
---
--- Replays: every request goes on a pooled connection (unless `keepalive = false`), and none
--- is ever sent twice here. A request whose pooled connection closes before any byte of an
--- answer ends with kind "stale", as in the curl transport: request.lua then decides whether
--- to send it again, newly signed (RFC 9110 9.2.2: only what is safe to repeat).
-local core = require "digime.core"
+-- * A body filter gets a 2xx body in the pieces it arrives in (up to 64 KiB), in Lua.
+-- * A request whose pooled connection closes before any byte of an answer ends with kind
+--   "stale"; none is ever sent twice here.
 local scheduler = require "digime.scheduler"
 
 local ngx = ngx
@@ -340,37 +339,6 @@ local function read_body(c, status, headers, method, emit)  -- luacheck: ignore 
   end
 end
 
--- A decrypting consumer of a 2xx body: plaintext to on_data, errors as "decrypt" or "sink".
-local function decrypting(req, headers)
-  local d = req.decrypt
-  local compression, cerr = d.choose(200, headers)
-  if not compression then return nil, cerr end
-  local cl = headers["content-length"]
-  local dec, derr = core.file_decryptor(d.key, { compression = compression,
-    max_output = d.max_output, size = cl and match(cl, "^%d+$") and tonumber(cl) or nil })
-  if not dec then return nil, derr end
-  local on_data = req.on_data
-  local function deliver(out)
-    if out == "" then return true end
-    local ok, err = on_data(out)
-    if not ok then return nil, err or "the sink refused the data", "sink" end
-    return true
-  end
-  return {
-    emit = function(piece)
-      local out, err = dec:update(piece)
-      if not out then return nil, err, "decrypt" end
-      return deliver(out)
-    end,
-    finish = function()
-      local out, err = dec:finish()
-      if not out then return nil, err, "decrypt" end
-      return deliver(out)
-    end,
-    close = function() dec:close() end,
-  }
-end
-
 -- Pools are per worker; the name says what a connection in it was verified for. The trusted
 -- CAs (lua_ssl_trusted_certificate) may differ per server block, which Lua cannot read: the
 -- server block's address is part of the name so that one block's verified connection never
@@ -445,20 +413,21 @@ local function send_request(c, req, u)
   return ok, err, kind
 end
 
--- Where the answer's body goes: through the decryptor to on_data (a 2xx file), or into
--- chunks, capped at max_body (an error answer's at MAX_ERROR_BODY: the rest is never read).
--- -> emit, consumer | nil, chunks | nil, message, kind
+-- Where the answer's body goes: through the body filter (a 2xx answer, when the request has
+-- one), or into chunks, capped at max_body (an error answer's at MAX_ERROR_BODY: the rest is
+-- never read). -> emit, filter | nil, chunks | nil, message, kind
 local function body_target(c, req, o, status, headers, method)
   local max_body = req.max_body or o.limits.body
-  if req.decrypt and status >= 200 and status < 300 and method ~= "HEAD" then
-    local consumer, cerr = decrypting(req, headers)
-    if not consumer then return nil, cerr, "decrypt" end
-    -- the consumer's own time (a slow sink) is not a stall of the server's
+  local filter = req.body_filter
+  if filter and status >= 200 and status < 300 and method ~= "HEAD" then
+    local ok, ferr, fkind = filter:headers(status, headers)
+    if not ok then return nil, ferr, fkind end
+    -- the filter's own time (a slow sink) is not a stall of the server's
     return function(piece)
-      local eok, eerr, ekind = consumer.emit(piece)
+      local wok, werr, wkind = filter:write(piece)
       moved(c)
-      return eok, eerr, ekind
-    end, consumer
+      return wok, werr, wkind
+    end, filter
   end
   local cut
   if (status < 200 or status > 299) and MAX_ERROR_BODY < max_body then
@@ -525,18 +494,14 @@ local function exchange(self, req, u, fresh)
   local status, headers, version = read_head(c, (o.limits and o.limits.headers) or 256 * 1024)
   if not status then return fail(headers, version) end
   local res = { status = status, headers = headers, http_version = version }
-  local emit, consumer, chunks = body_target(c, req, o, status, headers, method)
-  if not emit then return fail(consumer, chunks) end
+  local emit, filter, chunks = body_target(c, req, o, status, headers, method)
+  if not emit then return fail(filter, chunks) end
 
   local framed, berr, bkind = read_body(c, status, headers, method, emit)
   if framed == nil and bkind == "cut" then framed = false end   -- closed below
-  if framed == nil then
-    if consumer then consumer.close() end
-    return fail(berr, bkind)
-  end
-  if consumer then
-    ok, err, kind = consumer.finish()
-    consumer.close()
+  if framed == nil then return fail(berr, bkind) end
+  if filter then
+    ok, err, kind = filter:finish()
     if not ok then return fail(err, kind) end
     res.piped = true
   else
@@ -550,16 +515,14 @@ local function exchange(self, req, u, fresh)
   return res
 end
 
---- req = { method, url, headers, body (string | reader function), body_length, timeout,
---          max_body, decrypt = { key, max_output, choose }, on_data, cancel }
--- (the interface of transport/curl.lua). Returns { status, headers, body, piped,
--- http_version, time } or nil, message, kind.
+--- req and its result: doc/architecture.md "The transport contract".
 function _M:request(req)
   local ok, perr = _M.available()
   if not ok then return nil, perr, "unavailable" end
   local u, uerr = parse_url(req.url)
   if not u then return nil, "cannot request " .. tostring(req.url) .. ": " .. uerr, "request" end
   local res, err, kind, answered, reused = exchange(self, req, u, not self.opts.keepalive)
+  if req.body_filter then req.body_filter:close() end
   if res then return res end
   if reused and not answered and kind == "reset" then
     return nil, "the reused connection closed before any answer (" .. tostring(err) .. ")", "stale"
