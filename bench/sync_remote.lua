@@ -48,10 +48,10 @@ local res = assert(sdk:read_all_files{ contract = contract, user_access_token = 
   session_key = session.session.key, concurrency = concurrency, poll_interval = 0.05,
   sink = function() return function(chunk) if chunk then bytes = bytes + #chunk end return true end end })
 local wall, cpu = core.monotonic() - t0, os.clock() - cpu0
-local after = stats()
-
+-- the peak before the stats: with a path an entry, they grow with the library (MiBs of JSON)
 local status = io.open("/proc/self/status"):read("*a")
 local hwm_kb = tonumber(status:match("VmHWM:%s*(%d+) kB"))
+local after = stats()
 local function delta(k) return (after[k] or 0) - (before[k] or 0) end
 print(("%s wall=%.2f cpu=%.2f rss_mib=%.1f rss_start_mib=%.1f files=%d failures=%d mib=%.1f"
        .. " connections=%d tls_full=%d tls_resumed=%d")

@@ -407,6 +407,27 @@ static int answered_early(dm_http_request *r)
     return 1;
 }
 
+/* A 2xx body of a declared length gets one buffer of that size (a large answer, such as a
+ * library's file list, is then not grown by doubling, copy after copy). Never beyond
+ * max_body; a server that declares more than it sends costs address space, not memory:
+ * pages never written are not resident. Best effort: buf_reserve grows it anyway. */
+static void reserve_declared(dm_http_request *r)
+{
+    curl_off_t length = -1;
+    char *data;
+
+    if (r->cut_at > 0)
+        return;   /* an error answer: kept short */
+    if (curl_easy_getinfo(r->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) != CURLE_OK
+        || length <= 0 || (unsigned long long)length > (unsigned long long)r->max_body)
+        return;
+    data = malloc((size_t)length);
+    if (data != NULL) {
+        r->body.data = data;
+        r->body.cap = (size_t)length;
+    }
+}
+
 static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
     dm_http_request *r = ud;
@@ -434,6 +455,8 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
             r->aborted = ABORT_BODY;
             return 0;
         }
+        if (r->body.data == NULL)
+            reserve_declared(r);
         if (buf_reserve(&r->body, len, r->max_body) != 0) {
             r->aborted = ABORT_NOMEM;
             return 0;

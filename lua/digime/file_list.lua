@@ -75,10 +75,10 @@ local function check_entries(index)
   return true
 end
 
---- A file list answer's text -> list { status, count, listed, index } | nil, err
--- (listed: the answer has a fileList)
+--- A file list answer's text (a string, or a core bytes object, which is taken over)
+-- -> list { status, count, listed, index } | nil, err (listed: the answer has a fileList)
 function _M.parse(text)
-  if text == "" then return nil, invalid_response(WHAT, "no status object") end
+  if #text == 0 then return nil, invalid_response(WHAT, "no status object") end
   local index, ierr = core.file_list_index(text, MAX_DEPTH)
   if not index then
     return nil, errors.sdk("InvalidResponse", WHAT .. ": the server's answer is not valid JSON (" .. ierr .. ")")
@@ -102,6 +102,7 @@ function _M.fetch(sdk, contract, user_access_token, session_key)
     method = "GET", url = sdk.config.base_url .. "permission-access/query/" .. request.encode_segment(session_key),
     headers = { accept = "application/json" }, what = WHAT,
     max_body = min(limits.body, limits.file_list),
+    body_bytes = true,   -- with the curl transport, the text goes from libcurl's buffer to the index
   }, function(res)
     local list, err = _M.parse(res.body or "")
     if not list then return nil, err end

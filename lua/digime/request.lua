@@ -78,7 +78,7 @@ local function attempt_once(sdk, spec)
     timeout = spec.timeout,
     -- a JSON answer is capped at its parse limit while it downloads, not after
     max_body = spec.max_body or (spec.json and min(cfg.limits.body, spec.max_json or cfg.limits.json)) or nil,
-    body_filter = filter, cancel = spec.cancel,
+    body_filter = filter, cancel = spec.cancel, body_bytes = spec.body_bytes,
   }
   return res, msg, kind, core.monotonic() - t0
 end
@@ -199,6 +199,7 @@ end
 --           timeout, what = "name for messages",
 --           body_filter = where a 2xx body goes (body_filter.lua; reset before each attempt),
 --           cancel = a table the transport keeps the in-flight request's handle in,
+--           body_bytes = bool (a 2xx body may come back as a core bytes object),
 --           on_attempt = function() (called before each attempt, e.g. to reset a buffer),
 --           sink_once = bool (the filter's sink cannot take the data twice: no retry once it
 --             had some) }

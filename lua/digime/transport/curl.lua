@@ -165,6 +165,7 @@ function _M:request(req)
     -- connection that dies before answering ends the request with kind "stale").
     fresh_connect = not o.keepalive or nil,
     max_idle = o.keepalive and math.floor(o.keepalive.idle) or nil,
+    body_bytes = req.body_bytes,
   }
   if filter then
     local stage, serr, skind = filter:stage()
