@@ -3,7 +3,7 @@
 local core = require "digime.core"
 local json = require "digime.json"
 local errors = require "digime.errors"
-local request = require "digime.request"
+local signed_call = require "digime.signed_call"
 local jwt = require "digime.jwt"
 local tokens = require "digime.tokens"
 local validate = require "digime.validate"
@@ -28,15 +28,14 @@ local check_sample_data, check_source_type = consent.check_sample_data, consent.
 local check_service_id = consent.check_service_id
 -- POSTs a JSON body signed per attempt by claims(); verifies the answer's token; returns the
 -- token payload and the body.
-local function signed_post(sdk, key, path, body, claims, what)
+local function signed_post(sdk, contract, path, body, claims, what)
   local text, jerr = json.encode(body)
   if not text then return nil, errors.validation(what, "cannot be encoded as JSON: " .. jerr) end
-  local res, err = request.send(sdk, {
+  local res, err = signed_call.contract(sdk, contract, {
     method = "POST", url = sdk.config.base_url .. path,
     headers = { ["content-type"] = "application/json", accept = "application/json" },
     body = text, json = true, what = path,
-    sign = function() return jwt.sign(key, nil, claims()) end,
-  })
+  }, claims)
   if not res then return nil, err end
   local payload, perr = jwt.verified_payload(sdk, res.json, path)
   if not payload then return nil, perr end
@@ -68,11 +67,8 @@ function _M.get_authorize_url(sdk, opts)
   local ok, err = check_authorize(opts)
   if not ok then return nil, err end
   local contract = opts.contract
-  local key, kerr = jwt.contract_key(contract)
-  if not key then return nil, kerr end
-
   local verifier
-  local payload, body = signed_post(sdk, key, "oauth/authorize",
+  local payload, body = signed_post(sdk, contract, "oauth/authorize",
     actions_body(sdk, opts.session_options),
     function()
       -- A new verifier per attempt: the one returned belongs to the attempt that got through.
@@ -126,11 +122,8 @@ function _M.get_reauthorize_url(sdk, opts)
   local ok, err = check_reauthorize(opts)
   if not ok then return nil, err end
   local contract = opts.contract
-  local key, kerr = jwt.contract_key(contract)
-  if not key then return nil, kerr end
-
   local verifier
-  local payload, body = signed_post(sdk, key, "oauth/token/reference",
+  local payload, body = signed_post(sdk, contract, "oauth/token/reference",
     actions_body(sdk, opts.session_options),
     function()
       local challenge

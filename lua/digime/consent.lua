@@ -3,10 +3,10 @@
 -- of an answer, the reference call, the query of a consent page, and the checks of the
 -- options they take in common (doc/protocol.md "Authorization and onboarding URLs").
 local json = require "digime.json"
+local signed_call = require "digime.signed_call"
 local errors = require "digime.errors"
 local validate = require "digime.validate"
 local urls = require "digime.urls"
-local contract_call = require "digime.contract_call"
 
 local type = type
 
@@ -26,7 +26,7 @@ end
 
 -- POST reference { type, value } -> id (used for storage and account references).
 function _M.reference(sdk, contract, ref_type, value)
-  local res, err = contract_call.send(sdk, contract, {
+  local res, err = signed_call.contract(sdk, contract, {
     method = "POST", url = sdk.config.base_url .. "reference",
     headers = { ["content-type"] = "application/json", accept = "application/json" },
     body = json.encode(json.object_of("type", ref_type, "value", value)),

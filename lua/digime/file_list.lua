@@ -8,7 +8,7 @@ local core = require "digime.core"
 local json = require "digime.json"
 local errors = require "digime.errors"
 local request = require "digime.request"
-local user_call = require "digime.user_call"
+local signed_call = require "digime.signed_call"
 
 local type, tostring, setmetatable = type, tostring, setmetatable
 local min = math.min
@@ -98,7 +98,7 @@ end
 -- (read_file_list's request, with the answer left as text).
 function _M.fetch(sdk, contract, user_access_token, session_key)
   local limits = sdk.config.limits
-  return user_call.send(sdk, contract, user_access_token, {
+  return signed_call.user(sdk, contract, user_access_token, {
     method = "GET", url = sdk.config.base_url .. "permission-access/query/" .. request.encode_segment(session_key),
     headers = { accept = "application/json" }, what = WHAT,
     max_body = min(limits.body, limits.file_list),

@@ -5,8 +5,7 @@ local errors = require "digime.errors"
 local validate = require "digime.validate"
 local request = require "digime.request"
 local urls = require "digime.urls"
-local user_call = require "digime.user_call"
-local contract_call = require "digime.contract_call"
+local signed_call = require "digime.signed_call"
 
 local type = type
 
@@ -37,7 +36,7 @@ local check_delete_user = validate.checker("delete_user", USER_CALL)
 function _M.delete_user(sdk, opts)
   local ok, err = check_delete_user(opts)
   if not ok then return nil, err end
-  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+  return signed_call.user(sdk, opts.contract, opts.user_access_token, {
     method = "DELETE", url = sdk.config.base_url .. "user",
     headers = { accept = "application/json" }, what = "user",
   }, function(res)
@@ -53,7 +52,7 @@ local check_delete_account = validate.checker("delete_account", USER_CALL, {
 function _M.delete_account(sdk, opts)
   local ok, err = check_delete_account(opts)
   if not ok then return nil, err end
-  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+  return signed_call.user(sdk, opts.contract, opts.user_access_token, {
     method = "DELETE", url = sdk.config.base_url .. "permission-access/service/h:accountId",
     headers = { accept = "application/json", ["content-type"] = "application/json",
                 accountid = opts.account_id },
@@ -80,7 +79,7 @@ function _M.get_portability_report(sdk, opts)
     "format", opts.format,
     "from", opts.from and urls.number(opts.from) or nil,
     "to", opts.to and urls.number(opts.to) or nil)
-  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+  return signed_call.user(sdk, opts.contract, opts.user_access_token, {
     method = "GET", url = url, headers = { accept = "application/octet-stream" },
     what = "export report",
   }, function(res)
@@ -97,7 +96,7 @@ local check_sample_sets = validate.checker("get_service_sample_data_sets", valid
 function _M.get_service_sample_data_sets(sdk, opts)
   local ok, err = check_sample_sets(opts)
   if not ok then return nil, err end
-  local res, rerr = contract_call.send(sdk, opts.contract, {
+  local res, rerr = signed_call.contract(sdk, opts.contract, {
     method = "GET",
     url = sdk.config.base_url .. "permission-access/sample/datasets/" .. seg(urls.number(opts.source_id)),
     headers = { accept = "application/json" }, json = true, what = "sample datasets",
@@ -116,7 +115,7 @@ local check_contract_details = validate.checker("get_contract_details", validate
 function _M.get_contract_details(sdk, opts)
   local ok, err = check_contract_details(opts)
   if not ok then return nil, err end
-  local res, rerr = contract_call.send(sdk, opts.contract, {
+  local res, rerr = signed_call.contract(sdk, opts.contract, {
     method = "GET", url = sdk.config.base_url .. "permission-access/contract",
     headers = { accept = "application/json", ["content-type"] = "application/json" },
     json = true, what = "permission-access/contract",

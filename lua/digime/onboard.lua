@@ -6,7 +6,7 @@ local validate = require "digime.validate"
 local jwt = require "digime.jwt"
 local urls = require "digime.urls"
 local consent = require "digime.consent"
-local user_call = require "digime.user_call"
+local signed_call = require "digime.signed_call"
 
 local type = type
 
@@ -19,17 +19,13 @@ local header_string = validate.header_string
 -- POST oauth/token/reference with claims built per attempt for the current token; returns
 -- { code, session } (the verified reference_code and the session), as a user call.
 local function reference_call(sdk, opts, body, claims_for, finish)
-  local key, kerr = jwt.contract_key(opts.contract)
-  if not key then return nil, kerr end
   local text, jerr = json.encode(body)
   if not text then return nil, errors.validation("session_options", "cannot be encoded: " .. jerr) end
-  return user_call.send_signed(sdk, opts.contract, opts.user_access_token, {
+  return signed_call.user(sdk, opts.contract, opts.user_access_token, {
     method = "POST", url = sdk.config.base_url .. "oauth/token/reference",
     headers = { ["content-type"] = "application/json", accept = "application/json" },
     body = text, json = true, what = "oauth/token/reference",
-  }, function(token)
-    return jwt.sign(key, nil, claims_for(token))
-  end, function(res)
+  }, function(res)
     local payload, perr = jwt.verified_payload(sdk, res.json, "oauth/token/reference")
     if not payload then return nil, perr end
     local code = payload.reference_code
@@ -39,7 +35,7 @@ local function reference_call(sdk, opts, body, claims_for, finish)
     local s, serr = consent.check_session(res.json.session, "oauth/token/reference")
     if not s then return nil, serr end
     return finish(code, s)
-  end)
+  end, claims_for)
 end
 
 local check_onboard = validate.checker("get_onboard_service_url", {
@@ -129,7 +125,7 @@ local check_revoke = validate.checker("get_revoke_account_permission_url", valid
 function _M.get_revoke_account_permission_url(sdk, opts)
   local ok, err = check_revoke(opts)
   if not ok then return nil, err end
-  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+  return signed_call.user(sdk, opts.contract, opts.user_access_token, {
     method = "GET", url = sdk.config.base_url .. "permission-access/revoke/h:accountId",
     headers = { accept = "application/json", accountid = opts.account_id,
                 redirecturi = opts.redirect_uri },

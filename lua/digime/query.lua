@@ -1,9 +1,9 @@
 --- The source catalogue: query_sources, query_countries, query_platforms, query_categories
 -- (doc/protocol.md "Discovery"). Contract-scoped POSTs that only read, so they are retried like GETs.
 local json = require "digime.json"
+local signed_call = require "digime.signed_call"
 local errors = require "digime.errors"
 local validate = require "digime.validate"
-local contract_call = require "digime.contract_call"
 
 local type, pairs, ipairs, setmetatable, getmetatable = type, pairs, ipairs, setmetatable, getmetatable
 
@@ -45,7 +45,7 @@ local function post(sdk, contract, path, params, params_key)
     body, err = json.encode(params)
     if not body then return nil, errors.validation(params_key, "cannot be encoded as JSON: " .. err) end
   end
-  local res, rerr = contract_call.send(sdk, contract, {
+  local res, rerr = signed_call.contract(sdk, contract, {
     method = "POST", url = sdk.config.base_url .. path, idempotent = true,
     headers = { ["content-type"] = "application/json", accept = "application/json" },
     body = body or "", json = true, what = path,

@@ -4,7 +4,7 @@ local errors = require "digime.errors"
 local validate = require "digime.validate"
 local request = require "digime.request"
 local metadata = require "digime.metadata"
-local user_call = require "digime.user_call"
+local signed_call = require "digime.signed_call"
 local file_body = require "digime.file_body"
 
 local type, pairs, ipairs, tostring, next = type, pairs, ipairs, tostring, next
@@ -36,7 +36,7 @@ function _M.read_session(sdk, opts)
   body.agent = sdk.config.agent
   local text, jerr = json.encode(body)
   if not text then return nil, errors.validation("session_options", "cannot be encoded: " .. jerr) end
-  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+  return signed_call.user(sdk, opts.contract, opts.user_access_token, {
     method = "POST", url = sdk.config.base_url .. "permission-access/trigger",
     headers = { ["content-type"] = "application/json", accept = "application/json" },
     body = text, json = true, what = "permission-access/trigger",
@@ -89,7 +89,7 @@ local check_list = validate.checker("read_file_list", USER_CALL, {
 function _M.read_file_list(sdk, opts)
   local ok, err = check_list(opts)
   if not ok then return nil, err end
-  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+  return signed_call.user(sdk, opts.contract, opts.user_access_token, {
     method = "GET", url = sdk.config.base_url .. "permission-access/query/" .. seg(opts.session_key),
     headers = { accept = "application/json" }, json = true, what = "permission-access/query",
     max_json = sdk.config.limits.file_list,
@@ -109,7 +109,7 @@ local check_meta = validate.checker("read_file_metadata", USER_CALL, FILE_IN_SES
 function _M.read_file_metadata(sdk, opts)
   local ok, err = check_meta(opts)
   if not ok then return nil, err end
-  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+  return signed_call.user(sdk, opts.contract, opts.user_access_token, {
     method = "HEAD",
     url = sdk.config.base_url .. "permission-access/query/" .. seg(opts.session_key) .. "/" .. seg(opts.file_name),
     headers = { accept = "application/json" }, what = "file metadata",
@@ -167,7 +167,7 @@ function _M.fetch_file(sdk, opts, cancel)
     end,
   }
 
-  local res, rerr = user_call.send(sdk, opts.contract, opts.user_access_token, {
+  local res, rerr = signed_call.user(sdk, opts.contract, opts.user_access_token, {
     method = "GET",
     url = sdk.config.base_url .. "permission-access/query/" .. seg(opts.session_key) .. "/" .. seg(opts.file_name),
     headers = { accept = "application/octet-stream" }, what = "file",
@@ -215,7 +215,7 @@ local check_accounts = validate.checker("read_accounts", USER_CALL)
 function _M.read_accounts(sdk, opts)
   local ok, err = check_accounts(opts)
   if not ok then return nil, err end
-  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+  return signed_call.user(sdk, opts.contract, opts.user_access_token, {
     method = "GET", url = sdk.config.base_url .. "permission-access/accounts",
     headers = { accept = "application/json" }, json = true, what = "permission-access/accounts",
   }, function(res)

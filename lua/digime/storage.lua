@@ -6,8 +6,7 @@ local errors = require "digime.errors"
 local validate = require "digime.validate"
 local jwt = require "digime.jwt"
 local request = require "digime.request"
-local user_call = require "digime.user_call"
-local contract_call = require "digime.contract_call"
+local signed_call = require "digime.signed_call"
 local file_body = require "digime.file_body"
 local source = require "digime.source"
 
@@ -42,24 +41,6 @@ local function lead(p)
   return s
 end
 
--- The cloud JWT (doc/protocol.md "Request JWTs", CLOUD): its own header, bound to the application and contract.
-local function cloud_jwt(sdk, key, contract)
-  local app = sdk.config.application_id
-  local header = '{"alg":"PS512","typ":"at+jwt","kid":' ..
-                 assert(json.encode(contract.id .. "_" .. app .. "_0")) .. "}"
-  local now_ms = jwt.now_ms()
-  return jwt.sign(key, header, json.object_of(
-    "sub", app, "iss", contract.id, "aud", "cloud",
-    "iat", floor(now_ms / 1000), "exp", floor(now_ms / 1000 + 60)))
-end
-
-local function cloud_send(sdk, contract, spec)
-  local key, kerr = jwt.contract_key(contract)
-  if not key then return nil, kerr end
-  spec.sign = function() return cloud_jwt(sdk, key, contract) end
-  return request.send(sdk, spec)
-end
-
 local function files_url(sdk, storage_id)
   return sdk.config.cloud_base_url .. "clouds/" .. seg(storage_id) .. "/files/apps/" ..
          seg(sdk.config.application_id)
@@ -79,7 +60,7 @@ local check_create = validate.checker("create_provisional_storage", validate.CON
 function _M.create_provisional_storage(sdk, opts)
   local ok, err = check_create(opts)
   if not ok then return nil, err end
-  local res, rerr = contract_call.send(sdk, opts.contract, {
+  local res, rerr = signed_call.contract(sdk, opts.contract, {
     method = "POST", url = sdk.config.base_url .. "storage",
     headers = { ["content-type"] = "application/json", accept = "application/json" },
     body = "", json = true, what = "storage",
@@ -97,7 +78,7 @@ local check_user_storage = validate.checker("get_user_storage", validate.USER_CA
 function _M.get_user_storage(sdk, opts)
   local ok, err = check_user_storage(opts)
   if not ok then return nil, err end
-  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+  return signed_call.user(sdk, opts.contract, opts.user_access_token, {
     method = "GET", url = sdk.config.base_url .. "storage",
     headers = { ["content-type"] = "application/json", accept = "application/json" },
     json = true, what = "storage",
@@ -133,7 +114,7 @@ local check_list = validate.checker("list_storage_files", IN_STORAGE, {
 function _M.list_storage_files(sdk, opts)
   local ok, err = check_list(opts)
   if not ok then return nil, err end
-  local res, rerr = cloud_send(sdk, opts.contract, {
+  local res, rerr = signed_call.cloud(sdk, opts.contract, {
     method = "GET",
     url = files_url(sdk, opts.storage_id) .. encode_path(lead_trail(opts.path)) ..
           "?recursive=" .. (opts.recursive and "true" or "false"),
@@ -215,7 +196,7 @@ function _M.upload_file_to_storage(sdk, opts)
   local src, serr = source.data_source(opts.file_data, "file_data", sdk.config.limits.body)
   if not src then return nil, serr end
   local body = source.streamed_body(src, encrypting(key))
-  local res, rerr = cloud_send(sdk, opts.contract, {
+  local res, rerr = signed_call.cloud(sdk, opts.contract, {
     method = "POST",
     url = files_url(sdk, opts.storage_id) .. encode_path(lead_trail(opts.path)) .. seg(opts.file_name),
     headers = { ["content-type"] = "application/octet-stream", accept = "application/json" },
@@ -242,7 +223,7 @@ function _M.download_storage_file(sdk, opts)
   -- a cloud file is in the same format as a library file, never compressed
   local body = file_body.new{ key = key, sink = sink, compression = "none",
                               max_output = sink and math.huge or sdk.config.limits.body }
-  local res, rerr = cloud_send(sdk, opts.contract, {
+  local res, rerr = signed_call.cloud(sdk, opts.contract, {
     method = "GET", url = files_url(sdk, opts.storage_id) .. encode_path(lead(opts.path)),
     headers = { accept = "application/octet-stream" }, what = "storage download",
     sink_once = sink ~= nil, body_filter = body,
@@ -260,7 +241,7 @@ local check_delete = validate.checker("delete_storage_files", IN_STORAGE, FILE_P
 function _M.delete_storage_files(sdk, opts)
   local ok, err = check_delete(opts)
   if not ok then return nil, err end
-  local res, rerr = cloud_send(sdk, opts.contract, {
+  local res, rerr = signed_call.cloud(sdk, opts.contract, {
     method = "DELETE", url = files_url(sdk, opts.storage_id) .. encode_path(lead(opts.path)),
     headers = { accept = "application/json" }, what = "storage delete",
   })

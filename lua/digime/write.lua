@@ -5,7 +5,7 @@ local errors = require "digime.errors"
 local validate = require "digime.validate"
 local jwt = require "digime.jwt"
 local request = require "digime.request"
-local user_call = require "digime.user_call"
+local signed_call = require "digime.signed_call"
 local source = require "digime.source"
 
 local type, tostring, ipairs = type, tostring, ipairs
@@ -66,7 +66,7 @@ local function push_library(sdk, opts)
   if not src then return nil, serr end
   local body = source.streamed_body(src)
   local tries = 0
-  local res, rerr = user_call.send_with(sdk, opts.contract, opts.user_access_token, function()
+  local res, rerr = signed_call.user(sdk, opts.contract, opts.user_access_token, function()
     -- A resend after a token refresh: only data that can be read again from its start. A
     -- one-shot source fails even if the refused attempt took none of it (the server may
     -- answer 401 before it asks for the body): whether it did is a race, the error is not.
@@ -94,7 +94,7 @@ local function push_provider(sdk, opts)
   if not ok then return nil, err end
   local body, jerr = json.encode(opts.data)
   if not body then return nil, invalid("data", "cannot be encoded as JSON: " .. jerr) end
-  return user_call.send(sdk, opts.contract, opts.user_access_token, {
+  return signed_call.user(sdk, opts.contract, opts.user_access_token, {
     method = "POST",
     url = sdk.config.base_url .. "permission-access/import/h:accountId/" .. seg(opts.standard) ..
           "/" .. seg(opts.version),
