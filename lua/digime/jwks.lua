@@ -97,6 +97,10 @@ local function from_shared(sdk, jku)
   end
 end
 
+-- A store's fetch time is kept to the millisecond, and read back through the wall clock: a
+-- copy that seems up to this much older than our look at the store may be one made after it.
+local CLOCK_SLACK = 0.002
+
 -- A fetch once for all sharing the store: the lock holder fetches and shares; the others read
 -- its copy. When the store fails, this process fetches on its own (a JWKS is public).
 local function fetch_shared(sdk, jku, looked)
@@ -112,7 +116,8 @@ local function fetch_shared(sdk, jku, looked)
     -- a fetch of ours would bring, however long it took.
     from_shared(sdk, jku)
     local entry = sdk.jwks_cache[jku]
-    if entry and (entry.fetched >= looked or (waited and core.monotonic() - entry.fetched < cfg.cooldown)) then
+    if entry and (entry.fetched >= looked - CLOCK_SLACK
+                  or (waited and core.monotonic() - entry.fetched < cfg.cooldown)) then
       lock:release()
       return entry.keys, entry.body
     end
