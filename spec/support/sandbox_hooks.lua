@@ -1,5 +1,6 @@
--- The busted hooks a describe block over one sandbox registers: stop the sandbox when the block
--- ends, reset it before each test. get() returns the block's sandbox (nil if it never started).
+-- The busted hooks a describe block over one sandbox (or capture proxy) registers: stop it when
+-- the block ends, reset (clear) it before each test. get() returns the block's sandbox (nil if
+-- it never started).
 local busted = require "busted"
 
 local _M = {}
@@ -23,6 +24,15 @@ end
 function _M.stop_and_reset(get, hook)
   _M.stop_after(get, hook)
   _M.reset_before(get)
+end
+
+-- A capture proxy (flow.capture) over a block: stopped when the block ends, its record cleared
+-- before each test. get() returns the block's capture (nil if it never started).
+function _M.stop_and_clear(get, hook)
+  _M.stop_after(get, hook)
+  busted.before_each(function()
+    get():clear()
+  end)
 end
 
 return _M
