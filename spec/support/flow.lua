@@ -161,6 +161,34 @@ function _M.track(sdk)
   return sdk
 end
 
+-- Whether the sandbox sb takes t's refresh token (asked directly, not through an SDK, which may
+-- know that a token was refreshed already). It rotates: use it last. -> ok, status
+function _M.refresh_works(sb, t)
+  local res = assert(sb:call("POST", "oauth/token", {
+    claims = { grant_type = "refresh_token", refresh_token = t.refresh_token.value } }))
+  return res.status == 201, res.status
+end
+
+-- A logger for digime.init that appends "level message" to lines.
+function _M.line_logger(lines)
+  return function(level, message) lines[#lines + 1] = level .. " " .. message end
+end
+
+-- An sdk over sb whose on_token_refresh raises, its log lines into lines: the SDK must go on.
+function _M.sdk_with_failing_refresh_hook(sb, lines)
+  return assert(_M.sdk(sb, { on_token_refresh = function() error("hook failed") end,
+                             logger = _M.line_logger(lines) }))
+end
+
+-- An on_token_refresh callback that appends { new =, old = } to the list get() returns (the
+-- spec's own, which it may replace between tests).
+function _M.refresh_recorder(get)
+  return function(new, old)
+    local list = get()
+    list[#list + 1] = { new = new, old = old }
+  end
+end
+
 -- digime.init for the sandbox sb (or for the URLs in extra): small backoffs, a recording
 -- logger (in front of extra.logger), tracked methods. extra overrides any option; a key set
 -- to false in extra is left out. -> sdk, or nil, err
