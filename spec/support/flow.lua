@@ -15,6 +15,7 @@
 -- callback with success/state/code, can be read.
 local sandbox = require "sandbox"
 local shell = require "shell"
+local scripted = require "scripted"
 local cjson = require "cjson"
 local socket = require "socket"
 local core = require "digime.core"
@@ -522,8 +523,7 @@ while socket.gettime() < deadline do
 end
 ]==]
 
-local Capture = {}
-Capture.__index = Capture
+local Capture = scripted.class("capture proxy", 10)
 
 -- Starts the capture proxy in front of sb (or with no upstream when sb is nil).
 function _M.capture(sb)
@@ -543,27 +543,6 @@ function _M.capture(sb)
                         onboard_url = origin .. "/apps/saas/" }, Capture)
 end
 
-local function capture_call(self, method, path, body)
-  local res, err = sandbox.request{ method = method, url = self.origin .. path, body = body,
-                                    timeout = 10 }
-  assert(res and res.status == 200, "capture control " .. path .. ": " .. tostring(err or res.status))
-  return cjson.decode(res.body)
-end
-
-function Capture:script(entries)
-  local res, err = sandbox.request{ method = "POST", url = self.origin .. "/__script",
-                                    body = cjson.encode(entries), timeout = 10 }
-  assert(res and res.status == 200, "capture script: " .. tostring(err))
-end
-
-function Capture:requests()
-  return capture_call(self, "GET", "/__log")
-end
-
-function Capture:clear()
-  return capture_call(self, "POST", "/__clear")
-end
-
 -- The recorded requests to a path (exact, query ignored).
 function Capture:requests_to(path)
   local out = {}
@@ -571,14 +550,6 @@ function Capture:requests_to(path)
     if r.path:match("^[^?]*") == path then out[#out + 1] = r end
   end
   return out
-end
-
-function Capture:stop()
-  if self.pid then
-    os.execute("kill " .. self.pid .. " 2>/dev/null")
-    self.pid = nil
-    os.remove(self.out)
-  end
 end
 
 return _M
