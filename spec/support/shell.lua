@@ -5,13 +5,19 @@ function _M.quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
--- Runs a shell command; returns ok, combined output.
-function _M.run(cmd)
+-- Runs a shell command; returns its exit status, combined output.
+function _M.status(cmd)
   local f = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"__rc=$?\""))
   local out = f:read("*a")
   f:close()
   local rc = tonumber(out:match("__rc=(%d+)%s*$"))
-  return rc == 0, (out:gsub("__rc=%d+%s*$", ""))
+  return rc, (out:gsub("__rc=%d+%s*$", ""))
+end
+
+-- Runs a shell command; returns ok, combined output.
+function _M.run(cmd)
+  local rc, out = _M.status(cmd)
+  return rc == 0, out
 end
 
 function _M.tmpdir()
