@@ -27,6 +27,14 @@ function _M.tmpdir()
   return dir
 end
 
+-- The absolute path of a directory.
+function _M.absolute(dir)
+  local f = assert(io.popen("cd " .. _M.quote(dir) .. " && pwd"))
+  local abs = f:read("*l")
+  f:close()
+  return abs
+end
+
 function _M.write(path, data)
   local f = assert(io.open(path, "wb"))
   f:write(data)
