@@ -283,30 +283,12 @@ describe("retries", function()
     -- request left, or acted on it and died), the SDK sends a token POST once more, newly
     -- signed: the server carries out a code or a refresh token once at most, so the repeat
     -- either does the work the first did not, or is refused. Never the same JWT twice.
-    local function token_posts(mark)
-      local out = {}
-      for i, e in ipairs(sb:log()) do
-        if i > mark and e.path == TOKEN then out[#out + 1] = e end
-      end
-      return out
-    end
-
-    local function distinct_nonces(entries)
-      local seen = {}
-      for _, e in ipairs(entries) do
-        -- a request dropped before the sandbox read it has no nonce in the log
-        if e.nonce then
-          assert.is_nil(seen[e.nonce], "a JWT presented twice")
-          seen[e.nonce] = true
-        end
-      end
-    end
 
     -- Since mark: two token POSTs, no JWT presented twice, and one token issued.
     local function sent_twice_issued_once(mark, issued)
-      local posts = token_posts(mark)
+      local posts = flow.log_since(sb, mark, TOKEN)
       assert.are.equal(2, #posts)
-      distinct_nonces(posts)
+      flow.assert_distinct_nonces(posts)
       assert.are.equal(1, sb:stats().tokens_issued - issued)
     end
 

@@ -181,6 +181,27 @@ function _M.sdk_with_failing_refresh_hook(sb, lines)
                              logger = _M.line_logger(lines) }))
 end
 
+-- The sandbox's log entries after the first mark, only those to path when it is given.
+function _M.log_since(sb, mark, path)
+  local out = {}
+  for i, e in ipairs(sb:log()) do
+    if i > mark and (path == nil or e.path == path) then out[#out + 1] = e end
+  end
+  return out
+end
+
+-- No signed JWT presented twice among log entries (a request dropped before the sandbox read
+-- it has no nonce in the log).
+function _M.assert_distinct_nonces(entries)
+  local seen = {}
+  for _, e in ipairs(entries) do
+    if e.nonce then
+      require("luassert").is_nil(seen[e.nonce], "a signed JWT presented twice")
+      seen[e.nonce] = true
+    end
+  end
+end
+
 -- An on_token_refresh callback that appends { new =, old = } to the list get() returns (the
 -- spec's own, which it may replace between tests).
 function _M.refresh_recorder(get)
