@@ -202,6 +202,14 @@ function _M.assert_distinct_nonces(entries)
   end
 end
 
+-- The peak resident set of this process (VmHWM), in KiB.
+function _M.hwm_kb()
+  local f = assert(io.open("/proc/self/status", "rb"))
+  local text = f:read("*a")
+  f:close()
+  return tonumber(text:match("VmHWM:%s*(%d+)"))
+end
+
 -- An on_token_refresh callback that appends { new =, old = } to the list get() returns (the
 -- spec's own, which it may replace between tests).
 function _M.refresh_recorder(get)
