@@ -478,23 +478,6 @@ end)
 
 local function now() return socket.gettime() end
 
-local function start_server(dir)
-  local out = dir .. "/server.out"
-  local inner = ("exec lua5.4 spec/support/tiny_server.lua --ttl 600 >%s 2>&1"):format(q(out))
-  local p = assert(io.popen("sh -c " .. q(inner) .. " & echo $!"))
-  local pid = assert(tonumber(p:read("*l")), "no pid")
-  p:close()
-  local deadline, port = now() + 10
-  repeat
-    local f = io.open(out, "rb")
-    port = f and tonumber(f:read("*l"))
-    if f then f:close() end
-    if not port then socket.sleep(0.02) end
-  until port or now() > deadline
-  assert(port, "tiny_server did not start")
-  return pid, port
-end
-
 -- Drives one request to its end; with `reader`, read() is called after every step and its
 -- chunks go to reader(chunk). Returns what result() returns.
 local function drive(engine, req, reader, seconds)
@@ -526,7 +509,7 @@ local function drive(engine, req, reader, seconds)
 end
 
 describe("http engine with a file pipeline", function()
-  local dir, pid, base, key, engine
+  local dir, pid, base, server_out, key, engine
 
   local function url_of(path, extra)
     return base .. "/file?path=" .. path .. (extra or "")
@@ -538,13 +521,15 @@ describe("http engine with a file pipeline", function()
 
   setup(function()
     dir = sh.tmpdir()
-    pid, base = start_server(dir)
+    pid, base, server_out = sh.spawn_port_script("spec/support/tiny_server.lua", { "--ttl", 600 },
+                                                 "tiny_server")
     base = "http://127.0.0.1:" .. base
     key = core.generate_key(2048)
   end)
 
   teardown(function()
     if pid then os.execute("kill " .. pid .. " 2>/dev/null") end
+    if server_out then os.remove(server_out) end
     sh.rmdir(dir)
   end)
 

@@ -23,46 +23,36 @@ describe("examples", function()
     return sh.run(env .. "\nlua5.4 " .. q(script) .. " " .. table.concat(args, " "))
   end
 
-  it("authorize.lua runs the first-time flow", function()
-    local ok, out = run("examples/authorize.lua", sb.base_url, sb.onboard_url)
-    assert.is_true(ok, out)
-    assert.matches("3%. token for user", out)
-  end)
+  -- Each example: what it does, its arguments (from the sandbox), what its output must show.
+  local EXAMPLES = {
+    { "authorize", "runs the first-time flow",
+      function() return sb.base_url, sb.onboard_url end, { "3%. token for user" } },
+    { "reauthorize", "gets a user with a dead refresh token reauthorized",
+      function() return sb.base_url, sb.onboard_url, sb.control_url end, { "the new token works" } },
+    { "sync", "reads the whole library",
+      function() return sb.base_url, sb.onboard_url end, { "done: %d+ files, 0 failures" } },
+    { "push", "pushes a file and finds it in a sync",
+      function() return sb.base_url, sb.onboard_url end, { "found it again" } },
+    { "storage", "round-trips a file through cloud storage",
+      function() return sb.base_url, sb.cloud_base_url end, { "identical", "files left: 0" } },
+    { "discover", "lists sources for a country and a category",
+      function() return sb.base_url, "NL", "Medical" end, { "sources in" } },
+  }
 
-  it("reauthorize.lua gets a user with a dead refresh token reauthorized", function()
-    local ok, out = run("examples/reauthorize.lua", sb.base_url, sb.onboard_url, sb.control_url)
-    assert.is_true(ok, out)
-    assert.matches("the new token works", out)
-  end)
-
-  it("sync.lua reads the whole library", function()
-    local ok, out = run("examples/sync.lua", sb.base_url, sb.onboard_url)
-    assert.is_true(ok, out)
-    assert.matches("done: %d+ files, 0 failures", out)
-  end)
-
-  it("push.lua pushes a file and finds it in a sync", function()
-    local ok, out = run("examples/push.lua", sb.base_url, sb.onboard_url)
-    assert.is_true(ok, out)
-    assert.matches("found it again", out)
-  end)
-
-  it("storage.lua round-trips a file through cloud storage", function()
-    local ok, out = run("examples/storage.lua", sb.base_url, sb.cloud_base_url)
-    assert.is_true(ok, out)
-    assert.matches("identical", out)
-    assert.matches("files left: 0", out)
-  end)
-
-  it("discover.lua lists sources for a country and a category", function()
-    local ok, out = run("examples/discover.lua", sb.base_url, "NL", "Medical")
-    assert.is_true(ok, out)
-    assert.matches("sources in", out)
-  end)
+  for _, e in ipairs(EXAMPLES) do
+    local script, does, args, shows = e[1], e[2], e[3], e[4]
+    it(script .. ".lua " .. does, function()
+      local ok, out = run("examples/" .. script .. ".lua", args())
+      assert.is_true(ok, out)
+      for _, pattern in ipairs(shows) do
+        assert.matches(pattern, out)
+      end
+    end)
+  end
 
   it("each says how to use it when called without arguments", function()
-    for _, script in ipairs{ "authorize", "reauthorize", "sync", "push", "storage", "discover" } do
-      local ok, out = run("examples/" .. script .. ".lua")
+    for _, e in ipairs(EXAMPLES) do
+      local ok, out = run("examples/" .. e[1] .. ".lua")
       assert.is_false(ok)
       assert.matches("usage:", out)
     end

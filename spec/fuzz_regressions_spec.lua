@@ -64,6 +64,20 @@ local function check_expected(want, s, err, name)
   end
 end
 
+-- Each corpus file of target through load(data) -> key | nil, err: a key passes check_key, a
+-- refusal is clean, and the files want names come out as it says.
+local function check_keys(target, want, load, check_key)
+  for _, name in ipairs(files(target)) do
+    local key, err = load(read(CORPUS .. target .. "/" .. name))
+    if key then
+      check_key(key)
+    else
+      assert_clean(key, err)
+    end
+    check_expected(want[name], key, err, name)
+  end
+end
+
 -- A deterministic byte generator (Park-Miller: exact in doubles, so LuaJIT agrees).
 local function garbage(n, seed)
   local x, t = seed or 1, {}
@@ -196,27 +210,22 @@ describe("fuzz corpora through digime.core", function()
       ["seed-ec"] = { err = "" }, ["seed-rsa-pss"] = { err = "" }, ["seed-private"] = { err = "" },
       ["seed-truncated"] = { err = "" }, ["seed-jwk-short"] = { err = "JWK" },
     }
-    for _, name in ipairs(files("public_key")) do
-      local data = read(CORPUS .. "public_key/" .. name)
-      local key, err
+    -- the first byte picks PEM (even) or JWK (odd); for a JWK the second is e's length
+    local function load(data)
       if (data:byte(1) or 0) % 2 == 0 then
-        key, err = core.public_key(data:sub(2))
-      else
-        local elen = math.min((data:byte(2) or 0) % 10, math.max(#data - 2, 0))
-        local e, n = data:sub(3, 2 + elen), data:sub(3 + elen)
-        key, err = core.public_key_jwk(core.b64url_encode(n), core.b64url_encode(e))
+        return core.public_key(data:sub(2))
       end
-      if key then
-        assert.is_false(key:is_private())
-        assert.is_true(key:bits() > 0)
-        local n64, e64 = key:jwk()
-        assert.is_string(n64)
-        assert.is_string(e64)
-      else
-        assert_clean(key, err)
-      end
-      check_expected(want[name], key, err, name)
+      local elen = math.min((data:byte(2) or 0) % 10, math.max(#data - 2, 0))
+      local e, n = data:sub(3, 2 + elen), data:sub(3 + elen)
+      return core.public_key_jwk(core.b64url_encode(n), core.b64url_encode(e))
     end
+    check_keys("public_key", want, load, function(key)
+      assert.is_false(key:is_private())
+      assert.is_true(key:bits() > 0)
+      local n64, e64 = key:jwk()
+      assert.is_string(n64)
+      assert.is_string(e64)
+    end)
   end)
 
   it("private_key: PKCS#1, PKCS#8 and everything else", function()
@@ -228,16 +237,10 @@ describe("fuzz corpora through digime.core", function()
       ["seed-public.pem"] = { err = "" }, ["seed-truncated.pem"] = { err = "" },
       ["seed-empty-der.pem"] = { err = "" },
     }
-    for _, name in ipairs(files("private_key")) do
-      local key, err = core.private_key(read(CORPUS .. "private_key/" .. name))
-      if key then
-        assert.is_true(key:is_private())
-        assert.is_string(key:private_pem())
-      else
-        assert_clean(key, err)
-      end
-      check_expected(want[name], key, err, name)
-    end
+    check_keys("private_key", want, core.private_key, function(key)
+      assert.is_true(key:is_private())
+      assert.is_string(key:private_pem())
+    end)
   end)
 
   for _, kind in ipairs({ "gzip", "brotli" }) do

@@ -17,6 +17,8 @@ local function tmpfile(text)
 end
 
 local std_invalid, non_object, refused = probes.std_invalid, probes.non_object, probes.refused
+local std_invalid_fields = probes.std_invalid_fields
+local stop_and_clear = require("sandbox_hooks").stop_and_clear
 
 describe("digime.init", function()
   local sb
@@ -229,13 +231,7 @@ describe("digime.init", function()
       cap = flow.capture(sb)
     end)
 
-    lazy_teardown(function()
-      if cap then cap:stop() end
-    end)
-
-    before_each(function()
-      cap:clear()
-    end)
+    stop_and_clear(function() return cap end)
 
     local function sent_agent(extra)
       local o = { jwks = { allowed = { sb.base_url .. "jwks/oauth" } } }
@@ -377,14 +373,7 @@ describe("the calls' argument checks", function()
   end)
 
   it("refuses every STD-INVALID contract, contract.id and contract.private_key", function()
-    for _, name in ipairs(calls) do
-      for _, p in ipairs(std_invalid()) do
-        probe(name, function(a) a.contract = p[2] end, "contract", "contract = " .. p[1])
-        probe(name, function(a) a.contract.id = p[2] end, "contract.id", "contract.id = " .. p[1])
-        probe(name, function(a) a.contract.private_key = p[2] end, "contract.private_key",
-              "contract.private_key = " .. p[1])
-      end
-    end
+    std_invalid_fields(probe, calls, { "contract", "contract.id", "contract.private_key" })
   end)
 
   it("refuses a private key that is not a key, or a 1024-bit key", function()
@@ -400,20 +389,11 @@ describe("the calls' argument checks", function()
   end)
 
   it("refuses every STD-INVALID callback", function()
-    for _, name in ipairs{ "get_authorize_url", "get_reauthorize_url" } do
-      for _, p in ipairs(std_invalid()) do
-        probe(name, function(a) a.callback = p[2] end, "callback", "callback = " .. p[1])
-      end
-    end
+    std_invalid_fields(probe, { "get_authorize_url", "get_reauthorize_url" }, { "callback" })
   end)
 
   it("refuses every STD-INVALID code_verifier and authorization_code", function()
-    for _, p in ipairs(std_invalid()) do
-      probe("exchange_code_for_token", function(a) a.code_verifier = p[2] end, "code_verifier",
-            "code_verifier = " .. p[1])
-      probe("exchange_code_for_token", function(a) a.authorization_code = p[2] end,
-            "authorization_code", "authorization_code = " .. p[1])
-    end
+    std_invalid_fields(probe, "exchange_code_for_token", { "code_verifier", "authorization_code" })
   end)
 
   it("refuses session_options that are not a table, and the two malformed scopes", function()

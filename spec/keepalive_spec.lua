@@ -55,11 +55,7 @@ for _, mode in ipairs{ "plain", "tls" } do
     end
 
     local function entries_since(mark, path)
-      local out = {}
-      for i, e in ipairs(sb:log()) do
-        if i > mark and (path == nil or e.path == path) then out[#out + 1] = e end
-      end
-      return out
+      return flow.log_since(sb, mark, path)
     end
 
     -- The connections (the sandbox's numbers) the SDK's requests used, in log entries.
@@ -69,16 +65,6 @@ for _, mode in ipairs{ "plain", "tls" } do
         if e.conn then set[e.conn] = true end
       end
       return set
-    end
-
-    local function assert_distinct_nonces(entries)
-      local seen = {}
-      for _, e in ipairs(entries) do
-        if e.nonce then
-          assert.is_nil(seen[e.nonce], "a signed JWT presented twice")
-          seen[e.nonce] = true
-        end
-      end
     end
 
     it("makes every kind of call on one kept-alive connection", function()
@@ -200,7 +186,7 @@ for _, mode in ipairs{ "plain", "tls" } do
                                                     authorization_code = code, code_verifier = verifier })
       end
       local entries = entries_since(mark)
-      assert_distinct_nonces(entries)
+      flow.assert_distinct_nonces(entries)
       for _, e in ipairs(entries) do
         assert.is_true(e.status ~= nil and e.status < 500, "a failed request: " .. tostring(e.path))
       end
@@ -217,7 +203,7 @@ for _, mode in ipairs{ "plain", "tls" } do
       assert.is_table(res.accounts)
       local entries = entries_since(mark, ACCOUNTS)
       assert.are.equal(2, #entries)
-      assert_distinct_nonces(entries)
+      flow.assert_distinct_nonces(entries)
     end)
 
     it("never pushes twice when the pooled connection closes under a push", function()

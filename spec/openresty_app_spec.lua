@@ -8,12 +8,7 @@ local nginx = require "nginx"
 local sh = require "shell"
 local core = require "digime.core"
 
-local root = (function()
-  local f = assert(io.popen("cd " .. sh.quote(sandbox.root) .. " && pwd"))
-  local dir = f:read("*l")
-  f:close()
-  return dir
-end)()
+local root = sh.absolute(sandbox.root)
 
 -- The library the sandbox serves: names and contents that HTML and URLs must survive.
 local HOSTILE = [[<b onmouseover="alert(1)">bold & 'quoted'.html]]   -- no "/" in a file name

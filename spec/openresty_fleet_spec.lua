@@ -7,12 +7,7 @@ local nginx = require "nginx"
 local redis = require "redis"
 local sh = require "shell"
 
-local root = (function()
-  local f = assert(io.popen("cd " .. sh.quote(sandbox.root) .. " && pwd"))
-  local dir = f:read("*l")
-  f:close()
-  return dir
-end)()
+local root = sh.absolute(sandbox.root)
 
 describe("examples/openresty on two hosts sharing Redis #nginx", function()
   local sb, rd, hosts, front, front_url, libdir

@@ -13,6 +13,8 @@ local TRIGGER = "/v1.7/permission-access/trigger"
 local ACCOUNTS = "/v1.7/permission-access/accounts"
 
 local std_invalid, non_object, refused = probes.std_invalid, probes.non_object, probes.refused
+local std_invalid_fields = probes.std_invalid_fields
+local stop_and_clear = require("sandbox_hooks").stop_and_clear
 
 local copy = require("tables").copy
 
@@ -126,14 +128,7 @@ describe("read calls", function()
     end)
 
     it("refuses every STD-INVALID contract, contract.id and contract.private_key", function()
-      for _, name in ipairs(CALLS) do
-        for _, p in ipairs(std_invalid()) do
-          probe(name, function(a) a.contract = p[2] end, "contract", "contract = " .. p[1])
-          probe(name, function(a) a.contract.id = p[2] end, "contract.id", "contract.id = " .. p[1])
-          probe(name, function(a) a.contract.private_key = p[2] end, "contract.private_key",
-                "contract.private_key = " .. p[1])
-        end
-      end
+      std_invalid_fields(probe, CALLS, { "contract", "contract.id", "contract.private_key" })
     end)
 
     it("refuses a private key that is no key", function()
@@ -147,10 +142,7 @@ describe("read calls", function()
 
     it("refuses every STD-INVALID user_access_token and malformed token parts", function()
       for _, name in ipairs(CALLS) do
-        for _, p in ipairs(std_invalid()) do
-          probe(name, function(a) a.user_access_token = p[2] end, "user_access_token",
-                "user_access_token = " .. p[1])
-        end
+        std_invalid_fields(probe, name, { "user_access_token" })
         for _, p in ipairs(std_invalid()) do
           probe(name, function(a) a.user_access_token.access_token = p[2] end,
                 "user_access_token.access_token", "access_token = " .. p[1])
@@ -169,20 +161,12 @@ describe("read calls", function()
     end)
 
     it("refuses every STD-INVALID session_key", function()
-      for _, name in ipairs{ "read_file_list", "read_file", "read_file_metadata", "read_all_files",
-                             "files" } do
-        for _, p in ipairs(std_invalid()) do
-          probe(name, function(a) a.session_key = p[2] end, "session_key", "session_key = " .. p[1])
-        end
-      end
+      std_invalid_fields(probe, { "read_file_list", "read_file", "read_file_metadata", "read_all_files",
+                                  "files" }, { "session_key" })
     end)
 
     it("refuses every STD-INVALID file_name", function()
-      for _, name in ipairs{ "read_file", "read_file_metadata" } do
-        for _, p in ipairs(std_invalid()) do
-          probe(name, function(a) a.file_name = p[2] end, "file_name", "file_name = " .. p[1])
-        end
-      end
+      std_invalid_fields(probe, { "read_file", "read_file_metadata" }, { "file_name" })
     end)
 
     it("refuses a read_file sink that is neither a function nor has a write method", function()
@@ -291,13 +275,7 @@ describe("read calls", function()
                                        session_options = { sourceFetch = false } }).session.key
     end)
 
-    lazy_teardown(function()
-      if cap then cap:stop() end
-    end)
-
-    before_each(function()
-      cap:clear()
-    end)
+    stop_and_clear(function() return cap end)
 
     local function bearer_claims(req)
       local jwt = req.headers.authorization:match("^Bearer (%S+)$")

@@ -236,20 +236,26 @@ describe("retries", function()
     end)
   end)
 
+  -- A code exchange over sdk with the fault f on its token POST: it fails as a NetworkError
+  -- (the outcome is unknown) and is sent once.
+  local function exchange_not_replayed(sdk, f)
+    local code, verifier = flow.code(sdk)
+    fault("POST", TOKEN, f)
+    local res, err = sdk:exchange_code_for_token{ contract = flow.contract(),
+      authorization_code = code, code_verifier = verifier }
+    assert.is_nil(res)
+    assert.are.equal("NetworkError", err.kind)
+    assert.are.equal(1, flow.count(sb, TOKEN))
+  end
+
   describe("of a token POST whose answer was lost", function()
     -- With a connection of its own (keepalive = false), a token POST that may have reached
     -- the server is never sent again: a NetworkError says the outcome is unknown.
     for _, f in ipairs{ { action = "reset" }, { action = "reset", after = true }, { action = "truncate" } } do
       local name = f.action .. (f.after and " after processing" or "")
       it("never replays the code exchange (" .. name .. ", no keep-alive)", function()
-        local sdk = assert(flow.sdk(sb, { keepalive = false }))
-        local code, verifier = flow.code(sdk)
-        fault("POST", TOKEN, { action = f.action, after = f.after })
-        local res, err = sdk:exchange_code_for_token{ contract = flow.contract(),
-          authorization_code = code, code_verifier = verifier }
-        assert.is_nil(res)
-        assert.are.equal("NetworkError", err.kind)
-        assert.are.equal(1, flow.count(sb, TOKEN))
+        exchange_not_replayed(assert(flow.sdk(sb, { keepalive = false })),
+                              { action = f.action, after = f.after })
       end)
 
       it("never replays a refresh (" .. name .. ", no keep-alive)", function()
@@ -277,23 +283,13 @@ describe("retries", function()
     -- request left, or acted on it and died), the SDK sends a token POST once more, newly
     -- signed: the server carries out a code or a refresh token once at most, so the repeat
     -- either does the work the first did not, or is refused. Never the same JWT twice.
-    local function token_posts(mark)
-      local out = {}
-      for i, e in ipairs(sb:log()) do
-        if i > mark and e.path == TOKEN then out[#out + 1] = e end
-      end
-      return out
-    end
 
-    local function distinct_nonces(entries)
-      local seen = {}
-      for _, e in ipairs(entries) do
-        -- a request dropped before the sandbox read it has no nonce in the log
-        if e.nonce then
-          assert.is_nil(seen[e.nonce], "a JWT presented twice")
-          seen[e.nonce] = true
-        end
-      end
+    -- Since mark: two token POSTs, no JWT presented twice, and one token issued.
+    local function sent_twice_issued_once(mark, issued)
+      local posts = flow.log_since(sb, mark, TOKEN)
+      assert.are.equal(2, #posts)
+      flow.assert_distinct_nonces(posts)
+      assert.are.equal(1, sb:stats().tokens_issued - issued)
     end
 
     it("sends a code exchange again when its kept-alive connection closed before the server read it", function()
@@ -306,10 +302,7 @@ describe("retries", function()
         authorization_code = code, code_verifier = verifier }
       assert.is_nil(err)
       assert.is_table(res.access_token)
-      local posts = token_posts(mark)
-      assert.are.equal(2, #posts)
-      distinct_nonces(posts)
-      assert.are.equal(1, sb:stats().tokens_issued - issued)
+      sent_twice_issued_once(mark, issued)
     end)
 
     it("carries out a code exchange once when the server acted on it and closed the kept-alive connection", function()
@@ -322,10 +315,7 @@ describe("retries", function()
         authorization_code = code, code_verifier = verifier }
       assert.is_nil(res)
       assert.are.equal("ServerError", err.kind)     -- the code was spent by the first
-      local posts = token_posts(mark)
-      assert.are.equal(2, #posts)
-      distinct_nonces(posts)
-      assert.are.equal(1, sb:stats().tokens_issued - issued)
+      sent_twice_issued_once(mark, issued)
     end)
 
     it("refreshes once when the server acted on a refresh and closed the kept-alive connection", function()
@@ -338,22 +328,12 @@ describe("retries", function()
       local res, err = sdk:refresh_token{ contract = flow.contract(), user_access_token = token }
       assert.is_nil(res)
       assert.are.equal("InvalidToken", err.code)    -- rotated by the first; its answer was lost
-      local posts = token_posts(mark)
-      assert.are.equal(2, #posts)
-      distinct_nonces(posts)
-      assert.are.equal(1, sb:stats().tokens_issued - issued)
+      sent_twice_issued_once(mark, issued)
       assert.are.equal(0, calls)
     end)
 
     it("never sends a token POST again once any answer came (truncate)", function()
-      local sdk = assert(flow.sdk(sb))
-      local code, verifier = flow.code(sdk)
-      fault("POST", TOKEN, { action = "truncate" })
-      local res, err = sdk:exchange_code_for_token{ contract = flow.contract(),
-        authorization_code = code, code_verifier = verifier }
-      assert.is_nil(res)
-      assert.are.equal("NetworkError", err.kind)
-      assert.are.equal(1, flow.count(sb, TOKEN))
+      exchange_not_replayed(assert(flow.sdk(sb)), { action = "truncate" })
     end)
 
     it("does not retry an authorize POST that got a 503 (it reached the server)", function()

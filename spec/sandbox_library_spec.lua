@@ -10,23 +10,13 @@ local cjson = require "cjson"
 local core = require "digime.core"
 local socket = require "socket"
 
-local AGENT = { sdk = { name = "lua-digime", version = "0.1.0", meta = { lua = _VERSION } } }
+local AGENT, json, ucall = sandbox.AGENT, sandbox.json, sandbox.ucall
 local CALLBACK = "https://app.example/return"
 local UNI = "\195\188n\195\175.json"    -- "ünï.json"
 
 -- Helpers ------------------------------------------------------------------------------------
 
-local function json(res)
-  return cjson.decode(res.body)
-end
-
-local function shell(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  local rc = tonumber(out:match("rc=(%d+)%s*$"))
-  return rc, (out:gsub("rc=%d+%s*$", ""))
-end
+local shell = require("shell").status
 
 local function write_file(path, data)
   local f = assert(io.open(path, "wb"))
@@ -49,39 +39,14 @@ local function assert_error(res, status, code, message)
   return body
 end
 
-local function query_of(location)
-  return sandbox.parse_query(location:match("%?([^#]*)"))
-end
-
 -- authorize -> consent -> exchange: the token endpoint payload (access_token, refresh_token, sub)
+-- (the session of the authorize answer as its field session)
 local function login(sb)
-  local verifier, challenge = sandbox.pkce()
-  local res = assert(sb:call("POST", "oauth/authorize", {
-    claims = { code_challenge = challenge, code_challenge_method = "S256",
-               redirect_uri = CALLBACK, response_mode = "query", response_type = "code",
-               state = "s" },
-    body = { agent = AGENT } }))
-  assert.equal(201, res.status, res.body)
-  local body = json(res)
-  local _, p = sandbox.decode_jwt(body.token)
-  local page = assert(sb:request{ url = sb.onboard_url .. "authorize?code=" .. p.preauthorization_code })
-  assert.equal(302, page.status)
-  local q = query_of(page.headers.location)
-  local tres = assert(sb:call("POST", "oauth/token", {
-    claims = { code = q.code, code_verifier = verifier, grant_type = "authorization_code" } }))
-  assert.equal(201, tres.status, tres.body)
-  local _, t = sandbox.decode_jwt(json(tres).token)
-  t.session = body.session
+  local t, session = sandbox.login(sb, CALLBACK)
+  t.session = session
   return t
 end
 
--- A USER-claims call.
-local function ucall(sb, method, path, token, opts)
-  opts = opts or {}
-  local at = type(token) == "table" and token.access_token.value or token
-  return assert(sb:call(method, path, { claims = { access_token = at }, body = opts.body,
-                                        headers = opts.headers, timeout = opts.timeout }))
-end
 
 local function trigger(sb, token, options)
   local body = { agent = AGENT }

@@ -4,6 +4,7 @@
 -- openssl s_client as clients: nothing of the SDK.
 
 local sandbox = require "sandbox"
+local sandbox_hooks = require "sandbox_hooks"
 local socket = require "socket"
 local cjson = require "cjson"
 
@@ -104,12 +105,7 @@ local ROUND = 0.1     -- --latency 100
 
 describe("sandbox --latency #timing", function()
   local sb
-  setup(function()
-    sb = sandbox.start{ args = { "--latency", "100" } }
-  end)
-  teardown(function()
-    sb:stop()
-  end)
+  sandbox_hooks.own({ args = { "--latency", "100" } }, function(s) sb = s end)
 
   it("costs two round trips on a new connection and one on a kept-alive one", function()
     local c = connect(sb)
@@ -185,12 +181,7 @@ end)
 
 describe("sandbox --latency --tls #timing", function()
   local sb
-  setup(function()
-    sb = sandbox.start{ args = { "--latency", "100", "--tls" } }
-  end)
-  teardown(function()
-    sb:stop()
-  end)
+  sandbox_hooks.own({ args = { "--latency", "100", "--tls" } }, function(s) sb = s end)
 
   it("pays the TLS handshake's round trips on a new connection, one round trip after", function()
     local t = curl_times(sb, { "/v1.7/jwks/oauth", "/v1.7/jwks/oauth" }, "--tlsv1.3")
@@ -207,15 +198,7 @@ end)
 
 describe("sandbox connections", function()
   local sb
-  setup(function()
-    sb = sandbox.start{ args = { "--keepalive", "1", "--tls" } }
-  end)
-  teardown(function()
-    sb:stop()
-  end)
-  before_each(function()
-    sb:reset()
-  end)
+  sandbox_hooks.own({ args = { "--keepalive", "1", "--tls" } }, function(s) sb = s end, true)
 
   -- -ign_eof: wait for the server to close (after its answer), so that a TLS 1.3 session
   -- ticket, sent after the handshake, has surely arrived before -sess_out writes the file.
@@ -264,15 +247,7 @@ end)
 
 describe("sandbox connections (plain)", function()
   local sb
-  setup(function()
-    sb = sandbox.start{ args = { "--keepalive", "1", "--big-file", "64m" } }
-  end)
-  teardown(function()
-    sb:stop()
-  end)
-  before_each(function()
-    sb:reset()
-  end)
+  sandbox_hooks.own({ args = { "--keepalive", "1", "--big-file", "64m" } }, function(s) sb = s end, true)
 
   it("numbers connections in the log and counts the most open at once", function()
     local a, b, c = connect(sb), connect(sb), connect(sb)
@@ -387,15 +362,7 @@ end)
 
 describe("sandbox concurrency #timing", function()
   local sb
-  setup(function()
-    sb = sandbox.start{ args = { "--big-file", "64m" } }
-  end)
-  teardown(function()
-    sb:stop()
-  end)
-  before_each(function()
-    sb:reset()
-  end)
+  sandbox_hooks.own({ args = { "--big-file", "64m" } }, function(s) sb = s end, true)
 
   -- 20 requests, each on a new connection, one after the other: -> the slowest, in seconds
   local function twenty()
@@ -410,18 +377,14 @@ describe("sandbox concurrency #timing", function()
   end
 
   it("answers others while one request hangs, and while one is delayed", function()
-    sb:fault{ path = "/v1.7/jwks/oauth", action = "hang", ms = 5000 }
-    local hung = connect(sb)
-    send(hung, "GET", "/v1.7/jwks/oauth")
-    socket.sleep(0.1)
-    assert.is_true(twenty() < 0.5)
-    hung:close()
-    sb:fault{ path = "/v1.7/jwks/oauth", action = "delay", ms = 5000 }
-    local delayed = connect(sb)
-    send(delayed, "GET", "/v1.7/jwks/oauth")
-    socket.sleep(0.1)
-    assert.is_true(twenty() < 0.5)
-    delayed:close()
+    for _, action in ipairs{ "hang", "delay" } do
+      sb:fault{ path = "/v1.7/jwks/oauth", action = action, ms = 5000 }
+      local held = connect(sb)
+      send(held, "GET", "/v1.7/jwks/oauth")
+      socket.sleep(0.1)
+      assert.is_true(twenty() < 0.5, action)
+      held:close()
+    end
   end)
 
   it("answers others while a big download goes to a reader that does not read", function()

@@ -7,18 +7,12 @@ local cjson = require "cjson"
 local core = require "digime.core"
 local socket = require "socket"
 
-local AGENT = { sdk = { name = "lua-digime", version = "0.1.0", meta = { lua = _VERSION } } }
+local AGENT, json, query_of = sandbox.AGENT, sandbox.json, sandbox.query_of
 local CALLBACK = "https://app.example/return?from=sandbox"
 
 -- Helpers ------------------------------------------------------------------------------------
 
-local function shell(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  local rc = tonumber(out:match("rc=(%d+)%s*$"))
-  return rc, (out:gsub("rc=%d+%s*$", ""))
-end
+local shell = require("shell").status
 
 local function write_tmp(text)
   local path = os.tmpname()
@@ -26,14 +20,6 @@ local function write_tmp(text)
   f:write(text)
   f:close()
   return path
-end
-
-local function json(res)
-  return cjson.decode(res.body)
-end
-
-local function query_of(location)
-  return sandbox.parse_query(location:match("%?([^#]*)"))
 end
 
 -- Asserts the API error shape: JSON body and the X-Error-* headers, both.

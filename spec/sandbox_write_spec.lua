@@ -13,7 +13,7 @@ local socket = require "socket"
 local cipher = require "openssl.cipher"
 local digest = require "openssl.digest"
 
-local AGENT = { sdk = { name = "lua-digime", version = "0.1.0", meta = { lua = _VERSION } } }
+local AGENT, json, query_of, ucall = sandbox.AGENT, sandbox.json, sandbox.query_of, sandbox.ucall
 local CALLBACK = "https://app.example/return"
 local DEMO = sandbox.demo()
 local APP = DEMO.application_id
@@ -21,10 +21,6 @@ local KID = DEMO.contract_id .. "_" .. DEMO.application_id .. "_0"
 local ACC_A, ACC_B = "40_SbInstagram01", "24_SbFitbit01"    -- the built-in library's accounts
 
 -- Helpers ------------------------------------------------------------------------------------
-
-local function json(res)
-  return cjson.decode(res.body)
-end
 
 local hex = require("encode").hex
 
@@ -57,10 +53,6 @@ local function assert_serror(res, status, code)
   return body
 end
 
-local function query_of(location)
-  return sandbox.parse_query(location:match("%?([^#]*)"))
-end
-
 local function decode_payload(jwt)
   local _, p = sandbox.decode_jwt(jwt)
   return p
@@ -69,38 +61,7 @@ end
 -- authorize -> consent -> exchange: the token endpoint payload. opts.storage_ref goes on the
 -- authorize page.
 local function login(sb, opts)
-  opts = opts or {}
-  local verifier, challenge = sandbox.pkce()
-  local res = assert(sb:call("POST", "oauth/authorize", {
-    claims = { code_challenge = challenge, code_challenge_method = "S256",
-               redirect_uri = CALLBACK, response_mode = "query", response_type = "code",
-               state = "s" },
-    body = { agent = AGENT } }))
-  assert.equal(201, res.status, res.body)
-  local code = decode_payload(json(res).token).preauthorization_code
-  local url = sb.onboard_url .. "authorize?code=" .. code
-  if opts.storage_ref then
-    url = url .. "&storageRef=" .. urlencode(opts.storage_ref)
-  end
-  local page = assert(sb:request{ url = url })
-  assert.equal(302, page.status)
-  local q = query_of(page.headers.location)
-  if opts.expect_failure then
-    return q
-  end
-  assert.equal("true", q.success, page.headers.location)
-  local tres = assert(sb:call("POST", "oauth/token", {
-    claims = { code = q.code, code_verifier = verifier, grant_type = "authorization_code" } }))
-  assert.equal(201, tres.status, tres.body)
-  return decode_payload(json(tres).token)
-end
-
--- A USER-claims call.
-local function ucall(sb, method, path, token, opts)
-  opts = opts or {}
-  local at = type(token) == "table" and token.access_token.value or token
-  return assert(sb:call(method, path, { claims = { access_token = at }, body = opts.body,
-                                        headers = opts.headers, timeout = opts.timeout }))
+  return (sandbox.login(sb, CALLBACK, opts))
 end
 
 -- A CONTRACT-claims call.

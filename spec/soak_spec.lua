@@ -71,6 +71,16 @@ local function predicted_list(seed, polls)
   return n
 end
 
+-- An on_file_error that records each failure in rec (errors: the list, failed: a count by
+-- file name) and in flow's error record.
+local function failure_recorder(rec)
+  return function(failure)
+    rec.errors[#rec.errors + 1] = failure
+    rec.failed[failure.file_name] = (rec.failed[failure.file_name] or 0) + 1
+    flow.record_error(failure.error)
+  end
+end
+
 local function file_key(name)
   return "GET /" .. request.encode_segment(name)
 end
@@ -203,11 +213,7 @@ describe("fault soak", function()
         rec.got[name] = (rec.got[name] or 0) + 1
         rec.hashes[name] = hex(core.sha256(file.file_data))
       end,
-      on_file_error = function(failure)
-        rec.errors[#rec.errors + 1] = failure
-        rec.failed[failure.file_name] = (rec.failed[failure.file_name] or 0) + 1
-        flow.record_error(failure.error)
-      end,
+      on_file_error = failure_recorder(rec),
     }
     for k, v in pairs(extra or {}) do opts[k] = v end
     local t0 = flow.now()
@@ -366,11 +372,7 @@ describe("fault soak", function()
           rec.n = rec.n + 1
           if rec.n == after then outage(running) end
         end,
-        on_file_error = function(failure)
-          rec.errors[#rec.errors + 1] = failure
-          rec.failed[failure.file_name] = (rec.failed[failure.file_name] or 0) + 1
-          flow.record_error(failure.error)
-        end,
+        on_file_error = failure_recorder(rec),
       })
       rec.seconds = flow.now() - t0
       assert(ok, "read_all_files raised: " .. tostring(res))

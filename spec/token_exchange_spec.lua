@@ -36,9 +36,7 @@ describe("token exchange and refresh", function()
   lazy_setup(function()
     sb = flow.start()
     refreshed = {}
-    sdk = assert(flow.sdk(sb, { on_token_refresh = function(new, old)
-      refreshed[#refreshed + 1] = { new = new, old = old }
-    end }))
+    sdk = assert(flow.sdk(sb, { on_token_refresh = flow.refresh_recorder(function() return refreshed end) }))
   end)
 
   sandbox_hooks.stop_and_reset(function() return sb end)
@@ -152,10 +150,7 @@ describe("token exchange and refresh", function()
 
   it("survives an on_token_refresh that raises", function()
     local lines = {}
-    local s2 = assert(flow.sdk(sb, {
-      on_token_refresh = function() error("hook failed") end,
-      logger = function(level, message) lines[#lines + 1] = level .. " " .. message end,
-    }))
+    local s2 = flow.sdk_with_failing_refresh_hook(sb, lines)
     local token = flow.login(s2)
     local new, err = s2:refresh_token{ contract = flow.contract(), user_access_token = token }
     assert.is_nil(err)

@@ -20,9 +20,7 @@ describe("token refresh in the read calls", function()
 
   lazy_setup(function()
     sb = flow.start{ args = { "--sync-pace", "0.05", "--hostile-names" } }
-    sdk = assert(flow.sdk(sb, { on_token_refresh = function(new, old)
-      refreshed[#refreshed + 1] = { new = new, old = old }
-    end }))
+    sdk = assert(flow.sdk(sb, { on_token_refresh = flow.refresh_recorder(function() return refreshed end) }))
   end)
 
   sandbox_hooks.stop_and_reset(function() return sb end)
@@ -59,12 +57,9 @@ describe("token refresh in the read calls", function()
     return table.concat(out, ", ")
   end
 
-  -- Whether the sandbox takes t's refresh token (asked directly, not through the SDK, which
-  -- may know that a token was refreshed already). It rotates: use it last.
+  -- Whether the sandbox takes t's refresh token. It rotates: use it last.
   local function refresh_works(t)
-    local res = assert(sb:call("POST", "oauth/token", {
-      claims = { grant_type = "refresh_token", refresh_token = t.refresh_token.value } }))
-    return res.status == 201, res.status
+    return flow.refresh_works(sb, t)
   end
 
   -- Compares tokens by their values without printing them.
@@ -300,10 +295,7 @@ describe("token refresh in the read calls", function()
 
   it("goes on when on_token_refresh raises, and logs it", function()
     local lines = {}
-    local s2 = assert(flow.sdk(sb, {
-      on_token_refresh = function() error("hook failed") end,
-      logger = function(level, message) lines[#lines + 1] = level .. " " .. message end,
-    }))
+    local s2 = flow.sdk_with_failing_refresh_hook(sb, lines)
     sb:expire("access")
     local res, err = s2:read_accounts{ contract = flow.contract(), user_access_token = token }
     assert.is_nil(err)

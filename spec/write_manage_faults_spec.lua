@@ -30,6 +30,15 @@ local TOKEN = "/v1.7/oauth/token"
 local APP = flow.APP_ID
 local NONE = {}                       -- in a bad-input case: leave this option out
 
+-- A DELETE whose first answer was lost: the next attempt found nothing (404), which after a
+-- lost answer means done; the second attempt was faulted too.
+local function deleted_by_the_lost_attempt(r)
+  assert.is_nil(r.err, tostring(r.err))
+  assert.is_true(r.res.deleted)
+  assert.are.equal(404, r.res.status)
+  assert.are.equal(LIMIT + 1, r.seen)
+end
+
 local function fault_body(status)
   return { error = { code = "Fault" .. status, message = "injected by the spec" } }
 end
@@ -168,10 +177,7 @@ describe("write/manage/storage calls under faults", function()
       -- The account went with the first DELETE, whose answer was lost; the next attempt
       -- finds no account (404), which after a lost answer means done.
       lost = function(r)
-        assert.is_nil(r.err, tostring(r.err))
-        assert.is_true(r.res.deleted)
-        assert.are.equal(404, r.res.status)
-        assert.are.equal(LIMIT + 1, r.seen)   -- the second attempt was faulted too
+        deleted_by_the_lost_attempt(r)
         local users = sb:control("GET", "users")
         assert.are.same({ r.ctx.account }, users[1].removed)
       end },
@@ -232,10 +238,7 @@ describe("write/manage/storage calls under faults", function()
       -- The object went with the first DELETE, whose answer was lost; the next attempt finds
       -- nothing (404), which after a lost answer means done.
       lost = function(r)
-        assert.is_nil(r.err, tostring(r.err))
-        assert.is_true(r.res.deleted)
-        assert.are.equal(404, r.res.status)
-        assert.are.equal(LIMIT + 1, r.seen)   -- the second attempt was faulted too
+        deleted_by_the_lost_attempt(r)
         assert.are.equal(0, #storage_of(r.ctx.storage).files)
       end },
   }

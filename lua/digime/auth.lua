@@ -62,14 +62,14 @@ local check_authorize = validate.checker("get_authorize_url", {
   { "sources_scope", validate.sources_scope, true },
 })
 
---- sdk:get_authorize_url{ contract, callback, state, ... } -> { url, code_verifier, session }
-function _M.get_authorize_url(sdk, opts)
-  local ok, err = check_authorize(opts)
-  if not ok then return nil, err end
+-- The signed POST both consent flows start with (call names it): PKCE (a fresh pair per
+-- attempt), the user's token when there is one, the callback and state; response_mode and
+-- response_type with `response` (the first-time flow). The answer's token must carry
+-- code_field and its body a session. -> code, session, code_verifier | nil, err
+local function consent_post(sdk, opts, path, code_field, call, response)
   local contract = opts.contract
   local verifier
-  local payload, body = signed_post(sdk, contract, "oauth/authorize",
-    actions_body(sdk, opts.session_options),
+  local payload, body = signed_post(sdk, contract, path, actions_body(sdk, opts.session_options),
     function()
       -- A new verifier per attempt: the one returned belongs to the attempt that got through.
       local challenge
@@ -82,23 +82,33 @@ function _M.get_authorize_url(sdk, opts)
         "code_challenge_method", "S256",
         "nonce", jwt.nonce(),
         "redirect_uri", opts.callback,
-        "response_mode", "query",
-        "response_type", "code",
+        "response_mode", response and "query",
+        "response_type", response and "code",
         "state", opts.state,
         "timestamp", jwt.now_ms())
-    end, "get_authorize_url")
+    end, call)
   if not payload then return nil, body end
-  local code = payload.preauthorization_code
+  local code = payload[code_field]
   if type(code) ~= "string" or code == "" then
-    return nil, invalid_response("oauth/authorize", "the token carries no preauthorization_code")
+    return nil, invalid_response(path, "the token carries no " .. code_field)
   end
-  local session, serr = check_session(body.session, "oauth/authorize")
+  local session, serr = check_session(body.session, path)
   if not session then return nil, serr end
+  return code, session, verifier
+end
+
+--- sdk:get_authorize_url{ contract, callback, state, ... } -> { url, code_verifier, session }
+function _M.get_authorize_url(sdk, opts)
+  local ok, err = check_authorize(opts)
+  if not ok then return nil, err end
+  local code, session, verifier = consent_post(sdk, opts, "oauth/authorize",
+                                               "preauthorization_code", "get_authorize_url", true)
+  if not code then return nil, session end
 
   local storage_ref
   if opts.storage_id then
     local rerr
-    storage_ref, rerr = reference(sdk, contract, "cloudId", opts.storage_id)
+    storage_ref, rerr = reference(sdk, opts.contract, "cloudId", opts.storage_id)
     if not storage_ref then return nil, rerr end
   end
 
@@ -121,30 +131,9 @@ local check_reauthorize = validate.checker("get_reauthorize_url", {
 function _M.get_reauthorize_url(sdk, opts)
   local ok, err = check_reauthorize(opts)
   if not ok then return nil, err end
-  local contract = opts.contract
-  local verifier
-  local payload, body = signed_post(sdk, contract, "oauth/token/reference",
-    actions_body(sdk, opts.session_options),
-    function()
-      local challenge
-      verifier, challenge = pkce()
-      return json.object_of(
-        "access_token", opts.user_access_token.access_token.value,
-        "client_id", client_id(sdk, contract),
-        "code_challenge", challenge,
-        "code_challenge_method", "S256",
-        "nonce", jwt.nonce(),
-        "redirect_uri", opts.callback,
-        "state", opts.state,
-        "timestamp", jwt.now_ms())
-    end, "get_reauthorize_url")
-  if not payload then return nil, body end
-  local code = payload.reference_code
-  if type(code) ~= "string" or code == "" then
-    return nil, invalid_response("oauth/token/reference", "the token carries no reference_code")
-  end
-  local session, serr = check_session(body.session, "oauth/token/reference")
-  if not session then return nil, serr end
+  local code, session, verifier = consent_post(sdk, opts, "oauth/token/reference",
+                                               "reference_code", "get_reauthorize_url")
+  if not code then return nil, session end
   local url = urls.build(sdk.config.onboard_url .. "user-reauth",
     "code", code,
     "lng", opts.locale,

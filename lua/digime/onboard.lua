@@ -16,9 +16,11 @@ local invalid_response = errors.invalid_response
 
 local header_string = validate.header_string
 
--- POST oauth/token/reference with claims built per attempt for the current token; returns
--- { code, session } (the verified reference_code and the session), as a user call.
-local function reference_call(sdk, opts, body, claims_for, finish)
+-- POST oauth/token/reference as a user call, its claims (the current token, the callback and
+-- opts.state) built per attempt; finish(code, session) gets the verified reference_code and
+-- the session.
+local function reference_call(sdk, opts, body, finish)
+  local client_id = jwt.client_id(sdk, opts.contract)
   local text, jerr = json.encode(body)
   if not text then return nil, errors.validation("session_options", "cannot be encoded: " .. jerr) end
   return signed_call.user(sdk, opts.contract, opts.user_access_token, {
@@ -35,7 +37,15 @@ local function reference_call(sdk, opts, body, claims_for, finish)
     local s, serr = consent.check_session(res.json.session, "oauth/token/reference")
     if not s then return nil, serr end
     return finish(code, s)
-  end, claims_for)
+  end, function(token)
+    return json.object_of(
+      "access_token", token.access_token.value,
+      "client_id", client_id,
+      "nonce", jwt.nonce(),
+      "redirect_uri", opts.callback,
+      "state", opts.state,
+      "timestamp", jwt.now_ms())
+  end)
 end
 
 local check_onboard = validate.checker("get_onboard_service_url", {
@@ -58,18 +68,8 @@ local check_onboard = validate.checker("get_onboard_service_url", {
 function _M.get_onboard_service_url(sdk, opts)
   local ok, err = check_onboard(opts)
   if not ok then return nil, err end
-  local client_id = jwt.client_id(sdk, opts.contract)
   return reference_call(sdk, opts,
     json.object_of("agent", sdk.config.agent, "actions", opts.session_options),
-    function(token)
-      return json.object_of(
-        "access_token", token.access_token.value,
-        "client_id", client_id,
-        "nonce", jwt.nonce(),
-        "redirect_uri", opts.callback,
-        "state", opts.state,
-        "timestamp", jwt.now_ms())
-    end,
     function(code, session)
       local url = consent.service_url(sdk.config.onboard_url .. "onboard", code, opts)
       return { url = url, session = session }
@@ -89,16 +89,7 @@ local check_reauth_account = validate.checker("get_reauthorize_account_url", {
 function _M.get_reauthorize_account_url(sdk, opts)
   local ok, err = check_reauth_account(opts)
   if not ok then return nil, err end
-  local client_id = jwt.client_id(sdk, opts.contract)
   local res, rerr = reference_call(sdk, opts, json.object_of("agent", sdk.config.agent),
-    function(token)
-      return json.object_of(
-        "access_token", token.access_token.value,
-        "client_id", client_id,
-        "nonce", jwt.nonce(),
-        "redirect_uri", opts.callback,
-        "timestamp", jwt.now_ms())
-    end,
     function(code, session) return { code = code, session = session } end)
   if not res then return nil, rerr end
   -- The account reference (a contract call: a 401 here is not about the user's token).

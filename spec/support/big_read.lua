@@ -24,12 +24,7 @@ local base_url, onboard_url, file_name, sink_kind, loop = arg[1], arg[2], arg[3]
 local timeout = tonumber(arg[6]) or 120
 assert(base_url and onboard_url and file_name, "usage: big_read.lua BASE_URL ONBOARD_URL FILE SINK LOOP")
 
-local function hwm_kb()
-  local f = assert(io.open("/proc/self/status", "rb"))
-  local text = f:read("*a")
-  f:close()
-  return tonumber(text:match("VmHWM:%s*(%d+)"))
-end
+local hwm_kb = flow.hwm_kb
 
 local function hex(s)
   return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))

@@ -22,12 +22,7 @@ local socket = require "socket"
 local origin, what = arg[1], arg[2]
 assert(origin and what, "usage: error_body_read.lua ORIGIN CALL")
 
-local function hwm_kb()
-  local f = assert(io.open("/proc/self/status", "rb"))
-  local text = f:read("*a")
-  f:close()
-  return tonumber(text:match("VmHWM:%s*(%d+)"))
-end
+local hwm_kb = flow.hwm_kb
 
 local function token()
   local now = os.time()

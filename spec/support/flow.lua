@@ -15,6 +15,7 @@
 -- callback with success/state/code, can be read.
 local sandbox = require "sandbox"
 local shell = require "shell"
+local scripted = require "scripted"
 local cjson = require "cjson"
 local socket = require "socket"
 local core = require "digime.core"
@@ -159,6 +160,63 @@ function _M.track(sdk)
     end
   end
   return sdk
+end
+
+-- Whether the sandbox sb takes t's refresh token (asked directly, not through an SDK, which may
+-- know that a token was refreshed already). It rotates: use it last. -> ok, status
+function _M.refresh_works(sb, t)
+  local res = assert(sb:call("POST", "oauth/token", {
+    claims = { grant_type = "refresh_token", refresh_token = t.refresh_token.value } }))
+  return res.status == 201, res.status
+end
+
+-- A logger for digime.init that appends "level message" to lines.
+function _M.line_logger(lines)
+  return function(level, message) lines[#lines + 1] = level .. " " .. message end
+end
+
+-- An sdk over sb whose on_token_refresh raises, its log lines into lines: the SDK must go on.
+function _M.sdk_with_failing_refresh_hook(sb, lines)
+  return assert(_M.sdk(sb, { on_token_refresh = function() error("hook failed") end,
+                             logger = _M.line_logger(lines) }))
+end
+
+-- The sandbox's log entries after the first mark, only those to path when it is given.
+function _M.log_since(sb, mark, path)
+  local out = {}
+  for i, e in ipairs(sb:log()) do
+    if i > mark and (path == nil or e.path == path) then out[#out + 1] = e end
+  end
+  return out
+end
+
+-- No signed JWT presented twice among log entries (a request dropped before the sandbox read
+-- it has no nonce in the log).
+function _M.assert_distinct_nonces(entries)
+  local seen = {}
+  for _, e in ipairs(entries) do
+    if e.nonce then
+      require("luassert").is_nil(seen[e.nonce], "a signed JWT presented twice")
+      seen[e.nonce] = true
+    end
+  end
+end
+
+-- The peak resident set of this process (VmHWM), in KiB.
+function _M.hwm_kb()
+  local f = assert(io.open("/proc/self/status", "rb"))
+  local text = f:read("*a")
+  f:close()
+  return tonumber(text:match("VmHWM:%s*(%d+)"))
+end
+
+-- An on_token_refresh callback that appends { new =, old = } to the list get() returns (the
+-- spec's own, which it may replace between tests).
+function _M.refresh_recorder(get)
+  return function(new, old)
+    local list = get()
+    list[#list + 1] = { new = new, old = old }
+  end
 end
 
 -- digime.init for the sandbox sb (or for the URLs in extra): small backoffs, a recording
@@ -494,8 +552,7 @@ while socket.gettime() < deadline do
 end
 ]==]
 
-local Capture = {}
-Capture.__index = Capture
+local Capture = scripted.class("capture proxy", 10)
 
 -- Starts the capture proxy in front of sb (or with no upstream when sb is nil).
 function _M.capture(sb)
@@ -515,27 +572,6 @@ function _M.capture(sb)
                         onboard_url = origin .. "/apps/saas/" }, Capture)
 end
 
-local function capture_call(self, method, path, body)
-  local res, err = sandbox.request{ method = method, url = self.origin .. path, body = body,
-                                    timeout = 10 }
-  assert(res and res.status == 200, "capture control " .. path .. ": " .. tostring(err or res.status))
-  return cjson.decode(res.body)
-end
-
-function Capture:script(entries)
-  local res, err = sandbox.request{ method = "POST", url = self.origin .. "/__script",
-                                    body = cjson.encode(entries), timeout = 10 }
-  assert(res and res.status == 200, "capture script: " .. tostring(err))
-end
-
-function Capture:requests()
-  return capture_call(self, "GET", "/__log")
-end
-
-function Capture:clear()
-  return capture_call(self, "POST", "/__clear")
-end
-
 -- The recorded requests to a path (exact, query ignored).
 function Capture:requests_to(path)
   local out = {}
@@ -543,14 +579,6 @@ function Capture:requests_to(path)
     if r.path:match("^[^?]*") == path then out[#out + 1] = r end
   end
   return out
-end
-
-function Capture:stop()
-  if self.pid then
-    os.execute("kill " .. self.pid .. " 2>/dev/null")
-    self.pid = nil
-    os.remove(self.out)
-  end
 end
 
 return _M

@@ -22,6 +22,27 @@ function _M.non_object()
   }
 end
 
+-- Sets the dotted path field ("a.b.c") of table t to v.
+local function set_path(t, field, v)
+  local head, last = field:match("^(.*)%.([^.]+)$")
+  if head then
+    for key in head:gmatch("[^.]+") do t = t[key] end
+  end
+  t[last or field] = v
+end
+
+-- Feeds every STD-INVALID value to each (dotted) field of each call in names (a name or a list),
+-- through the spec's own probe(name, mutate, field, what).
+function _M.std_invalid_fields(probe, names, fields)
+  for _, name in ipairs(type(names) == "table" and names or { names }) do
+    for _, p in ipairs(_M.std_invalid()) do
+      for _, field in ipairs(fields) do
+        probe(name, function(a) set_path(a, field, p[2]) end, field, field .. " = " .. p[1])
+      end
+    end
+  end
+end
+
 -- err is a TypeValidationError whose message names field (when given); what labels the probe.
 function _M.refused_err(err, field, what)
   assert.is_table(err, what .. ": no error object")

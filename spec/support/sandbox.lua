@@ -441,4 +441,59 @@ function _M.parse_query(q)
   return out
 end
 
+-- The raw-HTTP helpers the sandbox's own specs share (no SDK code there, so that a mistake in
+-- the SDK cannot hide one in the sandbox): the agent a request carries, JSON answers, the query
+-- of a redirect, USER-claims calls.
+
+_M.AGENT = { sdk = { name = "lua-digime", version = "0.1.0", meta = { lua = _VERSION } } }
+
+function _M.json(res)
+  return cjson.decode(res.body)
+end
+
+function _M.query_of(location)
+  return _M.parse_query(location:match("%?([^#]*)"))
+end
+
+-- A USER-claims call on sb: token is a token payload or an access token's value.
+function _M.ucall(sb, method, path, token, opts)
+  opts = opts or {}
+  local at = type(token) == "table" and token.access_token.value or token
+  return assert(sb:call(method, path, { claims = { access_token = at }, body = opts.body,
+                                        headers = opts.headers, timeout = opts.timeout }))
+end
+
+-- authorize -> consent -> exchange over raw HTTP, the consent redirecting to callback:
+-- -> the token endpoint's payload, the authorize answer's session. opts.storage_ref goes on
+-- the consent page; with opts.expect_failure -> the consent redirect's query instead.
+function _M.login(sb, callback, opts)
+  local luassert = require "luassert"
+  opts = opts or {}
+  local verifier, challenge = _M.pkce()
+  local res = assert(sb:call("POST", "oauth/authorize", {
+    claims = { code_challenge = challenge, code_challenge_method = "S256",
+               redirect_uri = callback, response_mode = "query", response_type = "code",
+               state = "s" },
+    body = { agent = _M.AGENT } }))
+  luassert.equal(201, res.status, res.body)
+  local body = _M.json(res)
+  local _, p = _M.decode_jwt(body.token)
+  local url = sb.onboard_url .. "authorize?code=" .. p.preauthorization_code
+  if opts.storage_ref then
+    url = url .. "&storageRef=" .. require("encode").urlencode(opts.storage_ref)
+  end
+  local page = assert(sb:request{ url = url })
+  luassert.equal(302, page.status)
+  local q = _M.query_of(page.headers.location)
+  if opts.expect_failure then
+    return q
+  end
+  luassert.equal("true", q.success, page.headers.location)
+  local tres = assert(sb:call("POST", "oauth/token", {
+    claims = { code = q.code, code_verifier = verifier, grant_type = "authorization_code" } }))
+  luassert.equal(201, tres.status, tres.body)
+  local _, t = _M.decode_jwt(_M.json(tres).token)
+  return t, body.session
+end
+
 return _M

@@ -3,7 +3,7 @@
 -- made with the openssl command line.
 local cjson = require "cjson"
 local core = require "digime.core"
-local sandbox = require "sandbox"
+local scripted = require "scripted"
 local shell = require "shell"
 
 local _M = {}
@@ -18,8 +18,7 @@ end
 
 -- Servers ----------------------------------------------------------------------------------
 
-local Server = {}
-Server.__index = Server
+local Server = scripted.class("security_server", 20)
 
 --- Starts spec/support/security_server.lua: -> server { origin, port, pid }
 function _M.server(ttl)
@@ -29,34 +28,7 @@ function _M.server(ttl)
                         origin = "http://127.0.0.1:" .. port }, Server)
 end
 
-local function control(self, method, path, body)
-  local res, err = sandbox.request{ method = method, url = self.origin .. path, body = body,
-                                    timeout = 20 }
-  assert(res and res.status == 200, "security_server " .. path .. ": "
-         .. tostring(err or (res.status .. " " .. res.body)))
-  return cjson.decode(res.body)
-end
-
-function Server:script(entries)
-  return control(self, "POST", "/__script", cjson.encode(entries))
-end
-
---- Every request recorded since the last clear: [{ method, target, headers }]
-function Server:requests()
-  return control(self, "GET", "/__log")
-end
-
-function Server:clear()
-  return control(self, "POST", "/__clear")
-end
-
-function Server:stop()
-  if self.pid then
-    os.execute("kill " .. self.pid .. " 2>/dev/null")
-    self.pid = nil
-    os.remove(self.out)
-  end
-end
+-- Its requests() are [{ method, target, headers }].
 
 -- Secrets ----------------------------------------------------------------------------------
 --

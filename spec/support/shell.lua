@@ -5,13 +5,19 @@ function _M.quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
--- Runs a shell command; returns ok, combined output.
-function _M.run(cmd)
+-- Runs a shell command; returns its exit status, combined output.
+function _M.status(cmd)
   local f = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"__rc=$?\""))
   local out = f:read("*a")
   f:close()
   local rc = tonumber(out:match("__rc=(%d+)%s*$"))
-  return rc == 0, (out:gsub("__rc=%d+%s*$", ""))
+  return rc, (out:gsub("__rc=%d+%s*$", ""))
+end
+
+-- Runs a shell command; returns ok, combined output.
+function _M.run(cmd)
+  local rc, out = _M.status(cmd)
+  return rc == 0, out
 end
 
 function _M.tmpdir()
@@ -19,6 +25,14 @@ function _M.tmpdir()
   local dir = f:read("*l")
   f:close()
   return dir
+end
+
+-- The absolute path of a directory.
+function _M.absolute(dir)
+  local f = assert(io.popen("cd " .. _M.quote(dir) .. " && pwd"))
+  local abs = f:read("*l")
+  f:close()
+  return abs
 end
 
 function _M.write(path, data)

@@ -75,20 +75,97 @@ local function temp_file()
   return path, f
 end
 
+-- A body being received (rx): its digest, its bytes in memory (parts) or in a temporary file
+-- (path, file), and whether it has gone over the limit.
+
+local WRITE_FAILED = "cannot write the body to a temporary file: "
+
+local function drop_file(rx)
+  if rx.file then
+    rx.file:close()
+    os.remove(rx.path)
+    rx.file, rx.path = nil, nil
+  end
+end
+
+-- Keeps a chunk under the limit: in memory, or in the file once the memory passes spill.
+-- -> true | nil, why
+local function keep(rx, chunk, spill)
+  rx.digest:update(chunk)
+  if rx.file then
+    local ok, werr = rx.file:write(chunk)
+    if not ok then
+      return nil, WRITE_FAILED .. tostring(werr)
+    end
+    return true
+  end
+  rx.parts[#rx.parts + 1] = chunk
+  rx.in_memory = rx.in_memory + #chunk
+  if spill and rx.in_memory > spill then
+    local p, f = temp_file()
+    if not p then
+      return nil, "cannot make a temporary file: " .. tostring(f)
+    end
+    rx.path, rx.file = p, f
+    local ok, werr = f:write(concat(rx.parts))
+    if not ok then
+      return nil, WRITE_FAILED .. tostring(werr)
+    end
+    rx.parts = {}
+  end
+  return true
+end
+
+-- One chunk: kept, or (over the limit) counted and dropped until the drain allowance is
+-- spent. -> true | nil, why
+local function take(rx, chunk, limit, opts)
+  local n = #chunk
+  rx.size = rx.size + n
+  if rx.over then
+    if rx.size > limit + (opts.drain or DRAIN) then
+      return nil, "too_large_closed"
+    end
+  elseif rx.size > limit then
+    rx.over = true
+    rx.parts = {}
+    drop_file(rx)
+  elseif n > 0 then
+    local ok, why = keep(rx, chunk, opts.spill)
+    if not ok then
+      return nil, why
+    end
+  end
+  rx.since_gc = rx.since_gc + n
+  if rx.since_gc >= 8 * 1024 * 1024 then
+    collectgarbage("step", 0)
+    rx.since_gc = 0
+  end
+  return true
+end
+
+-- The blob of a body received whole and under the limit: -> blob | nil, err
+local function finish(rx)
+  local blob = { size = rx.size, sha256 = hex(rx.digest:final()) }
+  if rx.file then
+    local ok, err = rx.file:close()
+    if not ok then
+      os.remove(rx.path)
+      return nil, WRITE_FAILED .. tostring(err)
+    end
+    blob.path = rx.path
+  else
+    blob.data = concat(rx.parts)
+  end
+  return blob
+end
+
 function _M.receive(req, opts)
   local limit = opts.limit or math_huge
-  local spill = opts.spill
   _M.continue(req)
-  local d = digest.new("sha256")
-  local parts, size, in_memory = {}, 0, 0
-  local path, file
-  local over = false
-  local since_gc = 0
+  local rx = { digest = digest.new("sha256"), parts = {}, size = 0, in_memory = 0,
+               over = false, since_gc = 0 }
   local function fail(why)
-    if file then
-      file:close()
-      os.remove(path)
-    end
+    drop_file(rx)
     return nil, why
   end
   while true do
@@ -99,48 +176,9 @@ function _M.receive(req, opts)
       end
       break
     end
-    local n = #chunk
-    size = size + n
-    if over then
-      if size > limit + (opts.drain or DRAIN) then
-        return fail("too_large_closed")
-      end
-    elseif size > limit then
-      over = true
-      parts = {}
-      if file then
-        file:close()
-        os.remove(path)
-        file, path = nil, nil
-      end
-    elseif n > 0 then
-      d:update(chunk)
-      if file then
-        local ok, werr = file:write(chunk)
-        if not ok then
-          return fail("cannot write the body to a temporary file: " .. tostring(werr))
-        end
-      else
-        parts[#parts + 1] = chunk
-        in_memory = in_memory + n
-        if spill and in_memory > spill then
-          local p, f = temp_file()
-          if not p then
-            return fail("cannot make a temporary file: " .. tostring(f))
-          end
-          path, file = p, f
-          local ok, werr = file:write(concat(parts))
-          if not ok then
-            return fail("cannot write the body to a temporary file: " .. tostring(werr))
-          end
-          parts = {}
-        end
-      end
-    end
-    since_gc = since_gc + n
-    if since_gc >= 8 * 1024 * 1024 then
-      collectgarbage("step", 0)
-      since_gc = 0
+    local ok, why = take(rx, chunk, limit, opts)
+    if not ok then
+      return fail(why)
     end
   end
   req._body = req._body or ""     -- consumed: nothing left for req:body()
@@ -149,21 +187,10 @@ function _M.receive(req, opts)
     -- lua-http ends a Content-Length body early, without an error, when the client closes
     return fail("the body ended before its declared length")
   end
-  if over then
+  if rx.over then
     return nil, "too_large"
   end
-  local blob = { size = size, sha256 = hex(d:final()) }
-  if file then
-    local ok, err = file:close()
-    if not ok then
-      os.remove(path)
-      return nil, "cannot write the body to a temporary file: " .. tostring(err)
-    end
-    blob.path = path
-  else
-    blob.data = concat(parts)
-  end
-  return blob
+  return finish(rx)
 end
 
 function _M.discard(blob)

@@ -344,12 +344,8 @@ local function apply_fault(f)
   end
 end
 
-local function handle(app, stream)
-  local t0 = monotime()
-  local rh = stream:get_headers(BODY_TIMEOUT)
-  if not rh then
-    return
-  end
+-- The request table the routes see, from the stream's headers.
+local function new_request(stream, rh)
   local method = rh:get(":method")
   local target = rh:get(":path") or "/"
   local path, query = target:match("^([^?]*)%??(.*)$")
@@ -368,25 +364,98 @@ local function handle(app, stream)
     log = { method = method, path = path, conn = crec and crec.id,
             conn_request = crec and crec.requests },
   }
+  return req, crec
+end
+
+-- An API request arrives: the in-flight counts and their peaks, fetch and connection counts.
+local function count_arrival(app, req, crec, download)
+  local stats = app.state.stats
+  stats.inflight = stats.inflight + 1
+  if stats.inflight > stats.max_inflight then
+    stats.max_inflight = stats.inflight
+  end
+  if download then
+    -- From arrival to the last byte, faults (a delay, a hang) included.
+    stats.inflight_downloads = stats.inflight_downloads + 1
+    if stats.inflight_downloads > stats.max_inflight_downloads then
+      stats.max_inflight_downloads = stats.inflight_downloads
+    end
+  end
+  api.count_fetch(app, req)
+  conns.api_request(app, crec)
+end
+
+-- The route's answer, unless a fault has already decided it: a handler that throws or
+-- returns no answer gives a 500.
+local function route_answer(app, req)
+  local ok, r = xpcall(routes.dispatch, debug.traceback, app, req)
+  if ok and type(r) == "table" and r.status then
+    return r
+  end
+  log_err("handler error: ", tostring(r))
+  return wire.error(500, "InternalError", "The sandbox failed on this request (see its stderr)")
+end
+
+-- Writes the answer (whole or truncated) and counts downloads: -> the outcome.
+local function send_answer(app, stream, req, res, outcome, truncate, download)
+  if truncate then
+    outcome = "truncated"
+  end
+  local wok, ok, err, sent = pcall(write_answer, stream, req, res, truncate)
+  if not wok then
+    log_err("writing an answer: ", tostring(ok))
+    ok, err = nil, ok
+    pcall(drop, stream)
+  end
+  local stats = app.state.stats   -- after the write: a reset may have replaced it meanwhile
+  if not ok and err then
+    outcome = "write failed: " .. tostring(err)
+  elseif ok and download and not truncate and res.status == 200 then
+    stats.downloads = stats.downloads + 1
+  end
+  if download and sent then
+    stats.download_bytes = stats.download_bytes + sent
+  end
+  if not truncate then
+    pcall(finish_body, stream, res, not (wok and ok))
+  end
+  if outcome == "closed after answer" then
+    -- No "connection: close": the client finds out on its next request.
+    pcall(drop, stream)
+  end
+  return outcome
+end
+
+-- An API request is over: the in-flight counts go down and the log gets its entry.
+local function count_departure(app, req, res, outcome, download, t0)
+  local st = app.state
+  -- st.stats afresh: a reset may have replaced it meanwhile.
+  st.stats.inflight = st.stats.inflight - 1
+  if download then
+    st.stats.inflight_downloads = st.stats.inflight_downloads - 1
+  end
+  local e = req.log
+  e.status = res and res.status or nil
+  e.outcome = outcome
+  e.ms = math_floor((monotime() - t0) * 1000 + 0.5)
+  e.time = os.time()
+  st:record(e)
+end
+
+local function handle(app, stream)
+  local t0 = monotime()
+  local rh = stream:get_headers(BODY_TIMEOUT)
+  if not rh then
+    return
+  end
+  local req, crec = new_request(stream, rh)
+  local method, path = req.method, req.path
 
   local st = app.state
   local control_req = path:sub(1, 9) == "/sandbox/"
   local download = not control_req and api.is_download(method, path)
   if not control_req then
-    local stats = st.stats
-    stats.inflight = stats.inflight + 1
-    if stats.inflight > stats.max_inflight then
-      stats.max_inflight = stats.inflight
-    end
-    if download then
-      -- From arrival to the last byte, faults (a delay, a hang) included.
-      stats.inflight_downloads = stats.inflight_downloads + 1
-      if stats.inflight_downloads > stats.max_inflight_downloads then
-        stats.max_inflight_downloads = stats.inflight_downloads
-      end
-    end
-    api.count_fetch(app, req)
-    conns.api_request(app, crec)
+    count_arrival(app, req, crec, download)
   end
 
   local f = not control_req and st:take_fault(method, path, false)
@@ -397,13 +466,7 @@ local function handle(app, stream)
   end
 
   if (outcome == nil or outcome == "closed after answer") and res == nil then
-    local ok, r = xpcall(routes.dispatch, debug.traceback, app, req)
-    if ok and type(r) == "table" and r.status then
-      res = r
-    else
-      log_err("handler error: ", tostring(r))
-      res = wire.error(500, "InternalError", "The sandbox failed on this request (see its stderr)")
-    end
+    res = route_answer(app, req)
   end
 
   if outcome == "reset" or reset_after then
@@ -412,44 +475,11 @@ local function handle(app, stream)
   elseif outcome == "hang" then
     hang(stream, f.ms)
   else
-    if truncate then
-      outcome = "truncated"
-    end
-    local wok, ok, err, sent = pcall(write_answer, stream, req, res, truncate)
-    if not wok then
-      log_err("writing an answer: ", tostring(ok))
-      ok, err = nil, ok
-      pcall(drop, stream)
-    end
-    if not ok and err then
-      outcome = "write failed: " .. tostring(err)
-    elseif ok and download and not truncate and res.status == 200 then
-      st.stats.downloads = st.stats.downloads + 1
-    end
-    if download and sent then
-      st.stats.download_bytes = st.stats.download_bytes + sent
-    end
-    if not truncate then
-      pcall(finish_body, stream, res, not (wok and ok))
-    end
-    if outcome == "closed after answer" then
-      -- No "connection: close": the client finds out on its next request.
-      pcall(drop, stream)
-    end
+    outcome = send_answer(app, stream, req, res, outcome, truncate, download)
   end
 
   if not control_req then
-    -- st.stats afresh: a reset may have replaced it meanwhile.
-    st.stats.inflight = st.stats.inflight - 1
-    if download then
-      st.stats.inflight_downloads = st.stats.inflight_downloads - 1
-    end
-    local e = req.log
-    e.status = res and res.status or nil
-    e.outcome = outcome
-    e.ms = math_floor((monotime() - t0) * 1000 + 0.5)
-    e.time = os.time()
-    st:record(e)
+    count_departure(app, req, res, outcome, download, t0)
   end
 end
 
