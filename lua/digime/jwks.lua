@@ -92,13 +92,14 @@ local function from_shared(sdk, jku)
   if entry and entry.body == body then return end
   local keys = keys_of(json.decode(body, sdk.config.jwks.max_size))
   if keys then
-    cache[jku] = { keys = keys, body = body,
+    cache[jku] = { keys = keys, body = body, from_store = true,
                    fetched = core.monotonic() - (core.time() - fetched_at) }
   end
 end
 
 -- A store's fetch time is kept to the millisecond, and read back through the wall clock: a
--- copy that seems up to this much older than our look at the store may be one made after it.
+-- copy another process stored that seems up to this much older than our look at the store
+-- may be one made after it. (This process's own copies carry the exact time.)
 local CLOCK_SLACK = 0.002
 
 -- A fetch once for all sharing the store: the lock holder fetches and shares; the others read
@@ -116,7 +117,8 @@ local function fetch_shared(sdk, jku, looked)
     -- a fetch of ours would bring, however long it took.
     from_shared(sdk, jku)
     local entry = sdk.jwks_cache[jku]
-    if entry and (entry.fetched >= looked - CLOCK_SLACK
+    local slack = entry and entry.from_store and CLOCK_SLACK or 0
+    if entry and (entry.fetched >= looked - slack
                   or (waited and core.monotonic() - entry.fetched < cfg.cooldown)) then
       lock:release()
       return entry.keys, entry.body
