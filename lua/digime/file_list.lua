@@ -47,8 +47,9 @@ function list_mt:decoded()
   return all
 end
 
-local function check_status(text)
-  local status = text and json.decode(text)
+--- Checks a file list answer's status (decoded): a known state, details an object if any.
+-- -> status | nil, err (read.check_file_list checks a decoded answer with it too)
+function _M.check_status(status)
   if type(status) ~= "table" then
     return nil, invalid_response(WHAT, "no status object")
   end
@@ -85,7 +86,7 @@ function _M.parse(text)
   end
   local is_object, kind, status_text = index:info()
   if not is_object then return nil, invalid_response(WHAT, "no status object") end
-  local status, err = check_status(status_text)
+  local status, err = _M.check_status(status_text and json.decode(status_text))
   if not status then return nil, err end
   if kind == "other" then return nil, invalid_response(WHAT, "fileList is not an array") end
   local ok, eerr = check_entries(index)

@@ -6,8 +6,9 @@ local request = require "digime.request"
 local metadata = require "digime.metadata"
 local signed_call = require "digime.signed_call"
 local file_body = require "digime.file_body"
+local file_list = require "digime.file_list"
 
-local type, pairs, ipairs, tostring, next = type, pairs, ipairs, tostring, next
+local type, pairs, ipairs, next = type, pairs, ipairs, next
 local huge = math.huge
 local jwt = require "digime.jwt"
 
@@ -49,22 +50,12 @@ function _M.read_session(sdk, opts)
   end)
 end
 
-local STATES = { pending = true, running = true, partial = true, completed = true }
-
 --- Checks a file list answer (doc/protocol.md "Reading a library"): status.state known, fileList entries with a
 -- string name and a numeric updatedDate. Other keys pass through.
 function _M.check_file_list(body)
   local what = "permission-access/query"
-  if type(body) ~= "table" or type(body.status) ~= "table" then
-    return nil, invalid_response(what, "no status object")
-  end
-  if not STATES[body.status.state] then
-    return nil, invalid_response(what, "unknown library state " .. tostring(body.status.state))
-  end
-  local details = body.status.details
-  if details ~= nil and type(details) ~= "table" then
-    return nil, invalid_response(what, "status.details is not an object")
-  end
+  local ok, err = file_list.check_status(type(body) == "table" and body.status or nil)
+  if not ok then return nil, err end
   local list = body.fileList
   if list ~= nil then
     if type(list) ~= "table" then
