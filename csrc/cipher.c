@@ -46,15 +46,30 @@ int dm_oaep_encrypt(EVP_PKEY *key, const unsigned char *in, size_t n,
     return 0;
 }
 
-int dm_oaep_decrypt(EVP_PKEY *key, const unsigned char *in, size_t n,
-                    unsigned char *out, size_t *outlen, const char **err)
+static int is_rsa(EVP_PKEY *key)
 {
-    EVP_PKEY_CTX *ctx = oaep_ctx(key, 1);
-    *outlen = (size_t)EVP_PKEY_get_size(key);
+    return EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA;
+}
+
+EVP_PKEY_CTX *dm_unwrap_ctx_new(EVP_PKEY *key, const char **err)
+{
+    EVP_PKEY_CTX *ctx = NULL;
+
+    if (is_rsa(key) && dm_key_is_private(key))
+        ctx = oaep_ctx(key, 1);
+    ERR_clear_error();
+    if (ctx == NULL)
+        *err = "an RSA private key is required";
+    return ctx;
+}
+
+int dm_oaep_unwrap(EVP_PKEY_CTX *unwrap, const unsigned char *in, size_t n,
+                   unsigned char *out, size_t *outlen, const char **err)
+{
+    size_t keysize = (size_t)EVP_PKEY_get_size(EVP_PKEY_CTX_get0_pkey(unwrap));
+    *outlen = keysize;
     /* One message for every failure: OAEP errors must not be told apart (padding oracle). */
-    int ok = ctx != NULL && n == (size_t)EVP_PKEY_get_size(key)
-          && EVP_PKEY_decrypt(ctx, out, outlen, in, n) == 1;
-    EVP_PKEY_CTX_free(ctx);
+    int ok = n == keysize && EVP_PKEY_decrypt(unwrap, out, outlen, in, n) == 1;
     ERR_clear_error();
     if (!ok) {
         *err = "RSA-OAEP decryption failed (wrong key or corrupt data)";
@@ -70,11 +85,6 @@ int dm_file_size_valid(unsigned long long total, size_t keysize)
     return total >= head + 16 && (total - head) % 16 == 0;
 }
 
-static int is_rsa(EVP_PKEY *key)
-{
-    return EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA;
-}
-
 /* EVP takes int lengths: long inputs go through in slices. */
 #define SLICE ((size_t)1 << 30)
 
@@ -83,7 +93,7 @@ static int is_rsa(EVP_PKEY *key)
 enum dec_state { DEC_HEADER, DEC_BODY, DEC_DONE, DEC_FAILED };
 
 struct dm_decryptor {
-    EVP_PKEY *key;              /* until the key segment is unwrapped */
+    EVP_PKEY_CTX *unwrap;       /* own copy, until the key segment is unwrapped */
     size_t keysize, hdr_len, have;
     unsigned char *hdr;         /* key segment || IV, as it arrives */
     EVP_CIPHER_CTX *ctx;
@@ -100,8 +110,8 @@ static void dec_wipe(dm_decryptor *d)
         free(d->hdr);
         d->hdr = NULL;
     }
-    EVP_PKEY_free(d->key);      /* a reference only: the caller's key lives on */
-    d->key = NULL;
+    EVP_PKEY_CTX_free(d->unwrap);  /* holds its own reference to the key */
+    d->unwrap = NULL;
     EVP_CIPHER_CTX_free(d->ctx);  /* wipes the AES key schedule */
     d->ctx = NULL;
 }
@@ -120,31 +130,37 @@ static int dec_fail(dm_decryptor *d, const char *fmt, ...)
     return -1;
 }
 
-dm_decryptor *dm_decryptor_new(EVP_PKEY *key, const char **err)
+dm_decryptor *dm_decryptor_from(const EVP_PKEY_CTX *unwrap, const char **err)
 {
-    dm_decryptor *d;
+    dm_decryptor *d = calloc(1, sizeof *d);
 
-    if (!is_rsa(key) || !dm_key_is_private(key)) {
-        *err = "an RSA private key is required";
-        return NULL;
-    }
-    d = calloc(1, sizeof *d);
     if (d == NULL) {
         *err = "out of memory";
         return NULL;
     }
-    d->keysize = (size_t)EVP_PKEY_get_size(key);
+    d->keysize = (size_t)EVP_PKEY_get_size(EVP_PKEY_CTX_get0_pkey((EVP_PKEY_CTX *)unwrap));
     d->hdr_len = d->keysize + 16;
     d->hdr = malloc(d->hdr_len);
     d->ctx = EVP_CIPHER_CTX_new();
-    if (d->hdr == NULL || d->ctx == NULL || EVP_PKEY_up_ref(key) != 1) {
+    /* a copy costs a thirtieth of setting a context up */
+    d->unwrap = EVP_PKEY_CTX_dup(unwrap);
+    if (d->hdr == NULL || d->ctx == NULL || d->unwrap == NULL) {
         dec_wipe(d);
         free(d);
+        ERR_clear_error();
         *err = "out of memory";
         return NULL;
     }
-    d->key = key;
     d->state = DEC_HEADER;
+    return d;
+}
+
+dm_decryptor *dm_decryptor_new(EVP_PKEY *key, const char **err)
+{
+    EVP_PKEY_CTX *unwrap = dm_unwrap_ctx_new(key, err);
+    dm_decryptor *d = unwrap != NULL ? dm_decryptor_from(unwrap, err) : NULL;
+
+    EVP_PKEY_CTX_free(unwrap);
     return d;
 }
 
@@ -170,7 +186,7 @@ static int dec_unwrap(dm_decryptor *d)
     int ok;
 
     ok = aes != NULL
-      && dm_oaep_decrypt(d->key, d->hdr, d->keysize, aes, &aeslen, &e) == 0
+      && dm_oaep_unwrap(d->unwrap, d->hdr, d->keysize, aes, &aeslen, &e) == 0
       && aeslen == 32
       && EVP_DecryptInit_ex(d->ctx, EVP_aes_256_cbc(), NULL, aes, d->hdr + d->keysize) == 1;
     if (aes != NULL) {
@@ -180,8 +196,8 @@ static int dec_unwrap(dm_decryptor *d)
     OPENSSL_cleanse(d->hdr, d->hdr_len);
     free(d->hdr);
     d->hdr = NULL;
-    EVP_PKEY_free(d->key);
-    d->key = NULL;
+    EVP_PKEY_CTX_free(d->unwrap);
+    d->unwrap = NULL;
     ERR_clear_error();
     if (!ok)
         return dec_fail(d, "%s", DM_DECRYPT_FAILED);
@@ -435,7 +451,7 @@ static int pipe_fail(dm_pipeline *p, const char *msg)
     return -1;
 }
 
-dm_pipeline *dm_pipeline_new(EVP_PKEY *key, enum dm_compression c, int deferred,
+dm_pipeline *dm_pipeline_new(const EVP_PKEY_CTX *unwrap, enum dm_compression c, int deferred,
                              size_t max_output, const char **err)
 {
     dm_pipeline *p = calloc(1, sizeof *p);
@@ -446,7 +462,7 @@ dm_pipeline *dm_pipeline_new(EVP_PKEY *key, enum dm_compression c, int deferred,
     }
     p->refs = 1;
     p->state = DM_PIPE_FRESH;
-    p->dec = dm_decryptor_new(key, err);
+    p->dec = dm_decryptor_from(unwrap, err);
     if (p->dec == NULL) {
         free(p);
         return NULL;

@@ -22,8 +22,15 @@
  * Return 0, or -1 with *err set to a static message. */
 int dm_oaep_encrypt(EVP_PKEY *key, const unsigned char *in, size_t n,
                     unsigned char *out, size_t *outlen, const char **err);
-int dm_oaep_decrypt(EVP_PKEY *key, const unsigned char *in, size_t n,
-                    unsigned char *out, size_t *outlen, const char **err);
+
+/* A context set up for RSA-OAEP decryption with key (NULL with *err set unless key is a
+ * private RSA key). Setting one up costs about 1 % of the RSA operation itself, and asking
+ * the key whether it is private as much again: a key object makes its context once and
+ * reuses it. A context is used by one thread at a time. Free with EVP_PKEY_CTX_free. */
+EVP_PKEY_CTX *dm_unwrap_ctx_new(EVP_PKEY *key, const char **err);
+/* Decrypts with a context from dm_unwrap_ctx_new; n must be the key's size. */
+int dm_oaep_unwrap(EVP_PKEY_CTX *unwrap, const unsigned char *in, size_t n,
+                   unsigned char *out, size_t *outlen, const char **err);
 
 /* The one message for a wrong key, a corrupt key segment and bad padding alike: telling
  * them apart would hand out an oracle on the key wrap and on the CBC padding. */
@@ -40,6 +47,9 @@ typedef struct dm_decryptor dm_decryptor;
 /* key: an RSA private key (the decryptor keeps its own reference until the key segment is
  * unwrapped). NULL with *err set when key is not a private RSA key or memory ran out. */
 dm_decryptor *dm_decryptor_new(EVP_PKEY *key, const char **err);
+/* The same from a context of dm_unwrap_ctx_new, which the decryptor copies (the caller's
+ * stays the caller's): the way to make many decryptors for one key. */
+dm_decryptor *dm_decryptor_from(const EVP_PKEY_CTX *unwrap, const char **err);
 /* The file's total size is known in advance (a content-length): check the size rule now,
  * before any decryption, and later that exactly that many bytes come. */
 int dm_decryptor_expect_size(dm_decryptor *d, unsigned long long total);
@@ -71,7 +81,7 @@ typedef struct dm_pipeline dm_pipeline;
  * deferred = 1 leaves the compression open (c is ignored): a file's compression is named in
  * the response's headers, which come after the request is made. Decrypted bytes are then
  * held back (the calls below return 1) until dm_pipeline_set_compression. */
-dm_pipeline *dm_pipeline_new(EVP_PKEY *key, enum dm_compression c, int deferred,
+dm_pipeline *dm_pipeline_new(const EVP_PKEY_CTX *unwrap, enum dm_compression c, int deferred,
                              size_t max_output, const char **err);
 /* Chooses the compression of a deferred pipeline: 0, or -1 if it was chosen already. */
 int dm_pipeline_set_compression(dm_pipeline *p, enum dm_compression c);

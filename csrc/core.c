@@ -132,6 +132,8 @@ static key_ud *new_key_ud(lua_State *L)
 {
     key_ud *k = (key_ud *)compat_newuserdata(L, sizeof *k);
     k->pkey = NULL;
+    k->signer = NULL;
+    k->unwrap = NULL;
     luaL_setmetatable(L, KEY_MT);
     return k;
 }
@@ -253,6 +255,14 @@ static key_ud *check_private(lua_State *L, int arg)
     return k;
 }
 
+EVP_PKEY_CTX *dm_key_unwrap_ctx(lua_State *L, key_ud *k, int arg)
+{
+    const char *err = NULL;
+    if (k->unwrap == NULL && (k->unwrap = dm_unwrap_ctx_new(k->pkey, &err)) == NULL)
+        luaL_argerror(L, arg, "a private key is required");
+    return k->unwrap;
+}
+
 static int key_private_pem(lua_State *L)
 {
     key_ud *k = check_private(L, 1);
@@ -304,7 +314,18 @@ static int key_sign_ps512(lua_State *L)
     size_t siglen = (size_t)EVP_PKEY_get_size(k->pkey);
     unsigned char *sig = scratch(L, siglen);
     const char *err = NULL;
-    if (dm_ps512_sign(k->pkey, data, n, (int)saltlen, sig, &siglen, &err) != 0) {
+    int ok;
+    if (saltlen == 64) {
+        /* made once and kept: every JWT is signed with it */
+        if (k->signer == NULL)
+            k->signer = dm_ps512_signer_new(k->pkey, 64, &err);
+        ok = k->signer != NULL && dm_ps512_sign(k->signer, data, n, sig, &siglen, &err) == 0;
+    } else {
+        EVP_PKEY_CTX *once = dm_ps512_signer_new(k->pkey, (int)saltlen, &err);
+        ok = once != NULL && dm_ps512_sign(once, data, n, sig, &siglen, &err) == 0;
+        EVP_PKEY_CTX_free(once);
+    }
+    if (!ok) {
         free(sig);
         return push_fail(L, err);
     }
@@ -347,13 +368,14 @@ static int key_oaep_encrypt(lua_State *L)
 
 static int key_oaep_decrypt(lua_State *L)
 {
-    key_ud *k = check_private(L, 1);
+    key_ud *k = check_key(L, 1);
+    EVP_PKEY_CTX *unwrap = dm_key_unwrap_ctx(L, k, 1);
     size_t n, outlen;
     const unsigned char *in = (const unsigned char *)luaL_checklstring(L, 2, &n);
     size_t cap = (size_t)EVP_PKEY_get_size(k->pkey);
     unsigned char *out = scratch(L, cap);
     const char *err = NULL;
-    if (dm_oaep_decrypt(k->pkey, in, n, out, &outlen, &err) != 0) {
+    if (dm_oaep_unwrap(unwrap, in, n, out, &outlen, &err) != 0) {
         free(out);
         return push_fail(L, err);
     }
@@ -366,6 +388,9 @@ static int key_oaep_decrypt(lua_State *L)
 static int key_gc(lua_State *L)
 {
     key_ud *k = (key_ud *)luaL_checkudata(L, 1, KEY_MT);
+    EVP_PKEY_CTX_free(k->signer);   /* each holds a reference to the key */
+    EVP_PKEY_CTX_free(k->unwrap);
+    k->signer = k->unwrap = NULL;
     EVP_PKEY_free(k->pkey);  /* OpenSSL clears private components on free */
     k->pkey = NULL;
     return 0;

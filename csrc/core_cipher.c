@@ -39,13 +39,18 @@ struct inflater_ud {
     int finished;
 };
 
-static EVP_PKEY *check_key_arg(lua_State *L, int arg)
+static key_ud *check_key_ud(lua_State *L, int arg)
 {
     key_ud *k = (key_ud *)luaL_checkudata(L, arg, KEY_MT);
 
     if (k->pkey == NULL)
         luaL_argerror(L, arg, "key is freed");
-    return k->pkey;
+    return k;
+}
+
+static EVP_PKEY *check_key_arg(lua_State *L, int arg)
+{
+    return check_key_ud(L, arg)->pkey;
 }
 
 /* ---- options ---- */
@@ -104,7 +109,7 @@ static const char *const decryptor_options[] = { "compression", "max_output", "s
 
 static int l_file_decryptor(lua_State *L)
 {
-    EVP_PKEY *key = check_key_arg(L, 1);
+    EVP_PKEY_CTX *unwrap = dm_key_unwrap_ctx(L, check_key_ud(L, 1), 1);
     enum dm_compression c = DM_COMPRESSION_NONE;
     int deferred = 0;
     size_t max_output = DEFAULT_MAX_OUTPUT;
@@ -112,8 +117,6 @@ static int l_file_decryptor(lua_State *L)
     struct decryptor_ud *u;
     const char *err = NULL;
 
-    if (!dm_key_is_private(key))
-        luaL_argerror(L, 1, "a private key is required");
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
         check_option_names(L, 2, decryptor_options);
@@ -139,7 +142,7 @@ static int l_file_decryptor(lua_State *L)
     u->p = NULL;
     u->finished = 0;
     luaL_setmetatable(L, DECRYPTOR_MT);
-    u->p = dm_pipeline_new(key, c, deferred, max_output, &err);
+    u->p = dm_pipeline_new(unwrap, c, deferred, max_output, &err);
     if (u->p == NULL)
         return luaL_error(L, "file decryptor: %s", err);
     /* a declared size is judged before any decryption, as the reference SDK does */

@@ -12,9 +12,17 @@
 
 #define KEY_MT "digime.key"
 
+/* A key and the contexts of its private operations, each set up at its first use and used
+ * again for every file and every JWT (a Lua state is one thread at a time). */
 typedef struct {
-    EVP_PKEY *pkey;   /* NULL once freed */
+    EVP_PKEY *pkey;          /* NULL once freed */
+    EVP_PKEY_CTX *signer;    /* PS512, salt 64 */
+    EVP_PKEY_CTX *unwrap;    /* RSA-OAEP decryption */
 } key_ud;
+
+/* core.c: the key's unwrap context, set up now if need be; raises an argument error (arg)
+ * unless the key is a private RSA key. */
+EVP_PKEY_CTX *dm_key_unwrap_ctx(lua_State *L, key_ud *k, int arg);
 
 /* An expected failure: pushes nil, err and returns their count. */
 static inline int push_fail(lua_State *L, const char *err)

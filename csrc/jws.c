@@ -110,7 +110,7 @@ void dm_sha512(const void *data, size_t n, unsigned char out[64])
     SHA512(data, n, out);
 }
 
-/* Sets PSS over SHA-512 with MGF1-SHA-512 and the given salt length on a digest context. */
+/* Sets PSS over SHA-512 with MGF1-SHA-512 and the given salt length on a context. */
 static int set_pss(EVP_PKEY_CTX *pctx, int saltlen)
 {
     return EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1
@@ -118,17 +118,29 @@ static int set_pss(EVP_PKEY_CTX *pctx, int saltlen)
         && EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha512()) == 1;
 }
 
-int dm_ps512_sign(EVP_PKEY *key, const void *data, size_t n, int saltlen,
+EVP_PKEY_CTX *dm_ps512_signer_new(EVP_PKEY *key, int saltlen, const char **err)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(key, NULL);
+    int ok = ctx != NULL
+          && EVP_PKEY_sign_init(ctx) == 1
+          && EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha512()) == 1
+          && set_pss(ctx, saltlen);
+    ERR_clear_error();
+    if (!ok) {
+        EVP_PKEY_CTX_free(ctx);
+        *err = "PS512 signing failed";
+        return NULL;
+    }
+    return ctx;
+}
+
+int dm_ps512_sign(EVP_PKEY_CTX *signer, const void *data, size_t n,
                   unsigned char *sig, size_t *siglen, const char **err)
 {
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    EVP_PKEY_CTX *pctx = NULL;
-    *siglen = (size_t)EVP_PKEY_get_size(key);
-    int ok = md != NULL
-          && EVP_DigestSignInit(md, &pctx, EVP_sha512(), NULL, key) == 1
-          && set_pss(pctx, saltlen)
-          && EVP_DigestSign(md, sig, siglen, data, n) == 1;
-    EVP_MD_CTX_free(md);
+    unsigned char digest[64];
+    *siglen = (size_t)EVP_PKEY_get_size(EVP_PKEY_CTX_get0_pkey(signer));
+    dm_sha512(data, n, digest);
+    int ok = EVP_PKEY_sign(signer, sig, siglen, digest, sizeof digest) == 1;
     ERR_clear_error();
     if (!ok) {
         *err = "PS512 signing failed";

@@ -21,9 +21,13 @@ long dm_b64_decode_lenient(const char *in, size_t n, unsigned char *out, const c
 void dm_sha256(const void *data, size_t n, unsigned char out[32]);
 void dm_sha512(const void *data, size_t n, unsigned char out[64]);
 
-/* PS512 (RSA-PSS, SHA-512, MGF1-SHA-512) with the given salt length (64 for JWS PS512).
- * sig must hold EVP_PKEY_get_size(key) bytes. Return 0, or -1 with *err set. */
-int dm_ps512_sign(EVP_PKEY *key, const void *data, size_t n, int saltlen,
+/* A context that signs PS512 (RSA-PSS, SHA-512, MGF1-SHA-512) with key and the given salt
+ * length (64 for JWS PS512); NULL with *err set. Setting one up costs more than hashing a
+ * JWT: a key object makes it once and signs with it every time (one thread at a time).
+ * Free with EVP_PKEY_CTX_free. */
+EVP_PKEY_CTX *dm_ps512_signer_new(EVP_PKEY *key, int saltlen, const char **err);
+/* Signs data (hashed here). sig must hold EVP_PKEY_get_size(key) bytes. 0, or -1 with *err. */
+int dm_ps512_sign(EVP_PKEY_CTX *signer, const void *data, size_t n,
                   unsigned char *sig, size_t *siglen, const char **err);
 /* Returns 1 when valid, 0 when not (with *err set). The salt length is pinned to 64:
  * OpenSSL 3 would otherwise accept any salt length on verification. */

@@ -87,6 +87,20 @@ describe("core crypto", function()
       local pub = assert(core.public_key(sh.read(pub_path)))
       assert.has_error(function() pub:sign_ps512("x") end)
     end)
+
+    it("signs again and again with one key object (its signing context is kept), a salt-32 signature between", function()
+      local key = assert(core.private_key(sh.read(pkcs8_path)))
+      local salts = { 64, 64, 32, 64 }
+      local sigs = {}
+      for i, salt in ipairs(salts) do
+        sigs[i] = assert(key:sign_ps512("message " .. i, salt))
+      end
+      for i, salt in ipairs(salts) do
+        local ok, out = openssl_verify(pub_path, "message " .. i, sigs[i], salt)
+        assert.is_true(ok, "signature " .. i .. ": " .. tostring(out))
+      end
+      assert.are_not.equal(sigs[1], assert(key:sign_ps512("message 1")))   -- a fresh salt each time
+    end)
   end)
 
   describe("keys", function()
@@ -183,6 +197,22 @@ describe("core crypto", function()
       assert(sh.run("openssl pkeyutl -encrypt -pubin -inkey " .. q(pub_path) .. " " .. opts ..
         " -in " .. q(dir .. "/pt") .. " -out " .. q(dir .. "/ct2")))
       assert.equal(secret, key:oaep_decrypt(sh.read(dir .. "/ct2")))
+    end)
+
+    it("decrypts with one key object again and again, before and after a failure", function()
+      local key = assert(core.private_key(sh.read(pkcs1_path)))
+      local opts = "-pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha1 -pkeyopt rsa_mgf1_md:sha1"
+      for i = 1, 3 do
+        local secret = core.random_bytes(32)
+        sh.write(dir .. "/pt", secret)
+        assert(sh.run("openssl pkeyutl -encrypt -pubin -inkey " .. q(pub_path) .. " " .. opts ..
+          " -in " .. q(dir .. "/pt") .. " -out " .. q(dir .. "/ct")))
+        local ct = sh.read(dir .. "/ct")
+        assert.equal(secret, key:oaep_decrypt(ct), "round " .. i)
+        assert.is_nil((key:oaep_decrypt(ct:sub(1, 255) .. "\0")))
+      end
+      local pub = assert(core.public_key(sh.read(pub_path)))
+      assert.error_matches(function() pub:oaep_decrypt(("\0"):rep(256)) end, "a private key is required")
     end)
 
     it("fails with one message for a wrong key or corrupt data", function()

@@ -74,11 +74,14 @@ static inline int fuzz_pipe_run(EVP_PKEY *key, const struct fuzz_pipe_cfg *c,
                                 char errbuf[DM_ERRLEN])
 {
     const char *err = NULL;
-    dm_pipeline *p = dm_pipeline_new(key, c->comp, c->deferred, c->max_output, &err);
+    EVP_PKEY_CTX *unwrap = dm_unwrap_ctx_new(key, &err);
+    dm_pipeline *p = unwrap ? dm_pipeline_new(unwrap, c->comp, c->deferred, c->max_output, &err)
+                            : NULL;
     struct fuzz_split sp;
     size_t off = 0, chunk = 0;
     int rc = 0, idle = 0;
 
+    EVP_PKEY_CTX_free(unwrap);    /* the pipeline holds its own copy */
     FUZZ_CHECK(p != NULL);
     FUZZ_CHECK(dm_pipeline_state(p) == DM_PIPE_FRESH);
     FUZZ_CHECK(dm_pipeline_compression_set(p) == !c->deferred);
