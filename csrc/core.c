@@ -84,6 +84,51 @@ static int l_b64url_encode(lua_State *L)
     return 1;
 }
 
+/* A JSON string literal (RFC 8259, section 7): the quote, the backslash and the control
+ * characters escaped (0x00-0x1f and 0x7f, the bytes Lua's %c matches in the C locale), every
+ * other byte as it is. The SDK's JSON encoder quotes every string with it: a JWT's claims
+ * hold the access token, which Lua's pattern matcher would scan at about 18 ns a byte. */
+static int l_json_quote(lua_State *L)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n, run = 0;
+    const char *s = luaL_checklstring(L, 1, &n);
+    luaL_Buffer b;
+
+    luaL_buffinit(L, &b);
+    luaL_addchar(&b, '"');
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[6] = { '\\', 0, 0, 0, 0, 0 };
+        size_t len = 2;
+        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f)
+            continue;
+        luaL_addlstring(&b, s + run, i - run);
+        switch (c) {
+        case '"':  esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            len = 6;
+        }
+        luaL_addlstring(&b, esc, len);
+        run = i + 1;
+    }
+    luaL_addlstring(&b, s + run, n - run);
+    luaL_addchar(&b, '"');
+    luaL_pushresult(&b);
+    return 1;
+}
+
 static int decode_with(lua_State *L, long (*decode)(const char *, size_t, unsigned char *,
                                                     const char **))
 {
@@ -484,6 +529,7 @@ static const luaL_Reg module_functions[] = {
     {"random_alnum", l_random_alnum},
     {"b64url_encode", l_b64url_encode},
     {"b64url_decode", l_b64url_decode},
+    {"json_quote", l_json_quote},
     {"b64_decode", l_b64_decode},
     {"sha256", l_sha256},
     {"sha512", l_sha512},

@@ -88,7 +88,7 @@ describe("core crypto", function()
       assert.has_error(function() pub:sign_ps512("x") end)
     end)
 
-    it("signs again and again with one key object (its signing context is kept), a salt-32 signature between", function()
+    it("signs again and again with one key object (its context is kept), a salt-32 signature between", function()
       local key = assert(core.private_key(sh.read(pkcs8_path)))
       local salts = { 64, 64, 32, 64 }
       local sigs = {}

@@ -3,10 +3,11 @@
 -- Ordered objects: `json.object{ "key1", value1, "key2", value2, ... }` (nil values dropped,
 -- as JSON.stringify drops undefined). Arrays: `json.array{...}` or any sequence table.
 local cjson = require "cjson.safe"
+local core = require "digime.core"
 
 local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
 local concat, sort = table.concat, table.sort
-local format, byte, gsub = string.format, string.byte, string.gsub
+local format = string.format
 local floor, huge = math.floor, math.huge
 local setmetatable, getmetatable, select = setmetatable, getmetatable, select
 
@@ -45,18 +46,9 @@ function _M.array(t)
   return setmetatable(t or {}, array_mt)
 end
 
-local escapes = {
-  ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
-  ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
-}
-
-local function escape_char(c)
-  return escapes[c] or format("\\u%04x", byte(c))
-end
-
-local function encode_string(s)
-  return '"' .. gsub(s, '[%c"\\]', escape_char) .. '"'
-end
+-- Quotes and escapes in C: a JWT's claims hold the access token, which a Lua pattern
+-- would scan at about 18 ns a byte, once for every file of a sync.
+local encode_string = core.json_quote
 
 local function encode_number(n)
   if n ~= n or n == huge or n == -huge then
