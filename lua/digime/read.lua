@@ -134,10 +134,18 @@ local check_file_opts = validate.checker("read_file", USER_CALL, FILE_IN_SESSION
   { "sink", validate.sink, true },
 })
 
+-- A sync's downloads: the contract, the token and the session key were checked when it began
+-- (a token in force since is one the SDK got itself); the file name comes from the server's
+-- list and the sink from the caller's factory, so those two are checked for every file.
+local check_listed_file = validate.checker("read_all_files", {
+  { "contract" }, { "user_access_token" }, { "session_key" },
+  { "file_name", validate.segment }, { "sink", validate.sink, true },
+})
+
 --- read_file with a table `cancel` that holds the engine request while it runs (so that a
--- sync can cancel its downloads).
-function _M.fetch_file(sdk, opts, cancel)
-  local ok, err = check_file_opts(opts)
+-- sync can cancel its downloads); `listed`: a sync's download (see check_listed_file).
+function _M.fetch_file(sdk, opts, cancel, listed)
+  local ok, err = (listed and check_listed_file or check_file_opts)(opts)
   if not ok then return nil, err end
   local key, kerr = jwt.contract_key(opts.contract)
   if not key then return nil, kerr end

@@ -153,7 +153,7 @@ local function download(sdk, opts, sync, list, i)
   local res, err = read.fetch_file(sdk, {
     contract = opts.contract, user_access_token = started_with,
     session_key = opts.session_key, file_name = name, sink = sink,
-  }, sync.in_flight)
+  }, sync.in_flight, true)
   local token = res and res.user_access_token or (type(err) == "table" and err.user_access_token)
   -- only a token this download refreshed is newer than the one in force now
   if token and token ~= started_with then sync.token = token end

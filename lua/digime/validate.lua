@@ -156,10 +156,21 @@ _M.LIMITS = { id = 256, file_name = 1024, url = 2048, key = 65536, token = 65536
 local LIMIT_BY_NAME = { session_key = "id", callback = "url", redirect_uri = "url",
                         private_key = "key", value = "token", file_name = "file_name" }
 
+-- The kind of limit by field name, remembered: names come from the code, so they are few,
+-- and matching a long dotted name costs microseconds at every call. Bounded all the same.
+local kind_of, kinds_known = {}, 0
+
 --- The length limit for a field: by its last name part (`contract.id` -> "id").
 function _M.max_length(field)
-  local name = match(tostring(field), "([%w_]+)$") or ""
-  local kind = LIMIT_BY_NAME[name] or ((name == "id" or find(name, "_id$")) and "id") or "default"
+  field = tostring(field)
+  local kind = kind_of[field]
+  if not kind then
+    local name = match(field, "([%w_]+)$") or ""
+    kind = LIMIT_BY_NAME[name] or ((name == "id" or find(name, "_id$")) and "id") or "default"
+    if kinds_known < 1024 then
+      kind_of[field], kinds_known = kind, kinds_known + 1
+    end
+  end
   return _M.LIMITS[kind], kind
 end
 
