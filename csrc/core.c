@@ -183,14 +183,6 @@ static key_ud *new_key_ud(lua_State *L)
     return k;
 }
 
-static key_ud *check_key(lua_State *L, int arg)
-{
-    key_ud *k = (key_ud *)luaL_checkudata(L, arg, KEY_MT);
-    if (k->pkey == NULL)
-        luaL_argerror(L, arg, "key is freed");
-    return k;
-}
-
 static int push_key_or_fail(lua_State *L, key_ud *k, EVP_PKEY *pkey, const char *err)
 {
     if (pkey == NULL)
@@ -252,19 +244,19 @@ static int l_generate_key(lua_State *L)
 
 static int key_bits(lua_State *L)
 {
-    lua_pushinteger(L, dm_key_bits(check_key(L, 1)->pkey));
+    lua_pushinteger(L, dm_key_bits(dm_check_key(L, 1)->pkey));
     return 1;
 }
 
 static int key_size(lua_State *L)
 {
-    lua_pushinteger(L, EVP_PKEY_get_size(check_key(L, 1)->pkey));
+    lua_pushinteger(L, EVP_PKEY_get_size(dm_check_key(L, 1)->pkey));
     return 1;
 }
 
 static int key_is_private(lua_State *L)
 {
-    lua_pushboolean(L, dm_key_is_private(check_key(L, 1)->pkey));
+    lua_pushboolean(L, dm_key_is_private(dm_check_key(L, 1)->pkey));
     return 1;
 }
 
@@ -280,7 +272,7 @@ static int check_format(lua_State *L, int arg, const char *standard, const char 
 
 static int key_public_pem(lua_State *L)
 {
-    key_ud *k = check_key(L, 1);
+    key_ud *k = dm_check_key(L, 1);
     int pkcs1 = check_format(L, 2, "spki", "pkcs1");
     size_t len = 0;
     const char *err = NULL;
@@ -294,7 +286,7 @@ static int key_public_pem(lua_State *L)
 
 static key_ud *check_private(lua_State *L, int arg)
 {
-    key_ud *k = check_key(L, arg);
+    key_ud *k = dm_check_key(L, arg);
     if (!dm_key_is_private(k->pkey))
         luaL_argerror(L, arg, "a private key is required");
     return k;
@@ -324,7 +316,7 @@ static int key_private_pem(lua_State *L)
 
 static int key_jwk(lua_State *L)
 {
-    key_ud *k = check_key(L, 1);
+    key_ud *k = dm_check_key(L, 1);
     unsigned char *n, *e;
     size_t nlen, elen;
     const char *err = NULL;
@@ -381,7 +373,7 @@ static int key_sign_ps512(lua_State *L)
 
 static int key_verify_ps512(lua_State *L)
 {
-    key_ud *k = check_key(L, 1);
+    key_ud *k = dm_check_key(L, 1);
     size_t n, siglen;
     const char *data = luaL_checklstring(L, 2, &n);
     const char *sig = luaL_checklstring(L, 3, &siglen);
@@ -397,7 +389,7 @@ static int key_verify_ps512(lua_State *L)
 
 static int key_oaep_encrypt(lua_State *L)
 {
-    key_ud *k = check_key(L, 1);
+    key_ud *k = dm_check_key(L, 1);
     size_t n, outlen;
     const unsigned char *in = (const unsigned char *)luaL_checklstring(L, 2, &n);
     unsigned char *out = scratch(L, (size_t)EVP_PKEY_get_size(k->pkey));
@@ -413,7 +405,7 @@ static int key_oaep_encrypt(lua_State *L)
 
 static int key_oaep_decrypt(lua_State *L)
 {
-    key_ud *k = check_key(L, 1);
+    key_ud *k = dm_check_key(L, 1);
     EVP_PKEY_CTX *unwrap = dm_key_unwrap_ctx(L, k, 1);
     size_t n, outlen;
     const unsigned char *in = (const unsigned char *)luaL_checklstring(L, 2, &n);

@@ -39,20 +39,6 @@ struct inflater_ud {
     int finished;
 };
 
-static key_ud *check_key_ud(lua_State *L, int arg)
-{
-    key_ud *k = (key_ud *)luaL_checkudata(L, arg, KEY_MT);
-
-    if (k->pkey == NULL)
-        luaL_argerror(L, arg, "key is freed");
-    return k;
-}
-
-static EVP_PKEY *check_key_arg(lua_State *L, int arg)
-{
-    return check_key_ud(L, arg)->pkey;
-}
-
 /* ---- options ---- */
 
 static void check_option_names(lua_State *L, int t, const char *const names[])
@@ -109,7 +95,7 @@ static const char *const decryptor_options[] = { "compression", "max_output", "s
 
 static int l_file_decryptor(lua_State *L)
 {
-    EVP_PKEY_CTX *unwrap = dm_key_unwrap_ctx(L, check_key_ud(L, 1), 1);
+    EVP_PKEY_CTX *unwrap = dm_key_unwrap_ctx(L, dm_check_key(L, 1), 1);
     enum dm_compression c = DM_COMPRESSION_NONE;
     int deferred = 0;
     size_t max_output = DEFAULT_MAX_OUTPUT;
@@ -254,7 +240,7 @@ dm_pipeline *dm_check_file_decryptor(lua_State *L, int idx)
 
 static int l_file_encryptor(lua_State *L)
 {
-    EVP_PKEY *key = check_key_arg(L, 1);
+    EVP_PKEY *key = dm_check_key(L, 1)->pkey;
     struct encryptor_ud *u = compat_newuserdata(L, sizeof *u);
     const char *err = NULL;
 

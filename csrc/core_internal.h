@@ -20,6 +20,15 @@ typedef struct {
     EVP_PKEY_CTX *unwrap;    /* RSA-OAEP decryption */
 } key_ud;
 
+/* The key argument at arg (an argument error unless it is a live key). */
+static inline key_ud *dm_check_key(lua_State *L, int arg)
+{
+    key_ud *k = (key_ud *)luaL_checkudata(L, arg, KEY_MT);
+    if (k->pkey == NULL)
+        luaL_argerror(L, arg, "key is freed");
+    return k;
+}
+
 /* core.c: the key's unwrap context, set up now if need be; raises an argument error (arg)
  * unless the key is a private RSA key. */
 EVP_PKEY_CTX *dm_key_unwrap_ctx(lua_State *L, key_ud *k, int arg);
